@@ -1,0 +1,231 @@
+//! The one place a domain name is normalised and turned into a lookup key.
+//!
+//! Lists, the query path and `check` all go through here, so a name typed by a technician, a
+//! line in a hosts file and a label sequence off the wire compare equal whenever they name the
+//! same domain: lower case, no trailing dot, internationalised labels as punycode.
+//!
+//! Keys are stored with their labels reversed (`www.example.com` -> `com.example.www`) so that a
+//! listed parent domain is a prefix of every name below it, which is what lets one FST walk find
+//! the most general listed ancestor.
+
+use thiserror::Error;
+
+/// Longest presentation-form name the DNS allows (RFC 1035: 255 wire bytes).
+pub const MAX_NAME_LEN: usize = 253;
+const MAX_LABEL_LEN: usize = 63;
+
+/// Why a string is not a usable domain name.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum NameError {
+    /// Nothing left after trimming.
+    #[error("empty name")]
+    Empty,
+    /// Over 253 characters once converted to ASCII.
+    #[error("name longer than 253 characters")]
+    TooLong,
+    /// A label is empty (`a..b`) or longer than 63 characters.
+    #[error("bad label length in {0:?}")]
+    BadLabel(String),
+    /// A character that cannot appear in a host name.
+    #[error("character {1:?} is not allowed in a domain name ({0:?})")]
+    BadChar(String, char),
+    /// IDNA conversion failed.
+    #[error("not a valid internationalised name: {0:?}")]
+    Idna(String),
+}
+
+/// Normalises a presentation-form name: trims, lower-cases, drops the trailing dot and converts
+/// Unicode labels to punycode. Underscores are accepted because real lists carry service names.
+pub fn normalise(input: &str) -> Result<String, NameError> {
+    let trimmed = input.trim().trim_end_matches('.');
+    if trimmed.is_empty() {
+        return Err(NameError::Empty);
+    }
+    let ascii = if trimmed.is_ascii() {
+        trimmed.to_ascii_lowercase()
+    } else {
+        idna::domain_to_ascii(trimmed).map_err(|_| NameError::Idna(trimmed.to_string()))?
+    };
+    validate(&ascii)?;
+    Ok(ascii)
+}
+
+fn validate(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong);
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > MAX_LABEL_LEN {
+            return Err(NameError::BadLabel(name.to_string()));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(NameError::BadChar(name.to_string(), c));
+        }
+    }
+    Ok(())
+}
+
+/// Reverses the labels of a normalised name into an FST key (`a.b.c` -> `c.b.a`).
+pub fn reverse_key(name: &str, out: &mut Vec<u8>) {
+    out.clear();
+    for (i, label) in name.rsplit('.').enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        out.extend_from_slice(label.as_bytes());
+    }
+}
+
+/// Turns a reversed key back into a presentation name.
+pub fn unreverse_key(key: &[u8]) -> String {
+    let mut out = String::with_capacity(key.len());
+    for (i, label) in key.rsplit(|b| *b == b'.').enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        out.push_str(&String::from_utf8_lossy(label));
+    }
+    out
+}
+
+/// A query name in both forms the decision needs, kept in fixed buffers so the query path does
+/// not allocate: the forward name (for keywords and logs) and the reversed key (for the sets).
+#[derive(Clone)]
+pub struct QueryName {
+    forward: [u8; 256],
+    reversed: [u8; 256],
+    len: usize,
+}
+
+impl QueryName {
+    /// Builds from wire-format labels (already split, no compression pointers). Upper case is
+    /// folded; a label holding a byte outside the host-name alphabet (an escaped dot, raw UTF-8)
+    /// is passed through IDNA so a Unicode spelling of a listed name still matches.
+    pub fn from_labels<'a, I>(labels: I) -> Result<Self, NameError>
+    where
+        I: IntoIterator<Item = &'a [u8]> + Clone,
+    {
+        let mut q = QueryName {
+            forward: [0; 256],
+            reversed: [0; 256],
+            len: 0,
+        };
+        let mut plain = true;
+        for label in labels.clone() {
+            if q.len + label.len() + 1 > MAX_NAME_LEN + 1 {
+                return Err(NameError::TooLong);
+            }
+            if q.len > 0 {
+                q.forward[q.len] = b'.';
+                q.len += 1;
+            }
+            for &b in label {
+                let b = b.to_ascii_lowercase();
+                plain &= b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+                q.forward[q.len] = b;
+                q.len += 1;
+            }
+        }
+        if !plain {
+            let text: String = labels
+                .into_iter()
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+                .collect::<Vec<_>>()
+                .join(".");
+            return Self::parse(&text);
+        }
+        q.fill_reversed();
+        Ok(q)
+    }
+
+    /// Builds from presentation form (CLI, tests, logs).
+    pub fn parse(name: &str) -> Result<Self, NameError> {
+        let trimmed = name.trim().trim_end_matches('.');
+        // The root and other empty names are legitimate queries; they match nothing.
+        let norm = if trimmed.is_empty() {
+            String::new()
+        } else {
+            normalise(trimmed)?
+        };
+        let mut q = QueryName {
+            forward: [0; 256],
+            reversed: [0; 256],
+            len: norm.len(),
+        };
+        q.forward[..q.len].copy_from_slice(norm.as_bytes());
+        q.fill_reversed();
+        Ok(q)
+    }
+
+    fn fill_reversed(&mut self) {
+        let fwd = &self.forward[..self.len];
+        let mut pos = 0;
+        for (i, label) in fwd.rsplit(|b| *b == b'.').enumerate() {
+            if i > 0 {
+                self.reversed[pos] = b'.';
+                pos += 1;
+            }
+            self.reversed[pos..pos + label.len()].copy_from_slice(label);
+            pos += label.len();
+        }
+    }
+
+    /// The normalised name, `www.example.com`.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII bytes are ever stored.
+        std::str::from_utf8(&self.forward[..self.len]).unwrap_or("")
+    }
+
+    /// The reversed key, `com.example.www`.
+    pub fn key(&self) -> &[u8] {
+        &self.reversed[..self.len]
+    }
+
+    /// True for the root name.
+    pub fn is_root(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for QueryName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_case_dot_and_idn() {
+        assert_eq!(normalise("WWW.Example.COM.").unwrap(), "www.example.com");
+        assert_eq!(normalise("bücher.de").unwrap(), "xn--bcher-kva.de");
+        assert!(normalise("a..b").is_err());
+        assert!(normalise("exa mple.com").is_err());
+        assert_eq!(normalise(&"a.".repeat(130)), Err(NameError::TooLong));
+    }
+
+    #[test]
+    fn reverses_labels() {
+        let mut k = Vec::new();
+        reverse_key("www.example.com", &mut k);
+        assert_eq!(k, b"com.example.www");
+        assert_eq!(unreverse_key(&k), "www.example.com");
+    }
+
+    #[test]
+    fn wire_labels_fold_case_and_unicode() {
+        let q = QueryName::from_labels([&b"WWW"[..], b"TikTok", b"com"]).unwrap();
+        assert_eq!(q.as_str(), "www.tiktok.com");
+        assert_eq!(q.key(), b"com.tiktok.www");
+        let u = QueryName::from_labels(["bücher".as_bytes(), b"de"]).unwrap();
+        assert_eq!(u.as_str(), "xn--bcher-kva.de");
+    }
+}

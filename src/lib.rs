@@ -1,0 +1,8 @@
+//! schoolgate: a filtering DNS resolver for schools.
+//!
+//! # Layout
+//! - [`domain`]: the one place names are normalised and turned into lookup keys.
+//! - [`lists`]: list formats, FST compilation with an on-disk cache, the merged index.
+
+pub mod domain;
+pub mod lists;

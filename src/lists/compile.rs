@@ -1,0 +1,232 @@
+//! Turning a list's text sources into a memory-mapped FST, and keeping the result on disk so an
+//! unchanged list is never compiled twice.
+//!
+//! Each list compiles to `<cache>/<name>.fst` (blocked names) and `<name>.allow.fst` (exceptions
+//! written as `@@||name^` or RPZ passthru), each mapping the reversed name to the line it came
+//! from (`source index << 32 | line`). A sidecar `<name>.meta.json` records the sources'
+//! size and modification time; when they match, the files are mapped as they are.
+//!
+//! Files are written to a temporary name and renamed into place: a mapped file is never
+//! truncated underneath a running server (that would be SIGBUS), and a crash mid-compile leaves
+//! the previous good files.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use fst::{Map, MapBuilder};
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+
+use super::parse::{parse, BadLine, EntryKind, KeywordLine};
+use super::ListError;
+use crate::domain::reverse_key;
+
+/// A compiled, mapped list ready for the index.
+pub struct CompiledList {
+    /// The list's name (a category, `allow`, or `group:<name>:block` ...).
+    pub name: String,
+    /// Blocked names -> `source << 32 | line`.
+    pub block: Map<Mmap>,
+    /// Exception names -> `source << 32 | line`.
+    pub allow: Map<Mmap>,
+    /// The source files, indexed by the high half of a value.
+    pub sources: Vec<PathBuf>,
+    /// Keyword rules found in the sources, with the source they came from.
+    pub keywords: Vec<(usize, KeywordLine)>,
+    /// Lines that were skipped, for the report (first few per source).
+    pub bad: Vec<BadLine>,
+    /// All skipped lines.
+    pub bad_count: usize,
+    /// Whether this call compiled (false: reused the cache).
+    pub recompiled: bool,
+    /// What the cache was keyed on; changes whenever a source does.
+    pub fingerprint: String,
+}
+
+impl CompiledList {
+    /// Number of distinct blocked names.
+    pub fn len(&self) -> usize {
+        self.block.len()
+    }
+
+    /// True when nothing is blocked by this list.
+    pub fn is_empty(&self) -> bool {
+        self.block.is_empty()
+    }
+
+    /// Where a matched key came from: (file, line).
+    pub fn origin(&self, key: &[u8], allow: bool) -> Option<(&Path, u32)> {
+        let map = if allow { &self.allow } else { &self.block };
+        let v = map.get(key)?;
+        let src = (v >> 32) as usize;
+        Some((self.sources.get(src)?.as_path(), v as u32))
+    }
+}
+
+#[derive(Serialize, Deserialize, PartialEq)]
+struct Meta {
+    fingerprint: String,
+    keywords: Vec<(usize, KeywordLine)>,
+    bad: Vec<BadLine>,
+    bad_count: usize,
+}
+
+/// Compiles (or reuses) one list from its sources.
+pub fn compile_list(
+    name: &str,
+    sources: &[PathBuf],
+    cache_dir: &Path,
+) -> Result<CompiledList, ListError> {
+    let fingerprint = fingerprint(sources)?;
+    let block_path = cache_dir.join(format!("{name}.fst"));
+    let allow_path = cache_dir.join(format!("{name}.allow.fst"));
+    let meta_path = cache_dir.join(format!("{name}.meta.json"));
+
+    if let Some(meta) = read_meta(&meta_path).filter(|m| m.fingerprint == fingerprint) {
+        if let (Ok(block), Ok(allow)) = (map_file(&block_path), map_file(&allow_path)) {
+            return Ok(CompiledList {
+                name: name.to_string(),
+                block,
+                allow,
+                sources: sources.to_vec(),
+                keywords: meta.keywords,
+                bad: meta.bad,
+                bad_count: meta.bad_count,
+                recompiled: false,
+                fingerprint,
+            });
+        }
+    }
+
+    fs::create_dir_all(cache_dir).map_err(|e| ListError::io(cache_dir, e))?;
+    let mut block = Vec::new();
+    let mut allow = Vec::new();
+    let mut keywords = Vec::new();
+    let mut bad = Vec::new();
+    let mut bad_count = 0;
+    for (src_idx, path) in sources.iter().enumerate() {
+        let bytes = fs::read(path).map_err(|e| ListError::io(path, e))?;
+        let parsed = parse(path, &bytes);
+        for e in parsed.entries {
+            let mut key = Vec::with_capacity(e.name.len());
+            reverse_key(&e.name, &mut key);
+            let value = ((src_idx as u64) << 32) | u64::from(e.line);
+            match e.kind {
+                EntryKind::Block => block.push((key, value)),
+                EntryKind::Allow => allow.push((key, value)),
+            }
+        }
+        keywords.extend(parsed.keywords.into_iter().map(|k| (src_idx, k)));
+        bad.extend(parsed.bad);
+        bad_count += parsed.bad_count;
+    }
+    write_map(&block_path, block)?;
+    write_map(&allow_path, allow)?;
+    let meta = Meta {
+        fingerprint: fingerprint.clone(),
+        keywords,
+        bad,
+        bad_count,
+    };
+    write_atomic(&meta_path, &serde_json::to_vec(&meta).unwrap_or_default())?;
+
+    Ok(CompiledList {
+        name: name.to_string(),
+        block: map_file(&block_path)?,
+        allow: map_file(&allow_path)?,
+        sources: sources.to_vec(),
+        keywords: meta.keywords,
+        bad: meta.bad,
+        bad_count: meta.bad_count,
+        recompiled: true,
+        fingerprint,
+    })
+}
+
+/// Size and modification time of each source: cheap to compute, and any edit changes it.
+fn fingerprint(sources: &[PathBuf]) -> Result<String, ListError> {
+    let mut fp = String::new();
+    for path in sources {
+        let md = fs::metadata(path).map_err(|e| ListError::io(path, e))?;
+        let mtime = md
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        fp.push_str(&format!("{}:{}:{};", path.display(), md.len(), mtime));
+    }
+    Ok(fp)
+}
+
+fn read_meta(path: &Path) -> Option<Meta> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+/// Sorts, de-duplicates (first line wins) and writes a map atomically.
+fn write_map(path: &Path, mut entries: Vec<(Vec<u8>, u64)>) -> Result<(), ListError> {
+    entries.sort_unstable();
+    entries.dedup_by(|a, b| a.0 == b.0);
+    let tmp = tmp_path(path);
+    let file = File::create(&tmp).map_err(|e| ListError::io(&tmp, e))?;
+    let mut builder =
+        MapBuilder::new(BufWriter::new(file)).map_err(|e| ListError::fst(path, e))?;
+    builder
+        .extend_iter(entries.iter().map(|(k, v)| (k, *v)))
+        .map_err(|e| ListError::fst(path, e))?;
+    let mut w = builder.into_inner().map_err(|e| ListError::fst(path, e))?;
+    w.flush().map_err(|e| ListError::io(&tmp, e))?;
+    drop(w);
+    fs::rename(&tmp, path).map_err(|e| ListError::io(path, e))
+}
+
+/// Writes bytes to a sibling temporary file and renames it over `path`.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ListError> {
+    let tmp = tmp_path(path);
+    fs::write(&tmp, bytes).map_err(|e| ListError::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| ListError::io(path, e))
+}
+
+pub(crate) fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Maps a compiled file and checks its checksum, so a corrupt cache is rebuilt, not trusted.
+pub(crate) fn map_file(path: &Path) -> Result<Map<Mmap>, ListError> {
+    let file = File::open(path).map_err(|e| ListError::io(path, e))?;
+    // SAFETY: compiled files are only ever replaced by rename, never modified in place, so the
+    // mapped bytes cannot change underneath us while this mapping lives.
+    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ListError::io(path, e))?;
+    let map = Map::new(mmap).map_err(|e| ListError::fst(path, e))?;
+    map.as_fst().verify().map_err(|e| ListError::fst(path, e))?;
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiles_once_and_reuses_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("adult.txt");
+        fs::write(&src, "b.example\na.example\nbad line here\n@@||ok.a.example^\n").unwrap();
+        let cache = dir.path().join("cache");
+        let first = compile_list("adult", std::slice::from_ref(&src), &cache).unwrap();
+        assert!(first.recompiled);
+        assert_eq!(first.len(), 2);
+        assert_eq!(first.bad_count, 1);
+        assert_eq!(first.origin(b"example.b", false), Some((src.as_path(), 1)));
+        assert_eq!(first.origin(b"example.a.ok", true), Some((src.as_path(), 4)));
+        let again = compile_list("adult", std::slice::from_ref(&src), &cache).unwrap();
+        assert!(!again.recompiled);
+        assert_eq!(again.bad_count, 1);
+        fs::write(&src, "c.example\n").unwrap();
+        let changed = compile_list("adult", &[src], &cache).unwrap();
+        assert!(changed.recompiled);
+        assert_eq!(changed.len(), 1);
+    }
+}

@@ -1,0 +1,54 @@
+//! Block and allow lists: parsing the text formats, compiling them to FSTs, and the merged index
+//! the query path walks.
+
+mod compile;
+mod index;
+mod parse;
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+pub use compile::{compile_list, CompiledList};
+pub use index::{DomainIndex, Hit, Matches, MAX_LISTS};
+pub use parse::{parse, BadLine, Entry, EntryKind, KeywordLine, Parsed};
+
+/// Why a list could not be loaded. Every variant names the file involved.
+#[derive(Debug, Error)]
+pub enum ListError {
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A compiled file is corrupt or could not be built.
+    #[error("{}: compiled list is unusable ({source}); delete it to force a rebuild", path.display())]
+    Fst {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: fst::Error,
+    },
+    /// More lists than the index has bits for.
+    #[error("{0} lists configured; at most 32 (categories plus group lists) are supported")]
+    TooManyLists(usize),
+}
+
+impl ListError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        ListError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn fst(path: &Path, source: fst::Error) -> Self {
+        ListError::Fst {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
