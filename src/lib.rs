@@ -6,3 +6,11 @@
 
 pub mod domain;
 pub mod lists;
+pub mod cache;
+pub mod clients;
+pub mod config;
+pub mod policy;
+pub mod upstream;
+pub mod wire;
+pub mod server;
+pub mod reload;

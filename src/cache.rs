@@ -1,0 +1,152 @@
+//! Upstream answers kept as encoded bytes, served by copying and patching.
+//!
+//! A cached answer is stored once as wire bytes with the offsets of its TTLs; a hit copies the
+//! bytes into the socket's buffer, writes the client's ID and question case, ages the TTLs in
+//! place and appends OPT when the client used EDNS. That keeps a cache hit as cheap as a
+//! sinkhole answer. Entries outlive their TTL by the serve-stale window (RFC 8767), so a
+//! flaky internet link does not take known names down with it.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rustc_hash::{FxHashMap, FxHasher};
+
+use crate::wire::{self, Query, Writer};
+
+const SHARDS: usize = 16;
+/// TTL given to stale answers (RFC 8767 suggests 30 s).
+const STALE_TTL: u32 = 30;
+
+struct Entry {
+    name: Box<[u8]>,
+    qtype: u16,
+    bytes: Vec<u8>,
+    ttl_offsets: Vec<u16>,
+    stored: Instant,
+    ttl: u32,
+}
+
+/// Whether a cached answer was fresh or is being served past its TTL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Within its TTL.
+    Fresh,
+    /// Past its TTL but inside the serve-stale window.
+    Stale,
+}
+
+/// The answer cache, sharded so the two cores rarely meet on a lock (never held across await).
+pub struct AnswerCache {
+    shards: Vec<Mutex<FxHashMap<u64, Entry>>>,
+    per_shard: usize,
+    stale_window: Duration,
+}
+
+fn key(name: &[u8], qtype: u16) -> u64 {
+    let mut h = FxHasher::default();
+    name.hash(&mut h);
+    qtype.hash(&mut h);
+    h.finish()
+}
+
+impl AnswerCache {
+    /// A cache of about `capacity` answers, serving stale ones for `stale_window` after expiry.
+    pub fn new(capacity: usize, stale_window: Duration) -> Self {
+        AnswerCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(FxHashMap::default())).collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+            stale_window,
+        }
+    }
+
+    /// Stores an encoded answer (ID 0, question in lower case) for `ttl` seconds.
+    pub fn insert(&self, name: &[u8], qtype: u16, bytes: Vec<u8>, ttl: u32) {
+        let Some(ttl_offsets) = wire::ttl_offsets(&bytes) else {
+            return;
+        };
+        let k = key(name, qtype);
+        let now = Instant::now();
+        let mut shard = self.shards[k as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if shard.len() >= self.per_shard && !shard.contains_key(&k) {
+            let window = self.stale_window;
+            shard.retain(|_, e| now.duration_since(e.stored) < Duration::from_secs(e.ttl.into()) + window);
+            if shard.len() >= self.per_shard {
+                if let Some(victim) = shard.keys().next().copied() {
+                    shard.remove(&victim);
+                }
+            }
+        }
+        shard.insert(
+            k,
+            Entry {
+                name: name.into(),
+                qtype,
+                bytes,
+                ttl_offsets,
+                stored: now,
+                ttl,
+            },
+        );
+    }
+
+    /// Writes the cached answer for `q` into `buf`, or returns `None` on a miss. Stale answers
+    /// are only returned when `allow_stale` (the upstream has just failed).
+    pub fn serve(&self, q: &Query<'_>, buf: &mut Vec<u8>, allow_stale: bool) -> Option<Freshness> {
+        let name = q.name.as_str().as_bytes();
+        let k = key(name, q.qtype);
+        let shard = self.shards[k as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let e = shard.get(&k)?;
+        if &*e.name != name || e.qtype != q.qtype || e.bytes.len() < 12 + q.question.len() {
+            return None;
+        }
+        let age = e.stored.elapsed();
+        let expired = age >= Duration::from_secs(e.ttl.into());
+        if expired && (!allow_stale || age >= Duration::from_secs(e.ttl.into()) + self.stale_window)
+        {
+            return None;
+        }
+        buf.clear();
+        buf.extend_from_slice(&e.bytes);
+        buf[0..2].copy_from_slice(&q.id.to_be_bytes());
+        buf[2] = (buf[2] & !0x01) | u8::from(q.rd);
+        buf[12..12 + q.question.len()].copy_from_slice(q.question);
+        let age_secs = age.as_secs().min(u64::from(u32::MAX)) as u32;
+        for &off in &e.ttl_offsets {
+            let at = off as usize;
+            let ttl = u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+            let aged = if expired { STALE_TTL } else { ttl.saturating_sub(age_secs) };
+            buf[at..at + 4].copy_from_slice(&aged.to_be_bytes());
+        }
+        Some(if expired {
+            Freshness::Stale
+        } else {
+            Freshness::Fresh
+        })
+    }
+
+    /// Number of entries held.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|s| s.len()).unwrap_or(0))
+            .sum()
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Appends OPT (with an optional EDE) to a response built from cached bytes.
+pub fn finish_edns(buf: &mut Vec<u8>, q: &Query<'_>, ede: Option<(u16, &str)>) {
+    if let Some(e) = q.edns {
+        let mut w = Writer::append(buf);
+        w.opt(e.dnssec_ok, 0, ede);
+    }
+}

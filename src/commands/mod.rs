@@ -1,0 +1,18 @@
+//! One function per subcommand. This is the binary's edge: errors become `anyhow` here.
+
+mod check;
+mod compile;
+mod serve;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve::run(&cli.config, args),
+        Command::Check(args) => check::run(&cli.config, args),
+        Command::Compile => compile::run(&cli.config),
+    }
+}

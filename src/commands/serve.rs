@@ -1,0 +1,128 @@
+//! `schoolgate serve`: load, bind, answer, reload on change, stop cleanly on SIGTERM.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use schoolgate::cache::AnswerCache;
+use schoolgate::reload::{self, Adjust, ReloadResult};
+use schoolgate::server::{self, Handler};
+use schoolgate::upstream::Upstream;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::cli::{LogFormat, ServeArgs};
+
+/// How long in-flight queries get after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long an expired answer may still be served when the upstream is down.
+const SERVE_STALE: Duration = Duration::from_secs(3600);
+
+pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_tracing(args.log_format);
+    let ServeArgs { listen, upstream, .. } = args;
+    let adjust: Adjust = Arc::new(move |c| {
+        if !listen.is_empty() {
+            c.listen = listen.clone();
+        }
+        if !upstream.is_empty() {
+            c.upstreams = upstream.clone();
+        }
+    });
+    let loaded = reload::load(config_path, &adjust).map_err(anyhow::Error::msg)?;
+    for bad in &loaded.bad {
+        tracing::warn!("{bad}");
+    }
+    if loaded.bad_count > loaded.bad.len() {
+        tracing::warn!("{} more bad list lines not shown", loaded.bad_count - loaded.bad.len());
+    }
+    let engine = Arc::new(loaded.engine);
+    let config = engine.config().clone();
+    tracing::info!(
+        names = engine.index_len(),
+        recompiled = ?loaded.recompiled,
+        "lists loaded"
+    );
+
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listeners = server::bind(&config.listen, workers)?;
+        let upstream = Upstream::new(&config.upstreams, config.upstream_timeout, config.cache_size)?;
+        let handler = Arc::new(Handler::new(
+            engine,
+            upstream,
+            AnswerCache::new(config.cache_size, SERVE_STALE),
+        ));
+        for addr in &listeners.addrs {
+            tracing::info!("listening on {addr} (udp, tcp)");
+        }
+
+        let (tx, rx) = mpsc::channel(1);
+        let watch = match reload::watch(&config, tx.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("cannot watch list files ({e}); reload with SIGHUP instead");
+                None
+            }
+        };
+        tokio::spawn(reloader(handler.clone(), config_path.to_path_buf(), adjust, rx));
+        let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let _ = tx.try_send(());
+            }
+        });
+        tracing::info!("ready");
+        server::serve(handler, listeners, shutdown_signal(), SHUTDOWN_GRACE).await;
+        drop(watch);
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn reloader(handler: Arc<Handler>, config_path: std::path::PathBuf, adjust: Adjust, mut rx: mpsc::Receiver<()>) {
+    while rx.recv().await.is_some() {
+        match reload::reload(&handler, &config_path, &adjust).await {
+            ReloadResult::Applied { recompiled, took } => {
+                tracing::info!(?recompiled, took_ms = took.as_millis() as u64, "reloaded");
+            }
+            ReloadResult::Failed(e) => {
+                tracing::error!("reload failed, previous lists stay in force: {e}");
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

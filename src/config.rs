@@ -1,0 +1,682 @@
+//! The configuration file: raw serde structs, then a validated [`Config`].
+//!
+//! Every mistake a technician can make is reported with the file, line and field, and all of
+//! them at once, so one edit-and-retry fixes the lot. Paths in the file are relative to the
+//! file's own directory, so the shipped `config/` works from any working directory.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use chrono::{NaiveTime, Weekday};
+use ipnet::IpNet;
+use serde::Deserialize;
+use thiserror::Error;
+use toml::Spanned;
+
+/// A configuration problem, located in the file.
+#[derive(Debug, Error)]
+#[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError(pub Vec<Problem>);
+
+/// One configuration problem.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// The config file.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The field, when known (`category.file`).
+    pub field: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: ", self.file.display(), line)?,
+            None => write!(f, "{}: ", self.file.display())?,
+        }
+        if self.field.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "field `{}`: {}", self.field, self.message)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    sinkhole: Sinkhole,
+    lists: RawLists,
+    #[serde(default, rename = "category")]
+    categories: Vec<RawCategory>,
+    #[serde(default)]
+    groups: BTreeMap<String, RawGroup>,
+    #[serde(default, rename = "client")]
+    clients: Vec<RawClient>,
+    #[serde(default)]
+    logs: RawLogs,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default = "default_listen")]
+    listen: Vec<SocketAddr>,
+    #[serde(default)]
+    upstreams: Vec<SocketAddr>,
+    #[serde(default = "default_client_networks")]
+    client_networks: Vec<IpNet>,
+    #[serde(default = "default_upstream_timeout_ms")]
+    upstream_timeout_ms: u64,
+    #[serde(default = "default_cache_size")]
+    cache_size: usize,
+    #[serde(default = "default_time_zone")]
+    time_zone: Spanned<String>,
+    #[serde(default = "default_rate_limit_qps")]
+    rate_limit_qps: u32,
+    #[serde(default = "default_rate_limit_burst")]
+    rate_limit_burst: u32,
+    #[serde(default)]
+    start_unfiltered: bool,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: default_listen(),
+            upstreams: Vec::new(),
+            client_networks: default_client_networks(),
+            upstream_timeout_ms: default_upstream_timeout_ms(),
+            cache_size: default_cache_size(),
+            time_zone: Spanned::new(0..0, default_time_zone().into_inner()),
+            rate_limit_qps: default_rate_limit_qps(),
+            rate_limit_burst: default_rate_limit_burst(),
+            start_unfiltered: false,
+        }
+    }
+}
+
+fn default_listen() -> Vec<SocketAddr> {
+    vec!["127.0.0.1:5353".parse().expect("literal address")]
+}
+fn default_client_networks() -> Vec<IpNet> {
+    [
+        "127.0.0.0/8",
+        "::1/128",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+    ]
+    .iter()
+    .map(|n| n.parse().expect("literal network"))
+    .collect()
+}
+fn default_upstream_timeout_ms() -> u64 {
+    2000
+}
+fn default_cache_size() -> usize {
+    20_000
+}
+fn default_time_zone() -> Spanned<String> {
+    Spanned::new(0..0, "Europe/London".to_string())
+}
+fn default_rate_limit_qps() -> u32 {
+    200
+}
+fn default_rate_limit_burst() -> u32 {
+    400
+}
+
+/// What a blocked name is answered with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sinkhole {
+    /// `null` (0.0.0.0 / ::), `nxdomain`, or `address` (a block page).
+    #[serde(default)]
+    pub mode: SinkholeMode,
+    /// TTL of sinkhole answers, seconds.
+    #[serde(default = "default_sinkhole_ttl")]
+    pub ttl: u32,
+    /// Block-page IPv4 address for `mode = "address"`.
+    pub ipv4: Option<std::net::Ipv4Addr>,
+    /// Block-page IPv6 address for `mode = "address"`.
+    pub ipv6: Option<std::net::Ipv6Addr>,
+}
+
+impl Default for Sinkhole {
+    fn default() -> Self {
+        Sinkhole {
+            mode: SinkholeMode::Null,
+            ttl: default_sinkhole_ttl(),
+            ipv4: None,
+            ipv6: None,
+        }
+    }
+}
+
+fn default_sinkhole_ttl() -> u32 {
+    60
+}
+
+/// Sinkhole styles.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkholeMode {
+    /// `0.0.0.0` for A, `::` for AAAA.
+    #[default]
+    Null,
+    /// NXDOMAIN.
+    Nxdomain,
+    /// The configured block-page address.
+    Address,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLists {
+    dir: PathBuf,
+    #[serde(default = "default_cache_dir")]
+    cache_dir: PathBuf,
+    allow: Option<Spanned<String>>,
+}
+
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from("../state/compiled")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCategory {
+    name: Spanned<String>,
+    #[serde(default)]
+    files: Vec<Spanned<String>>,
+    #[serde(default)]
+    locked: bool,
+    #[serde(default)]
+    alert: bool,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    #[serde(default)]
+    block: Vec<Spanned<String>>,
+    #[serde(default)]
+    description: String,
+    #[serde(default, rename = "schedule")]
+    schedules: Vec<RawSchedule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    name: String,
+    days: Vec<Spanned<String>>,
+    from: Spanned<String>,
+    to: Spanned<String>,
+    #[serde(default)]
+    block: Vec<Spanned<String>>,
+    #[serde(default)]
+    unblock: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: String,
+    addr: Spanned<String>,
+    group: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLogs {
+    dir: Option<PathBuf>,
+}
+
+/// A category of blocked names.
+#[derive(Debug, Clone)]
+pub struct Category {
+    /// Short name used everywhere (`adult`, `illegal`).
+    pub name: String,
+    /// Source files, resolved.
+    pub files: Vec<PathBuf>,
+    /// Never lifted by allow entries, groups, schedules or exemptions.
+    pub locked: bool,
+    /// Attempts raise an immediate alert.
+    pub alert: bool,
+    /// What the category covers, for reports.
+    pub description: String,
+}
+
+/// A time-of-day rule within a group.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Shown by `check` and in logs.
+    pub name: String,
+    /// Days it applies.
+    pub days: Vec<Weekday>,
+    /// Start, local time, inclusive.
+    pub from: NaiveTime,
+    /// End, local time, exclusive.
+    pub to: NaiveTime,
+    /// Categories additionally blocked while it applies.
+    pub block: Vec<String>,
+    /// Categories lifted while it applies.
+    pub unblock: Vec<String>,
+}
+
+/// A group of clients sharing a policy.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// Name (`pupils`, `staff`).
+    pub name: String,
+    /// Categories blocked outside any schedule.
+    pub block: Vec<String>,
+    /// For the report.
+    pub description: String,
+    /// Time-of-day variations, first match wins.
+    pub schedules: Vec<Schedule>,
+}
+
+/// A named client (one address or a range).
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// What the coordinator reads.
+    pub name: String,
+    /// Its addresses.
+    pub net: IpNet,
+    /// Its group.
+    pub group: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Addresses to answer on (UDP and TCP).
+    pub listen: Vec<SocketAddr>,
+    /// Resolvers allowed names are forwarded to.
+    pub upstreams: Vec<SocketAddr>,
+    /// Networks whose queries are answered; everyone else gets REFUSED.
+    pub client_networks: Vec<IpNet>,
+    /// How long an upstream may take before SERVFAIL.
+    pub upstream_timeout: std::time::Duration,
+    /// Upstream answer cache entries.
+    pub cache_size: usize,
+    /// The school's time zone, for schedules, logs and reports.
+    pub time_zone: chrono_tz::Tz,
+    /// Per-client queries per second.
+    pub rate_limit_qps: u32,
+    /// Per-client burst.
+    pub rate_limit_burst: u32,
+    /// Start without lists if none load (logged loudly); off by default: fail closed.
+    pub start_unfiltered: bool,
+    /// Sinkhole answer settings.
+    pub sinkhole: Sinkhole,
+    /// Directory of list files.
+    pub lists_dir: PathBuf,
+    /// Where compiled lists are cached.
+    pub cache_dir: PathBuf,
+    /// The allow list, if any.
+    pub allow_file: Option<PathBuf>,
+    /// Categories, in priority order (locked ones first).
+    pub categories: Vec<Category>,
+    /// Groups by name; always contains `default`.
+    pub groups: BTreeMap<String, Group>,
+    /// Named clients.
+    pub clients: Vec<Client>,
+    /// Access and breach log directory.
+    pub log_dir: PathBuf,
+}
+
+/// Name of the group unknown clients fall into.
+pub const DEFAULT_GROUP: &str = "default";
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(vec![Problem {
+                file: path.to_path_buf(),
+                line: None,
+                field: String::new(),
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Self::from_toml(path, &text)
+    }
+
+    /// Validates config text; `path` names the file in errors and anchors relative paths.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let mut v = Validator {
+            file: path.to_path_buf(),
+            text,
+            problems: Vec::new(),
+        };
+        let raw: Raw = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let line = e.span().map(|s| v.line_of(&s));
+                return Err(ConfigError(vec![Problem {
+                    file: path.to_path_buf(),
+                    line,
+                    field: String::new(),
+                    message: e.message().to_string(),
+                }]));
+            }
+        };
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let config = v.validate(raw, &base);
+        if v.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(v.problems))
+        }
+    }
+
+    /// The category by name.
+    pub fn category(&self, name: &str) -> Option<&Category> {
+        self.categories.iter().find(|c| c.name == name)
+    }
+}
+
+struct Validator<'a> {
+    file: PathBuf,
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        self.text[..span.start.min(self.text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn problem<T>(&mut self, at: &Spanned<T>, field: &str, message: impl Into<String>) {
+        let line = (at.span() != (0..0)).then(|| self.line_of(&at.span()));
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            line,
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn validate(&mut self, raw: Raw, base: &Path) -> Config {
+        let time_zone = raw
+            .server
+            .time_zone
+            .get_ref()
+            .parse::<chrono_tz::Tz>()
+            .unwrap_or_else(|_| {
+                self.problem(
+                    &raw.server.time_zone,
+                    "server.time_zone",
+                    "unknown time zone; use an IANA name such as \"Europe/London\"",
+                );
+                chrono_tz::Europe::London
+            });
+        if raw.sinkhole.mode == SinkholeMode::Address
+            && raw.sinkhole.ipv4.is_none()
+            && raw.sinkhole.ipv6.is_none()
+        {
+            self.problems.push(Problem {
+                file: self.file.clone(),
+                line: None,
+                field: "sinkhole.ipv4".into(),
+                message: "mode = \"address\" needs ipv4 and/or ipv6 (the block page)".into(),
+            });
+        }
+
+        let lists_dir = base.join(&raw.lists.dir);
+        let cache_dir = base.join(&raw.lists.cache_dir);
+        let allow_file = raw.lists.allow.as_ref().map(|f| {
+            let p = lists_dir.join(f.get_ref());
+            if !p.is_file() {
+                self.problem(
+                    f,
+                    "lists.allow",
+                    format!("list file {} does not exist", p.display()),
+                );
+            }
+            p
+        });
+
+        let mut categories = Vec::new();
+        for c in &raw.categories {
+            let name = c.name.get_ref().clone();
+            if !is_identifier(&name) || name == "allow" {
+                self.problem(
+                    &c.name,
+                    "category.name",
+                    format!("{name:?} is not a usable category name (letters, digits, _; not \"allow\")"),
+                );
+            }
+            if categories.iter().any(|x: &Category| x.name == name) {
+                self.problem(&c.name, "category.name", format!("category {name:?} is defined twice"));
+            }
+            let mut files = Vec::new();
+            for f in &c.files {
+                let p = lists_dir.join(f.get_ref());
+                if !p.is_file() {
+                    self.problem(
+                        f,
+                        "category.files",
+                        format!(
+                            "list file {} does not exist; create it (it may be empty) or remove it",
+                            p.display()
+                        ),
+                    );
+                }
+                files.push(p);
+            }
+            categories.push(Category {
+                name,
+                files,
+                locked: c.locked,
+                alert: c.alert,
+                description: c.description.clone(),
+            });
+        }
+        // Locked categories are decided first, so they come first.
+        categories.sort_by_key(|c| !c.locked);
+
+        let known = |n: &str| categories.iter().any(|c| c.name == n);
+        let mut groups = BTreeMap::new();
+        for (name, g) in &raw.groups {
+            let block = self.category_names(&g.block, &format!("groups.{name}.block"), &known);
+            let mut schedules = Vec::new();
+            for s in &g.schedules {
+                schedules.push(self.schedule(name, s, &known));
+            }
+            groups.insert(
+                name.clone(),
+                Group {
+                    name: name.clone(),
+                    block,
+                    description: g.description.clone(),
+                    schedules,
+                },
+            );
+        }
+        groups.entry(DEFAULT_GROUP.to_string()).or_insert_with(|| Group {
+            name: DEFAULT_GROUP.to_string(),
+            block: categories.iter().map(|c| c.name.clone()).collect(),
+            description: "Devices not named in the config: everything blocked".into(),
+            schedules: Vec::new(),
+        });
+
+        let mut clients = Vec::new();
+        for c in &raw.clients {
+            let net = match parse_net(c.addr.get_ref()) {
+                Some(n) => n,
+                None => {
+                    self.problem(&c.addr, "client.addr", format!("{:?} is not an IP address or CIDR range", c.addr.get_ref()));
+                    continue;
+                }
+            };
+            if !groups.contains_key(c.group.get_ref()) {
+                self.problem(&c.group, "client.group", format!("no group named {:?}", c.group.get_ref()));
+            }
+            clients.push(Client {
+                name: c.name.clone(),
+                net,
+                group: c.group.get_ref().clone(),
+            });
+        }
+
+        Config {
+            path: self.file.clone(),
+            listen: raw.server.listen,
+            upstreams: raw.server.upstreams,
+            client_networks: raw.server.client_networks,
+            upstream_timeout: std::time::Duration::from_millis(raw.server.upstream_timeout_ms),
+            cache_size: raw.server.cache_size,
+            time_zone,
+            rate_limit_qps: raw.server.rate_limit_qps,
+            rate_limit_burst: raw.server.rate_limit_burst,
+            start_unfiltered: raw.server.start_unfiltered,
+            sinkhole: raw.sinkhole,
+            lists_dir,
+            cache_dir,
+            allow_file,
+            categories,
+            groups,
+            clients,
+            log_dir: base.join(raw.logs.dir.unwrap_or_else(|| PathBuf::from("../state/logs"))),
+        }
+    }
+
+    fn category_names(
+        &mut self,
+        names: &[Spanned<String>],
+        field: &str,
+        known: &dyn Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in names {
+            if known(n.get_ref()) {
+                out.push(n.get_ref().clone());
+            } else {
+                self.problem(n, field, format!("no category named {:?}", n.get_ref()));
+            }
+        }
+        out
+    }
+
+    fn schedule(&mut self, group: &str, s: &RawSchedule, known: &dyn Fn(&str) -> bool) -> Schedule {
+        let field = format!("groups.{group}.schedule");
+        let mut days = Vec::new();
+        for d in &s.days {
+            match parse_days(d.get_ref()) {
+                Some(ds) => days.extend(ds),
+                None => self.problem(d, &format!("{field}.days"), format!("{:?} is not a day (mon..sun, or weekdays/weekend)", d.get_ref())),
+            }
+        }
+        let mut time = |t: &Spanned<String>, which: &str| {
+            NaiveTime::parse_from_str(t.get_ref(), "%H:%M").unwrap_or_else(|_| {
+                self.problem(t, &format!("{field}.{which}"), format!("{:?} is not a time like \"12:30\"", t.get_ref()));
+                NaiveTime::MIN
+            })
+        };
+        let from = time(&s.from, "from");
+        let to = time(&s.to, "to");
+        Schedule {
+            name: s.name.clone(),
+            days,
+            from,
+            to,
+            block: self.category_names(&s.block, &format!("{field}.block"), known),
+            unblock: self.category_names(&s.unblock, &format!("{field}.unblock"), known),
+        }
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// An address or CIDR range; a bare address is a single-host range.
+pub fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+fn parse_days(s: &str) -> Option<Vec<Weekday>> {
+    use Weekday::*;
+    Some(match s.to_ascii_lowercase().as_str() {
+        "weekdays" => vec![Mon, Tue, Wed, Thu, Fri],
+        "weekend" => vec![Sat, Sun],
+        "everyday" | "daily" => vec![Mon, Tue, Wed, Thu, Fri, Sat, Sun],
+        other => vec![other.parse::<Weekday>().ok()?],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("adult.txt"), "").unwrap();
+        let path = dir.path().join("schoolgate.toml");
+        Config::from_toml(&path, text)
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_field() {
+        let err = cfg("[lists]\ndir = \".\"\n\n[server]\nlisten = [\"127.0.0.1:53\"]\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("schoolgate.toml:6:"), "{err}");
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn bad_address_names_line() {
+        let err = cfg("[server]\nlisten = [\"127.0.0.1:99999\"]\n[lists]\ndir = \".\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":2:"), "{err}");
+    }
+
+    #[test]
+    fn missing_list_and_unknown_category_all_reported() {
+        let err = cfg("[lists]\ndir = \".\"\n[[category]]\nname = \"adult\"\nfiles = [\"adult.txt\"]\n[[category]]\nname = \"gambling\"\nfiles = [\"nope.txt\"]\n[groups.pupils]\nblock = [\"adult\", \"gamblng\"]\n")
+            .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        let text = err.to_string();
+        assert!(text.contains(":8: field `category.files`"), "{text}");
+        assert!(text.contains(":10: field `groups.pupils.block`"), "{text}");
+    }
+
+    #[test]
+    fn defaults_and_locked_first() {
+        let c = cfg("[lists]\ndir = \".\"\n[[category]]\nname = \"adult\"\nfiles = [\"adult.txt\"]\n[[category]]\nname = \"illegal\"\nlocked = true\n")
+            .unwrap();
+        assert_eq!(c.categories[0].name, "illegal");
+        assert!(c.groups.contains_key(DEFAULT_GROUP));
+        assert_eq!(c.listen, default_listen());
+    }
+}

@@ -1,0 +1,249 @@
+//! Sockets: UDP and TCP listeners feeding the [`Handler`], and the server's lifecycle.
+//!
+//! Each UDP address gets one socket per worker thread (SO_REUSEPORT), each drained by its own
+//! task that answers from memory without spawning; only upstream lookups become tasks. TCP
+//! connections are limited in number per client and in total, and time out when idle.
+
+mod handler;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken as CancelToken;
+
+pub use handler::{Handler, Outcome, Transport};
+
+/// TCP connections served at once, in total.
+pub const MAX_TCP_CONNECTIONS: usize = 512;
+/// TCP connections one client address may hold.
+pub const MAX_TCP_PER_CLIENT: usize = 16;
+/// A TCP connection with no complete query for this long is closed.
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the server could not start.
+#[derive(Debug, Error)]
+pub enum BindError {
+    /// The address could not be bound (in use, no permission, not local).
+    #[error("cannot listen on {addr} ({proto}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// `udp` or `tcp`.
+        proto: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Bound sockets, ready to serve.
+pub struct Listeners {
+    udp: Vec<Arc<UdpSocket>>,
+    tcp: Vec<TcpListener>,
+    /// The addresses actually bound (port 0 resolved).
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Binds every listen address for UDP (`per_addr` sockets each) and TCP on the same port.
+pub fn bind(listen: &[SocketAddr], per_addr: usize) -> Result<Listeners, BindError> {
+    let mut l = Listeners {
+        udp: Vec::new(),
+        tcp: Vec::new(),
+        addrs: Vec::new(),
+    };
+    for &want in listen {
+        let first = udp_socket(want).map_err(|source| BindError::Bind { addr: want, proto: "udp", source })?;
+        let addr = first
+            .local_addr()
+            .map_err(|source| BindError::Bind { addr: want, proto: "udp", source })?;
+        l.udp.push(Arc::new(first));
+        for _ in 1..per_addr {
+            let s = udp_socket(addr).map_err(|source| BindError::Bind { addr, proto: "udp", source })?;
+            l.udp.push(Arc::new(s));
+        }
+        l.tcp.push(tcp_listener(addr).map_err(|source| BindError::Bind { addr, proto: "tcp", source })?);
+        l.addrs.push(addr);
+    }
+    Ok(l)
+}
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    // Bursts from a whole school arrive at once; a deeper queue drops fewer.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and lets in-flight queries finish
+/// (for at most `grace`).
+pub async fn serve(handler: Arc<Handler>, listeners: Listeners, shutdown: impl Future<Output = ()>, grace: Duration) {
+    let cancel = CancelToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for sock in listeners.udp {
+        tasks.spawn(udp_loop(handler.clone(), sock, cancel.clone()));
+    }
+    let limits = Arc::new(TcpLimits::default());
+    for l in listeners.tcp {
+        tasks.spawn(tcp_accept(handler.clone(), l, limits.clone(), cancel.clone()));
+    }
+    shutdown.await;
+    cancel.cancel();
+    let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+}
+
+async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelToken) {
+    let mut packet = vec![0u8; 4096];
+    let mut buf = Vec::with_capacity(1500);
+    let inflight = Arc::new(Semaphore::new(4096));
+    loop {
+        let (len, src) = tokio::select! {
+            r = sock.recv_from(&mut packet) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(error = %e, "udp receive error");
+                    continue;
+                }
+            },
+            _ = cancel.cancelled() => break,
+        };
+        let pkt = &packet[..len];
+        match handler.answer_now(pkt, src, Transport::Udp, &mut buf) {
+            Outcome::Reply => {
+                let _ = sock.send_to(&buf, src).await;
+            }
+            Outcome::Drop => {}
+            Outcome::Upstream => {
+                // Bound the lookups in flight so a flood of unique names cannot exhaust memory.
+                let Ok(permit) = inflight.clone().try_acquire_owned() else {
+                    continue;
+                };
+                let handler = handler.clone();
+                let sock = sock.clone();
+                let pkt = pkt.to_vec();
+                tokio::spawn(async move {
+                    let mut out = Vec::with_capacity(512);
+                    if handler.answer_upstream(&pkt, src, Transport::Udp, &mut out).await == Outcome::Reply {
+                        let _ = sock.send_to(&out, src).await;
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+    // Let spawned upstream lookups answer before the socket goes.
+    let _ = tokio::time::timeout(Duration::from_secs(3), inflight.acquire_many(4096)).await;
+}
+
+#[derive(Default)]
+struct TcpLimits {
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl TcpLimits {
+    fn enter(&self, ip: IpAddr) -> bool {
+        let mut m = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= MAX_TCP_PER_CLIENT {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, ip: IpAddr) {
+        let mut m = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
+
+async fn tcp_accept(handler: Arc<Handler>, listener: TcpListener, limits: Arc<TcpLimits>, cancel: CancelToken) {
+    let total = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    loop {
+        let (stream, src) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(error = %e, "tcp accept error");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = cancel.cancelled() => break,
+        };
+        let Ok(permit) = total.clone().try_acquire_owned() else {
+            continue;
+        };
+        let ip = crate::clients::canonical(src.ip());
+        if !limits.enter(ip) {
+            continue;
+        }
+        let handler = handler.clone();
+        let limits = limits.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let _ = tcp_conn(&handler, stream, src, cancel).await;
+            limits.leave(ip);
+            drop(permit);
+        });
+    }
+}
+
+/// Serves pipelined queries on one connection, in order, until idle, closed or shut down.
+async fn tcp_conn(handler: &Handler, mut stream: TcpStream, src: SocketAddr, cancel: CancelToken) -> std::io::Result<()> {
+    let mut packet = vec![0u8; 65535];
+    let mut buf = Vec::with_capacity(1500);
+    loop {
+        let len = tokio::select! {
+            r = tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read_u16()) => match r {
+                Ok(Ok(n)) => n as usize,
+                _ => return Ok(()),
+            },
+            _ = cancel.cancelled() => return Ok(()),
+        };
+        match tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut packet[..len])).await {
+            Ok(Ok(_)) => {}
+            _ => return Ok(()),
+        }
+        let pkt = &packet[..len];
+        let outcome = match handler.answer_now(pkt, src, Transport::Tcp, &mut buf) {
+            Outcome::Upstream => handler.answer_upstream(pkt, src, Transport::Tcp, &mut buf).await,
+            o => o,
+        };
+        if outcome == Outcome::Reply {
+            let mut framed = Vec::with_capacity(buf.len() + 2);
+            framed.extend_from_slice(&(buf.len() as u16).to_be_bytes());
+            framed.extend_from_slice(&buf);
+            stream.write_all(&framed).await?;
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! DNS messages at the byte level, for the query path.
+//!
+//! Queries are read without building a `Message`: the header, the one question and the OPT
+//! record are all a filtering resolver needs, and reading them in place keeps the hot path free
+//! of allocation. Answers that need no upstream (sinkhole, refusals, errors) are written straight
+//! into a reused buffer. Upstream answers are encoded once by hickory-proto, then cached and
+//! served from their bytes (see [`crate::cache`]).
+//!
+//! Malformed input follows the RFCs: anything too short to carry an ID, or that is itself a
+//! response, is dropped; anything with a readable header gets FORMERR, NOTIMP or BADVERS.
+
+use std::net::IpAddr;
+
+use crate::domain::QueryName;
+
+/// RR types the query path cares about.
+pub mod rtype {
+    /// IPv4 address.
+    pub const A: u16 = 1;
+    /// Alias.
+    pub const CNAME: u16 = 5;
+    /// Start of authority.
+    pub const SOA: u16 = 6;
+    /// IPv6 address.
+    pub const AAAA: u16 = 28;
+    /// EDNS pseudo-record.
+    pub const OPT: u16 = 41;
+    /// HTTPS service binding (carries address hints).
+    pub const HTTPS: u16 = 65;
+    /// Zone transfer.
+    pub const AXFR: u16 = 252;
+    /// Incremental zone transfer.
+    pub const IXFR: u16 = 251;
+    /// Everything.
+    pub const ANY: u16 = 255;
+}
+
+/// Response codes used here.
+pub mod rcode {
+    /// No error.
+    pub const NOERROR: u8 = 0;
+    /// Malformed query.
+    pub const FORMERR: u8 = 1;
+    /// Server failure.
+    pub const SERVFAIL: u8 = 2;
+    /// Name does not exist.
+    pub const NXDOMAIN: u8 = 3;
+    /// Not implemented.
+    pub const NOTIMP: u8 = 4;
+    /// Refused by policy.
+    pub const REFUSED: u8 = 5;
+    /// EDNS version not supported (extended, 16).
+    pub const BADVERS: u16 = 16;
+}
+
+/// Extended DNS Error info codes (RFC 8914).
+pub mod ede {
+    /// Blocked by the operator's policy.
+    pub const BLOCKED: u16 = 15;
+    /// Censored (required by law or an authority's list).
+    pub const CENSORED: u16 = 16;
+    /// Filtered at the client's request (a school's own policy).
+    pub const FILTERED: u16 = 17;
+    /// Refused by access control.
+    pub const PROHIBITED: u16 = 18;
+    /// Stale answer served.
+    pub const STALE_ANSWER: u16 = 3;
+    /// Upstream unreachable.
+    pub const NO_REACHABLE_AUTHORITY: u16 = 22;
+}
+
+/// Largest UDP answer we produce for EDNS clients (the DNS flag day 2020 value).
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
+const HEADER: usize = 12;
+
+/// What a trusted forwarder said about the real client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientHint {
+    /// EDNS Client Subnet (RFC 7871) address.
+    Subnet(IpAddr),
+    /// dnsmasq `add-mac` option (code 65001).
+    Mac([u8; 6]),
+}
+
+/// The EDNS part of a query.
+#[derive(Debug, Clone, Copy)]
+pub struct Edns {
+    /// Client's advertised UDP payload size.
+    pub udp_size: u16,
+    /// DNSSEC OK bit, echoed back.
+    pub dnssec_ok: bool,
+    /// Version; only 0 exists.
+    pub version: u8,
+    /// Identity hints from a forwarder (only trusted from configured forwarders).
+    pub hint: Option<ClientHint>,
+}
+
+/// A parsed query, borrowing the packet.
+#[derive(Debug, Clone)]
+pub struct Query<'a> {
+    /// Transaction ID.
+    pub id: u16,
+    /// Recursion desired.
+    pub rd: bool,
+    /// Checking disabled.
+    pub cd: bool,
+    /// Normalised name.
+    pub name: QueryName,
+    /// Question type.
+    pub qtype: u16,
+    /// Question class.
+    pub qclass: u16,
+    /// The raw question (name, type, class) as the client wrote it: echoed back verbatim so the
+    /// client's case (0x20 randomisation) survives.
+    pub question: &'a [u8],
+    /// EDNS, if the client sent OPT.
+    pub edns: Option<Edns>,
+}
+
+impl Query<'_> {
+    /// Largest response this client accepts over UDP.
+    pub fn udp_limit(&self) -> usize {
+        match self.edns {
+            Some(e) => e.udp_size.clamp(512, MAX_UDP_PAYLOAD) as usize,
+            None => 512,
+        }
+    }
+}
+
+/// Why a packet could not be served as a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    /// Too short, or a response: say nothing.
+    Drop,
+    /// Answer with this code, echoing ID, opcode, RD and the question if readable.
+    Error {
+        /// Transaction ID.
+        id: u16,
+        /// Bytes 2..4 of the request header.
+        flags: u16,
+        /// Response code (may be extended, e.g. BADVERS).
+        rcode: u16,
+        /// Raw question, when one could be read.
+        question: Option<(usize, usize)>,
+        /// Whether the query had an OPT record.
+        edns: bool,
+    },
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+/// Reads a name starting at `at`, following compression pointers (bounded, so loops end).
+/// Returns the labels' (offset, len) in a fixed array and the offset after the name.
+fn read_name(p: &[u8], mut at: usize) -> Option<([(u16, u8); 128], usize, usize)> {
+    let mut labels = [(0u16, 0u8); 128];
+    let mut n = 0;
+    let mut end = None;
+    let mut jumps = 0;
+    let mut total = 0usize;
+    loop {
+        let len = *p.get(at)? as usize;
+        match len & 0xC0 {
+            0x00 => {
+                if len == 0 {
+                    return Some((labels, n, end.unwrap_or(at + 1)));
+                }
+                if at + 1 + len > p.len() || n == labels.len() {
+                    return None;
+                }
+                total += len + 1;
+                if total > 255 {
+                    return None;
+                }
+                labels[n] = (at as u16 + 1, len as u8);
+                n += 1;
+                at += 1 + len;
+            }
+            0xC0 => {
+                let target = (be16(p, at)? & 0x3FFF) as usize;
+                end.get_or_insert(at + 2);
+                jumps += 1;
+                // A pointer must point backwards; this also makes loops impossible.
+                if target >= at || jumps > 64 {
+                    return None;
+                }
+                at = target;
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Skips a resource record, returning the offset after it.
+fn skip_record(p: &[u8], at: usize) -> Option<usize> {
+    let (_, _, after) = read_name(p, at)?;
+    let rdlen = be16(p, after + 8)? as usize;
+    let end = after + 10 + rdlen;
+    (end <= p.len()).then_some(end)
+}
+
+/// Parses a query packet.
+pub fn parse(p: &[u8]) -> Result<Query<'_>, Reject> {
+    if p.len() < HEADER {
+        return Err(Reject::Drop);
+    }
+    let id = be16(p, 0).unwrap_or(0);
+    let flags = be16(p, 2).unwrap_or(0);
+    if flags & 0x8000 != 0 {
+        return Err(Reject::Drop);
+    }
+    let err = |rcode: u16, question: Option<(usize, usize)>, edns: bool| Reject::Error {
+        id,
+        flags,
+        rcode,
+        question,
+        edns,
+    };
+    let opcode = (flags >> 11) & 0xF;
+    let qd = be16(p, 4).unwrap_or(0);
+    let an = be16(p, 6).unwrap_or(0);
+    let ns = be16(p, 8).unwrap_or(0);
+    let ar = be16(p, 10).unwrap_or(0);
+    if qd != 1 {
+        return Err(err(rcode::FORMERR as u16, None, false));
+    }
+    let Some((labels, n, after_name)) = read_name(p, HEADER) else {
+        return Err(err(rcode::FORMERR as u16, None, false));
+    };
+    let (Some(qtype), Some(qclass)) = (be16(p, after_name), be16(p, after_name + 2)) else {
+        return Err(err(rcode::FORMERR as u16, None, false));
+    };
+    let q_end = after_name + 4;
+    let question = Some((HEADER, q_end));
+    if opcode != 0 {
+        return Err(err(rcode::NOTIMP as u16, question, false));
+    }
+
+    let mut at = q_end;
+    for _ in 0..(an as usize + ns as usize) {
+        at = skip_record(p, at).ok_or(err(rcode::FORMERR as u16, question, false))?;
+    }
+    let mut edns = None;
+    for _ in 0..ar {
+        let (_, ln, after) =
+            read_name(p, at).ok_or(err(rcode::FORMERR as u16, question, false))?;
+        let rt = be16(p, after).ok_or(err(rcode::FORMERR as u16, question, false))?;
+        let end = skip_record(p, at).ok_or(err(rcode::FORMERR as u16, question, false))?;
+        if rt == rtype::OPT {
+            if edns.is_some() || ln != 0 {
+                return Err(err(rcode::FORMERR as u16, question, true));
+            }
+            edns = Some(read_opt(p, after, end));
+        }
+        at = end;
+    }
+    if let Some(e) = edns {
+        if e.version != 0 {
+            return Err(err(rcode::BADVERS, question, true));
+        }
+    }
+    let name = QueryName::from_labels(
+        labels[..n]
+            .iter()
+            .map(|&(off, len)| &p[off as usize..off as usize + len as usize]),
+    )
+    .map_err(|_| err(rcode::FORMERR as u16, question, edns.is_some()))?;
+    Ok(Query {
+        id,
+        rd: flags & 0x0100 != 0,
+        cd: flags & 0x0010 != 0,
+        name,
+        qtype,
+        qclass,
+        question: &p[HEADER..q_end],
+        edns,
+    })
+}
+
+fn read_opt(p: &[u8], after_name: usize, end: usize) -> Edns {
+    let udp_size = be16(p, after_name + 2).unwrap_or(512);
+    let ttl_hi = be16(p, after_name + 4).unwrap_or(0);
+    let ttl_lo = be16(p, after_name + 6).unwrap_or(0);
+    let mut hint = None;
+    let mut at = after_name + 10;
+    while at + 4 <= end {
+        let code = be16(p, at).unwrap_or(0);
+        let len = be16(p, at + 2).unwrap_or(0) as usize;
+        let data = p.get(at + 4..(at + 4 + len).min(end)).unwrap_or(&[]);
+        match code {
+            8 => hint = read_ecs(data).map(ClientHint::Subnet).or(hint),
+            65001 if data.len() == 6 => {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(data);
+                hint = Some(ClientHint::Mac(mac));
+            }
+            _ => {}
+        }
+        at += 4 + len;
+    }
+    Edns {
+        udp_size,
+        dnssec_ok: ttl_lo & 0x8000 != 0,
+        version: (ttl_hi & 0xFF) as u8,
+        hint,
+    }
+}
+
+fn read_ecs(data: &[u8]) -> Option<IpAddr> {
+    let family = be16(data, 0)?;
+    let addr = data.get(4..)?;
+    match family {
+        1 => {
+            let mut o = [0u8; 4];
+            o[..addr.len().min(4)].copy_from_slice(&addr[..addr.len().min(4)]);
+            Some(IpAddr::from(o))
+        }
+        2 => {
+            let mut o = [0u8; 16];
+            o[..addr.len().min(16)].copy_from_slice(&addr[..addr.len().min(16)]);
+            Some(IpAddr::from(o))
+        }
+        _ => None,
+    }
+}
+
+/// Writes answers into a reused buffer.
+pub struct Writer<'b> {
+    buf: &'b mut Vec<u8>,
+}
+
+impl<'b> Writer<'b> {
+    /// Starts a response to `q` with `rcode`; copies the question verbatim.
+    pub fn respond(buf: &'b mut Vec<u8>, q: &Query<'_>, rcode: u8, aa: bool) -> Self {
+        buf.clear();
+        buf.extend_from_slice(&q.id.to_be_bytes());
+        let mut flags: u16 = 0x8000 | 0x0080 | rcode as u16; // QR, RA
+        if q.rd {
+            flags |= 0x0100;
+        }
+        if aa {
+            flags |= 0x0400;
+        }
+        buf.extend_from_slice(&flags.to_be_bytes());
+        buf.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+        buf.extend_from_slice(q.question);
+        Writer { buf }
+    }
+
+    /// Continues a response already in `buf` (e.g. copied from the cache).
+    pub fn append(buf: &'b mut Vec<u8>) -> Self {
+        Writer { buf }
+    }
+
+    /// Starts an error response from a [`Reject::Error`] and the original packet.
+    pub fn reject(buf: &'b mut Vec<u8>, packet: &[u8], r: &Reject) -> Option<Self> {
+        let Reject::Error {
+            id,
+            flags,
+            rcode,
+            question,
+            edns,
+        } = r
+        else {
+            return None;
+        };
+        buf.clear();
+        buf.extend_from_slice(&id.to_be_bytes());
+        // Keep opcode and RD, set QR and RA.
+        let f = 0x8000 | 0x0080 | (flags & 0x7900) | (rcode & 0xF);
+        buf.extend_from_slice(&f.to_be_bytes());
+        let qd = u16::from(question.is_some());
+        buf.extend_from_slice(&qd.to_be_bytes());
+        buf.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        if let Some((s, e)) = question {
+            buf.extend_from_slice(&packet[*s..*e]);
+        }
+        let mut w = Writer { buf };
+        if *edns {
+            w.opt(false, (rcode >> 4) as u8, None);
+        }
+        Some(w)
+    }
+
+    /// Appends an answer record owned by the question name (compression pointer to offset 12).
+    pub fn answer(&mut self, rtype: u16, ttl: u32, rdata: &[u8]) {
+        self.buf.extend_from_slice(&[0xC0, 0x0C]);
+        self.buf.extend_from_slice(&rtype.to_be_bytes());
+        self.buf.extend_from_slice(&1u16.to_be_bytes());
+        self.buf.extend_from_slice(&ttl.to_be_bytes());
+        self.buf.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        self.buf.extend_from_slice(rdata);
+        self.bump(6);
+    }
+
+    /// Appends the OPT record (when the client used EDNS), optionally with an Extended DNS Error.
+    pub fn opt(&mut self, dnssec_ok: bool, ext_rcode: u8, ede: Option<(u16, &str)>) {
+        self.buf.push(0);
+        self.buf.extend_from_slice(&rtype::OPT.to_be_bytes());
+        self.buf.extend_from_slice(&MAX_UDP_PAYLOAD.to_be_bytes());
+        self.buf.extend_from_slice(&[ext_rcode, 0]);
+        self.buf
+            .extend_from_slice(&(if dnssec_ok { 0x8000u16 } else { 0 }).to_be_bytes());
+        match ede {
+            Some((code, text)) => {
+                let text = &text.as_bytes()[..text.len().min(200)];
+                let len = 6 + text.len() as u16;
+                self.buf.extend_from_slice(&len.to_be_bytes());
+                self.buf.extend_from_slice(&15u16.to_be_bytes());
+                self.buf.extend_from_slice(&(2 + text.len() as u16).to_be_bytes());
+                self.buf.extend_from_slice(&code.to_be_bytes());
+                self.buf.extend_from_slice(text);
+            }
+            None => self.buf.extend_from_slice(&0u16.to_be_bytes()),
+        }
+        self.bump(10);
+    }
+
+    fn bump(&mut self, count_at: usize) {
+        let v = u16::from_be_bytes([self.buf[count_at], self.buf[count_at + 1]]) + 1;
+        self.buf[count_at..count_at + 2].copy_from_slice(&v.to_be_bytes());
+    }
+
+    /// Sets the TC bit and drops everything after the question (for UDP overflow).
+    pub fn truncate_to_question(buf: &mut Vec<u8>, question_len: usize) {
+        buf.truncate(HEADER + question_len);
+        buf[2] |= 0x02;
+        buf[6..12].fill(0);
+    }
+}
+
+/// Offsets of every TTL in an encoded message (answer, authority, additional except OPT), so a
+/// cached answer can be aged in place.
+pub fn ttl_offsets(p: &[u8]) -> Option<Vec<u16>> {
+    let qd = be16(p, 4)? as usize;
+    let rr = be16(p, 6)? as usize + be16(p, 8)? as usize + be16(p, 10)? as usize;
+    let mut at = HEADER;
+    for _ in 0..qd {
+        let (_, _, after) = read_name(p, at)?;
+        at = after + 4;
+    }
+    let mut out = Vec::with_capacity(rr);
+    for _ in 0..rr {
+        let (_, _, after) = read_name(p, at)?;
+        if be16(p, after)? != rtype::OPT {
+            out.push(u16::try_from(after + 4).ok()?);
+        }
+        at = skip_record(p, at)?;
+    }
+    Some(out)
+}
+
+/// Names of CNAME targets in the answer section of an encoded message, for cloaking checks.
+pub fn cname_targets(p: &[u8], mut each: impl FnMut(QueryName)) -> Option<()> {
+    let qd = be16(p, 4)? as usize;
+    let an = be16(p, 6)? as usize;
+    let mut at = HEADER;
+    for _ in 0..qd {
+        let (_, _, after) = read_name(p, at)?;
+        at = after + 4;
+    }
+    for _ in 0..an {
+        let (_, _, after) = read_name(p, at)?;
+        if be16(p, after)? == rtype::CNAME {
+            let (labels, n, _) = read_name(p, after + 10)?;
+            if let Ok(name) = QueryName::from_labels(
+                labels[..n]
+                    .iter()
+                    .map(|&(off, len)| &p[off as usize..off as usize + len as usize]),
+            ) {
+                each(name);
+            }
+        }
+        at = skip_record(p, at)?;
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: &str, qtype: u16, edns: bool) -> Vec<u8> {
+        let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)];
+        for l in name.split('.') {
+            p.push(l.len() as u8);
+            p.extend_from_slice(l.as_bytes());
+        }
+        p.push(0);
+        p.extend_from_slice(&qtype.to_be_bytes());
+        p.extend_from_slice(&[0, 1]);
+        if edns {
+            p.extend_from_slice(&[0, 0, 41, 0x04, 0xD0, 0, 0, 0x80, 0, 0, 0]);
+        }
+        p
+    }
+
+    #[test]
+    fn parses_query_with_edns() {
+        let p = query("WWW.Example.com", rtype::AAAA, true);
+        let q = parse(&p).unwrap();
+        assert_eq!(q.id, 0x1234);
+        assert_eq!(q.name.as_str(), "www.example.com");
+        assert_eq!(q.qtype, rtype::AAAA);
+        let e = q.edns.unwrap();
+        assert_eq!((e.udp_size, e.dnssec_ok), (1232, true));
+        assert_eq!(q.udp_limit(), 1232);
+    }
+
+    #[test]
+    fn malformed_packets_are_rejected_not_panicking() {
+        assert!(matches!(parse(&[0; 5]), Err(Reject::Drop)));
+        let mut resp = query("a.b", 1, false);
+        resp[2] |= 0x80;
+        assert!(matches!(parse(&resp), Err(Reject::Drop)));
+        let mut loop_ptr = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 12, 0, 1, 0, 1];
+        assert!(matches!(parse(&loop_ptr), Err(Reject::Error { rcode: 1, .. })));
+        loop_ptr[13] = 200;
+        assert!(matches!(parse(&loop_ptr), Err(Reject::Error { rcode: 1, .. })));
+        let mut two = query("a.b", 1, false);
+        two[5] = 2;
+        assert!(matches!(parse(&two), Err(Reject::Error { rcode: 1, .. })));
+        let mut notify = query("a.b", 1, false);
+        notify[2] = 0x20;
+        assert!(matches!(parse(&notify), Err(Reject::Error { rcode: 4, .. })));
+        let bad_label = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x45, b'a'];
+        assert!(matches!(parse(&bad_label), Err(Reject::Error { rcode: 1, .. })));
+    }
+
+    #[test]
+    fn writes_sinkhole_with_ede() {
+        let p = query("x.example", rtype::A, true);
+        let q = parse(&p).unwrap();
+        let mut buf = Vec::new();
+        let mut w = Writer::respond(&mut buf, &q, rcode::NOERROR, false);
+        w.answer(rtype::A, 60, &[0, 0, 0, 0]);
+        w.opt(false, 0, Some((ede::BLOCKED, "category: adult")));
+        let m = hickory_proto::op::Message::from_vec(&buf).unwrap();
+        assert_eq!(m.answers.len(), 1);
+        assert_eq!(m.metadata.id, 0x1234);
+        assert!(m.edns.is_some());
+        assert_eq!(ttl_offsets(&buf).unwrap().len(), 1);
+    }
+}
