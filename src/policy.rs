@@ -51,6 +51,11 @@ impl Action {
             Action::Block => "block",
         }
     }
+
+    /// Whether this outcome is a breach the coordinator must see (and never lose).
+    pub fn is_breach(self) -> bool {
+        matches!(self, Action::Block)
+    }
 }
 
 /// Why the decision was made, precisely enough to name the list line.
@@ -145,7 +150,11 @@ impl Engine {
         let mut lists = Vec::new();
         let mut allow_lists = 0u32;
         if let Some(allow) = &config.allow_file {
-            lists.push(compile_list("allow", std::slice::from_ref(allow), &config.cache_dir)?);
+            lists.push(compile_list(
+                "allow",
+                std::slice::from_ref(allow),
+                &config.cache_dir,
+            )?);
             allow_lists |= 1;
         }
         let mut categories = Vec::new();
@@ -272,6 +281,11 @@ impl Engine {
             .or_else(|| self.clients.by_name(client))
     }
 
+    /// Number of groups (indices `0..group_count()`).
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
     /// Group name by index.
     pub fn group_name(&self, group: u16) -> &str {
         self.groups
@@ -323,7 +337,8 @@ impl Engine {
     fn resolve(&self, m: &Matches, group: u16, schedule: Option<u8>, block_mask: u32) -> Decision {
         let listed = (m.mask as u32) & !self.allow_lists;
         let blocked = listed & block_mask;
-        let allow_bits = ((m.mask as u32) & self.allow_lists) as u64 | (m.mask & 0xFFFF_FFFF_0000_0000);
+        let allow_bits =
+            ((m.mask as u32) & self.allow_lists) as u64 | (m.mask & 0xFFFF_FFFF_0000_0000);
         let decide_block = |bits: u32| {
             let list = bits.trailing_zeros() as usize;
             let category = self.categories.iter().position(|c| c.list == list);

@@ -1,13 +1,15 @@
 //! Where a query is decided and answered. Both UDP and TCP listeners call [`Handler`].
 //!
-//! [`Handler::answer_now`] is the synchronous fast path: parse, access control, decision, and
-//! either a complete answer (sinkhole, cache hit, error) or a request to go upstream. Only
-//! allowed names missing from the cache ever reach [`Handler::answer_upstream`], the one place
-//! that awaits.
+//! [`Handler::answer_now`] is the synchronous fast path: parse, access control, rate limit,
+//! decision, and either a complete answer (sinkhole, cache hit, error) or a request to go
+//! upstream. Only allowed names missing from the cache ever reach
+//! [`Handler::answer_upstream`], the one place that awaits. Every answered query is counted and
+//! handed to the journal on the way out.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use chrono::Utc;
@@ -15,9 +17,12 @@ use chrono::Utc;
 use crate::cache::{finish_edns, AnswerCache, Freshness};
 use crate::clients::ClientId;
 use crate::config::SinkholeMode;
+use crate::journal::{self, Event, Journal, Notice};
+use crate::metrics::{Metrics, QueryCounters};
 use crate::policy::{Action, Decision, Engine};
+use crate::ratelimit::{RateLimiter, Verdict};
 use crate::upstream::Upstream;
-use crate::wire::{self, ede, rcode, rtype, Query, Reject, Writer};
+use crate::wire::{self, ede, rcode, rtype, Query, Writer};
 
 /// The transport a query came over; UDP answers are size-limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,129 +44,326 @@ pub enum Outcome {
     Upstream,
 }
 
+/// An engine and the metric counters resolved for it, swapped together.
+struct Snapshot {
+    engine: Arc<Engine>,
+    counters: QueryCounters,
+}
+
 /// Everything the query path shares across sockets and tasks.
 pub struct Handler {
-    engine: ArcSwap<Engine>,
+    snapshot: ArcSwap<Snapshot>,
     upstream: Upstream,
     cache: AnswerCache,
+    journal: Option<Journal>,
+    metrics: Arc<Metrics>,
+    limiter: RateLimiter,
+}
+
+/// How a query ended, for counting and logging.
+struct Done<'a> {
+    decision: Option<Decision>,
+    outcome: journal::Outcome,
+    via: Option<&'a str>,
 }
 
 impl Handler {
     /// A handler over an initial engine.
-    pub fn new(engine: Arc<Engine>, upstream: Upstream, cache: AnswerCache) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        upstream: Upstream,
+        cache: AnswerCache,
+        journal: Option<Journal>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let config = engine.config().clone();
+        let counters = metrics.counters_for(&engine);
+        metrics.mark_loaded();
         Handler {
-            engine: ArcSwap::new(engine),
+            snapshot: ArcSwap::from_pointee(Snapshot { engine, counters }),
             upstream,
             cache,
+            journal,
+            metrics,
+            limiter: RateLimiter::new(config.rate_limit_qps, config.rate_limit_burst),
         }
     }
 
     /// The engine in force.
     pub fn engine(&self) -> Arc<Engine> {
-        self.engine.load_full()
+        self.snapshot.load().engine.clone()
     }
 
     /// Swaps in a new engine; queries in flight finish on the old one.
     pub fn replace_engine(&self, engine: Arc<Engine>) {
-        self.engine.store(engine);
+        let counters = self.metrics.counters_for(&engine);
+        self.snapshot.store(Arc::new(Snapshot { engine, counters }));
+    }
+
+    /// The metrics this handler feeds.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Answers from memory if possible. `buf` receives the answer on [`Outcome::Reply`].
-    pub fn answer_now(&self, packet: &[u8], src: SocketAddr, transport: Transport, buf: &mut Vec<u8>) -> Outcome {
+    pub fn answer_now(
+        &self,
+        packet: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        received: Instant,
+        buf: &mut Vec<u8>,
+    ) -> Outcome {
         let q = match wire::parse(packet) {
             Ok(q) => q,
-            Err(r @ Reject::Error { .. }) => {
+            Err(r) => {
+                self.metrics.malformed.inc();
                 return match Writer::reject(buf, packet, &r) {
                     Some(_) => Outcome::Reply,
                     None => Outcome::Drop,
                 };
             }
-            Err(Reject::Drop) => return Outcome::Drop,
         };
-        let engine = self.engine.load();
+        let snap = self.snapshot.load();
+        let engine = &snap.engine;
         let addr = crate::clients::canonical(src.ip());
-        if !engine.config().client_networks.iter().any(|n| n.contains(&addr)) {
-            self.error(&q, buf, rcode::REFUSED, Some((ede::PROHIBITED, "schoolgate: not a school network")));
-            return self.finish(&q, transport, buf);
+        let client = engine.identify(addr);
+        if !engine
+            .config()
+            .client_networks
+            .iter()
+            .any(|n| n.contains(&addr))
+        {
+            self.error(
+                &q,
+                buf,
+                rcode::REFUSED,
+                Some((ede::PROHIBITED, "schoolgate: not a school network")),
+            );
+            return self.done(
+                &snap,
+                &client,
+                &q,
+                transport,
+                received,
+                buf,
+                Done::refused(),
+            );
+        }
+        match self.limiter.check(addr, received) {
+            Verdict::Pass => {}
+            verdict => {
+                self.metrics.rate_limited.inc();
+                snap.counters.count("ratelimited", None, client.group);
+                if let (Verdict::Report(n), Some(j)) = (verdict, &self.journal) {
+                    j.notice(Notice {
+                        time: journal_time(engine),
+                        kind: "rate_limited".into(),
+                        count: n,
+                        client: Some(addr.to_string()),
+                        detail: engine.client_name(&client).map(str::to_string),
+                    });
+                }
+                // Over UDP say nothing (no amplification); over TCP the client deserves a reason.
+                if transport == Transport::Udp {
+                    return Outcome::Drop;
+                }
+                self.error(&q, buf, rcode::REFUSED, None);
+                return self.finish(&q, transport, buf);
+            }
         }
         if q.qclass != 1 || matches!(q.qtype, rtype::AXFR | rtype::IXFR) {
             self.error(&q, buf, rcode::REFUSED, None);
-            return self.finish(&q, transport, buf);
+            return self.done(
+                &snap,
+                &client,
+                &q,
+                transport,
+                received,
+                buf,
+                Done::refused(),
+            );
         }
-        let client = engine.identify(addr);
         let decision = engine.decide(&client, &q.name, Utc::now());
         match decision.action {
             Action::Block => {
-                self.sinkhole(&engine, &q, &decision, None, buf);
-                self.finish(&q, transport, buf)
+                self.sinkhole(engine, &q, &decision, None, buf);
+                self.done(
+                    &snap,
+                    &client,
+                    &q,
+                    transport,
+                    received,
+                    buf,
+                    Done::decided(decision, None),
+                )
             }
             Action::Allow => {
                 if q.qtype == rtype::ANY {
                     self.minimal_any(&q, buf);
-                    return self.finish(&q, transport, buf);
+                    return self.done(
+                        &snap,
+                        &client,
+                        &q,
+                        transport,
+                        received,
+                        buf,
+                        Done::decided(decision, None),
+                    );
                 }
                 if q.name.is_root() {
                     self.error(&q, buf, rcode::REFUSED, None);
-                    return self.finish(&q, transport, buf);
+                    return self.done(
+                        &snap,
+                        &client,
+                        &q,
+                        transport,
+                        received,
+                        buf,
+                        Done::refused(),
+                    );
                 }
-                match self.cache.serve(&q, buf, false) {
-                    Some(_) => {
-                        if let Some(blocked) = self.cloaked(&engine, &client, buf) {
-                            self.sinkhole(&engine, &q, &blocked.0, Some(&blocked.1), buf);
-                        } else {
-                            finish_edns(buf, &q, None);
-                        }
-                        self.finish(&q, transport, buf)
+                if self.cache.serve(&q, buf, false).is_none() {
+                    self.metrics.cache_misses.inc();
+                    return Outcome::Upstream;
+                }
+                self.metrics.cache_hits.inc();
+                match self.cloaked(engine, &client, buf) {
+                    Some((blocked, target)) => {
+                        self.sinkhole(engine, &q, &blocked, Some(&target), buf);
+                        self.done(
+                            &snap,
+                            &client,
+                            &q,
+                            transport,
+                            received,
+                            buf,
+                            Done::decided(blocked, Some(&target)),
+                        )
                     }
-                    None => Outcome::Upstream,
+                    None => {
+                        finish_edns(buf, &q, None);
+                        self.done(
+                            &snap,
+                            &client,
+                            &q,
+                            transport,
+                            received,
+                            buf,
+                            Done::decided(decision, None),
+                        )
+                    }
                 }
             }
         }
     }
 
     /// Resolves an allowed name upstream and writes the answer (or SERVFAIL) into `buf`.
-    pub async fn answer_upstream(&self, packet: &[u8], src: SocketAddr, transport: Transport, buf: &mut Vec<u8>) -> Outcome {
+    pub async fn answer_upstream(
+        &self,
+        packet: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        received: Instant,
+        buf: &mut Vec<u8>,
+    ) -> Outcome {
         let Ok(q) = wire::parse(packet) else {
             return Outcome::Drop;
         };
-        let result = self.upstream.resolve(q.name.as_str(), q.qtype).await;
-        let engine = self.engine.load_full();
+        let metrics = &self.metrics;
+        let result = self
+            .upstream
+            .resolve(q.name.as_str(), q.qtype, |server, took, ok| {
+                metrics.upstream(server, took, ok)
+            })
+            .await;
+        let snap = self.snapshot.load_full();
+        let engine = &snap.engine;
         let client = engine.identify(crate::clients::canonical(src.ip()));
-        match result {
+        let decision = engine.decide(&client, &q.name, Utc::now());
+        let done = match result {
             Ok(answer) => {
-                self.cache
-                    .insert(q.name.as_str().as_bytes(), q.qtype, answer.bytes, answer.ttl);
+                self.cache.insert(
+                    q.name.as_str().as_bytes(),
+                    q.qtype,
+                    answer.bytes,
+                    answer.ttl,
+                );
                 if self.cache.serve(&q, buf, true).is_none() {
                     self.error(&q, buf, rcode::SERVFAIL, None);
-                    return self.finish(&q, transport, buf);
+                    return self.done(
+                        &snap,
+                        &client,
+                        &q,
+                        transport,
+                        received,
+                        buf,
+                        Done::servfail(),
+                    );
                 }
-                if let Some(blocked) = self.cloaked(&engine, &client, buf) {
-                    self.sinkhole(&engine, &q, &blocked.0, Some(&blocked.1), buf);
-                } else {
-                    finish_edns(buf, &q, None);
+                match self.cloaked(engine, &client, buf) {
+                    Some((blocked, target)) => {
+                        self.sinkhole(engine, &q, &blocked, Some(&target), buf);
+                        return self.done(
+                            &snap,
+                            &client,
+                            &q,
+                            transport,
+                            received,
+                            buf,
+                            Done::decided(blocked, Some(&target)),
+                        );
+                    }
+                    None => {
+                        finish_edns(buf, &q, None);
+                        Done::decided(decision, None)
+                    }
                 }
             }
             Err(e) => {
                 tracing::debug!(name = q.name.as_str(), error = %e, "upstream failed");
                 match self.cache.serve(&q, buf, true) {
                     Some(Freshness::Stale) | Some(Freshness::Fresh) => {
-                        finish_edns(buf, &q, Some((ede::STALE_ANSWER, "schoolgate: upstream unreachable, stale answer")));
+                        finish_edns(
+                            buf,
+                            &q,
+                            Some((
+                                ede::STALE_ANSWER,
+                                "schoolgate: upstream unreachable, stale answer",
+                            )),
+                        );
+                        Done {
+                            decision: Some(decision),
+                            outcome: journal::Outcome::Stale,
+                            via: None,
+                        }
                     }
-                    None => self.error(
-                        &q,
-                        buf,
-                        rcode::SERVFAIL,
-                        Some((ede::NO_REACHABLE_AUTHORITY, "schoolgate: upstream resolver failed")),
-                    ),
+                    None => {
+                        self.error(
+                            &q,
+                            buf,
+                            rcode::SERVFAIL,
+                            Some((
+                                ede::NO_REACHABLE_AUTHORITY,
+                                "schoolgate: upstream resolver failed",
+                            )),
+                        );
+                        Done::servfail()
+                    }
                 }
             }
-        }
-        self.finish(&q, transport, buf)
+        };
+        self.done(&snap, &client, &q, transport, received, buf, done)
     }
 
     /// If an answer in `buf` leads by CNAME to a name this client may not reach, the decision
     /// that blocks it and the target's name.
-    fn cloaked(&self, engine: &Engine, client: &ClientId, buf: &[u8]) -> Option<(Decision, String)> {
+    fn cloaked(
+        &self,
+        engine: &Engine,
+        client: &ClientId,
+        buf: &[u8],
+    ) -> Option<(Decision, String)> {
         let mut found = None;
         let now = Utc::now();
         wire::cname_targets(buf, |target| {
@@ -175,7 +377,14 @@ impl Handler {
         found
     }
 
-    fn sinkhole(&self, engine: &Engine, q: &Query<'_>, d: &Decision, via: Option<&str>, buf: &mut Vec<u8>) {
+    fn sinkhole(
+        &self,
+        engine: &Engine,
+        q: &Query<'_>,
+        d: &Decision,
+        via: Option<&str>,
+        buf: &mut Vec<u8>,
+    ) {
         let sink = &engine.config().sinkhole;
         let rc = if sink.mode == SinkholeMode::Nxdomain {
             rcode::NXDOMAIN
@@ -228,6 +437,47 @@ impl Handler {
         }
     }
 
+    /// Counts, logs and size-checks an answer that is ready in `buf`.
+    #[allow(clippy::too_many_arguments)]
+    fn done(
+        &self,
+        snap: &Snapshot,
+        client: &ClientId,
+        q: &Query<'_>,
+        transport: Transport,
+        received: Instant,
+        buf: &mut Vec<u8>,
+        done: Done<'_>,
+    ) -> Outcome {
+        let outcome = self.finish(q, transport, buf);
+        let latency = received.elapsed();
+        self.metrics.latency.observe(latency.as_secs_f64());
+        let action = match done.outcome {
+            journal::Outcome::Decided => done.decision.map_or("allow", |d| d.action.as_str()),
+            journal::Outcome::Refused => "refused",
+            journal::Outcome::ServFail => "servfail",
+            journal::Outcome::Stale => "stale",
+        };
+        let group = done.decision.map_or(client.group, |d| d.group);
+        snap.counters
+            .count(action, done.decision.and_then(|d| d.category), group);
+        if let Some(j) = &self.journal {
+            j.log(Event {
+                time: SystemTime::now() - latency,
+                engine: snap.engine.clone(),
+                client: *client,
+                name: q.name.clone(),
+                qtype: q.qtype,
+                decision: done.decision,
+                outcome: done.outcome,
+                rcode: buf.get(3).map_or(0, |b| b & 0x0F),
+                latency,
+                via: done.via.map(Into::into),
+            });
+        }
+        outcome
+    }
+
     /// Enforces the UDP size limit: too big means TC and the client retries over TCP.
     fn finish(&self, q: &Query<'_>, transport: Transport, buf: &mut Vec<u8>) -> Outcome {
         if transport == Transport::Udp && buf.len() > q.udp_limit() {
@@ -238,4 +488,34 @@ impl Handler {
         }
         Outcome::Reply
     }
+}
+
+impl Done<'_> {
+    fn decided(decision: Decision, via: Option<&str>) -> Done<'_> {
+        Done {
+            decision: Some(decision),
+            outcome: journal::Outcome::Decided,
+            via,
+        }
+    }
+
+    fn refused() -> Done<'static> {
+        Done {
+            decision: None,
+            outcome: journal::Outcome::Refused,
+            via: None,
+        }
+    }
+
+    fn servfail() -> Done<'static> {
+        Done {
+            decision: None,
+            outcome: journal::Outcome::ServFail,
+            via: None,
+        }
+    }
+}
+
+fn journal_time(engine: &Engine) -> String {
+    journal::format_time(SystemTime::now(), engine.config().time_zone)
 }

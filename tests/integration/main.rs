@@ -2,8 +2,14 @@
 //! (the fixture), and real DNS clients (hickory-proto over sockets, and `dig`).
 //!
 //! - `core`: serving, sinkhole answers, forwarding, access control, `check`, config errors.
+//! - `logs`: access and breach logs, permissions, SIGTERM flush, retention.
+//! - `ops`: metrics, health, rate limiting.
+//! - `reliability`: hostile packets, every query type, CNAME cloaking, outages, full disk.
 
 mod fixture;
 mod harness;
 
 mod core;
+mod logs;
+mod ops;
+mod reliability;
