@@ -32,6 +32,73 @@ pub enum Command {
     Check(CheckArgs),
     /// Compile the lists ahead of time (serve does this itself when they change).
     Compile,
+    /// Summaries for the e-safety coordinator and governors.
+    #[command(subcommand)]
+    Report(ReportCommand),
+    /// One device's timeline from the access or breach logs.
+    Logs(LogsArgs),
+}
+
+/// Reports.
+#[derive(Subcommand)]
+pub enum ReportCommand {
+    /// The day's summary: serious alerts first, then breaches, changes and log problems.
+    Daily(DailyArgs),
+}
+
+/// Options for `report daily`.
+#[derive(Args)]
+pub struct DailyArgs {
+    /// The day (school time): YYYY-MM-DD, `today` or `yesterday`. Defaults to yesterday, the
+    /// last finished day, which is what the morning email covers.
+    #[arg(long, default_value = "yesterday")]
+    pub date: schoolgate::report::Day,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+    /// Replace device names and addresses with stable pseudonyms (for governors).
+    #[arg(long)]
+    pub anonymise: bool,
+    /// Write to this file instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Email the HTML report (with a text part) to report.recipients via [smtp].
+    #[arg(long)]
+    pub email: bool,
+}
+
+/// Report formats.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ReportFormat {
+    /// For a terminal.
+    Text,
+    /// One self-contained page.
+    Html,
+    /// For a spreadsheet.
+    Csv,
+    /// For machines.
+    Json,
+}
+
+/// Options for `logs`.
+#[derive(Args)]
+pub struct LogsArgs {
+    /// The device: an address or a configured client name.
+    #[arg(long)]
+    pub client: String,
+    /// One day (school time): YYYY-MM-DD, `today` or `yesterday`. Defaults to today.
+    #[arg(long, conflicts_with = "since")]
+    pub date: Option<schoolgate::report::Day>,
+    /// Everything from this time on: `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM` (school time) or
+    /// `HH:MM` (today).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only blocked queries (the breach log).
+    #[arg(long)]
+    pub breaches: bool,
+    /// Print the log records as JSON lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options for `serve`.

@@ -65,6 +65,157 @@ struct Raw {
     logs: RawLogs,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    report: RawReport,
+    #[serde(default)]
+    alerts: RawAlerts,
+    smtp: Option<RawSmtp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReport {
+    #[serde(default = "default_school")]
+    school: String,
+    #[serde(default)]
+    recipients: Vec<Spanned<String>>,
+    #[serde(default = "default_repeat_threshold")]
+    repeat_threshold: u32,
+    #[serde(default = "default_top")]
+    top: usize,
+    #[serde(default = "default_circumvention")]
+    circumvention: Vec<Spanned<String>>,
+    changes_file: Option<PathBuf>,
+}
+
+impl Default for RawReport {
+    fn default() -> Self {
+        RawReport {
+            school: default_school(),
+            recipients: Vec::new(),
+            repeat_threshold: default_repeat_threshold(),
+            top: default_top(),
+            circumvention: default_circumvention(),
+            changes_file: None,
+        }
+    }
+}
+
+fn default_school() -> String {
+    "School".into()
+}
+fn default_repeat_threshold() -> u32 {
+    5
+}
+fn default_top() -> usize {
+    10
+}
+fn default_circumvention() -> Vec<Spanned<String>> {
+    vec![Spanned::new(0..0, "circumvention".into())]
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    #[serde(default = "default_alert_window")]
+    window_minutes: u64,
+    #[serde(default)]
+    recipients: Vec<Spanned<String>>,
+    webhook: Option<Spanned<String>>,
+    #[serde(default = "default_alert_retries")]
+    retries: u32,
+}
+
+impl Default for RawAlerts {
+    fn default() -> Self {
+        RawAlerts {
+            window_minutes: default_alert_window(),
+            recipients: Vec::new(),
+            webhook: None,
+            retries: default_alert_retries(),
+        }
+    }
+}
+
+fn default_alert_window() -> u64 {
+    15
+}
+fn default_alert_retries() -> u32 {
+    5
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    host: String,
+    port: Option<u16>,
+    #[serde(default)]
+    tls: SmtpTls,
+    from: Spanned<String>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+/// How the SMTP connection is protected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// STARTTLS on the submission port (587): what most mail services expect.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (465).
+    Tls,
+    /// Plain text: only for a relay on the same host or a trusted network.
+    None,
+}
+
+/// The daily summary's settings.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Shown in headings and the subject line.
+    pub school: String,
+    /// Who receives `report daily --email`.
+    pub recipients: Vec<String>,
+    /// Attempts on one category by one client that flag the client as repeatedly trying.
+    pub repeat_threshold: u32,
+    /// Length of the ranked lists (clients, names).
+    pub top: usize,
+    /// Categories whose attempts are called out as circumvention (DoH, VPN, proxy).
+    pub circumvention: Vec<String>,
+    /// The change-control log (JSON lines), read for the "Filtering changes" section.
+    pub changes_file: PathBuf,
+    /// The per-school secret that makes anonymised pseudonyms stable but unguessable.
+    pub key_file: PathBuf,
+}
+
+/// Immediate alerts for alert-flagged categories.
+#[derive(Debug, Clone)]
+pub struct Alerts {
+    /// At most one message per client and category per window.
+    pub window: std::time::Duration,
+    /// Email recipients (needs `[smtp]`).
+    pub recipients: Vec<String>,
+    /// URL an alert is POSTed to as JSON.
+    pub webhook: Option<String>,
+    /// Delivery attempts before an alert is given up (and logged).
+    pub retries: u32,
+}
+
+/// The mail server reports and alerts are sent through.
+#[derive(Debug, Clone)]
+pub struct Smtp {
+    /// Server host name.
+    pub host: String,
+    /// Port; defaults by `tls` (587, 465, 25).
+    pub port: u16,
+    /// Connection protection.
+    pub tls: SmtpTls,
+    /// Sender address.
+    pub from: String,
+    /// Login, if the server needs one.
+    pub username: Option<String>,
+    /// File holding the password (kept out of the config so the config can be shared).
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -407,6 +558,12 @@ pub struct Config {
     pub logs: Logs,
     /// Address of the metrics and health endpoint; `None` turns it off.
     pub admin: Option<SocketAddr>,
+    /// The daily summary.
+    pub report: Report,
+    /// Immediate alerts.
+    pub alerts: Alerts,
+    /// Outgoing mail, if configured.
+    pub smtp: Option<Smtp>,
 }
 
 /// Name of the group unknown clients fall into.
@@ -635,6 +792,21 @@ impl Validator<'_> {
             }
         }
 
+        let state_dir = cache_dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| base.to_path_buf());
+        let report = self.report(&raw.report, &categories, base, &state_dir);
+        let alerts = self.alerts(&raw.alerts);
+        let smtp = raw.smtp.as_ref().map(|s| self.smtp(s, base));
+        if smtp.is_none() && !alerts.recipients.is_empty() {
+            self.problem(
+                &raw.alerts.recipients[0],
+                "alerts.recipients",
+                "alert emails need an [smtp] section (host, from)",
+            );
+        }
+
         Config {
             path: self.file.clone(),
             listen: raw.server.listen,
@@ -664,7 +836,113 @@ impl Validator<'_> {
                 queue: raw.logs.queue.max(1024),
             },
             admin: raw.admin.listen.map(Spanned::into_inner),
+            report,
+            alerts,
+            smtp,
         }
+    }
+
+    fn report(
+        &mut self,
+        raw: &RawReport,
+        categories: &[Category],
+        base: &Path,
+        state_dir: &Path,
+    ) -> Report {
+        let recipients = self.addresses(&raw.recipients, "report.recipients");
+        let mut circumvention = Vec::new();
+        for c in &raw.circumvention {
+            if categories.iter().any(|k| &k.name == c.get_ref()) {
+                circumvention.push(c.get_ref().clone());
+            } else if c.span() != (0..0) {
+                self.problem(
+                    c,
+                    "report.circumvention",
+                    format!("no category named {:?}", c.get_ref()),
+                );
+            }
+        }
+        Report {
+            school: raw.school.clone(),
+            recipients,
+            repeat_threshold: raw.repeat_threshold.max(2),
+            top: raw.top.max(1),
+            circumvention,
+            changes_file: raw
+                .changes_file
+                .as_ref()
+                .map_or_else(|| state_dir.join("changes.jsonl"), |f| base.join(f)),
+            key_file: state_dir.join("report.key"),
+        }
+    }
+
+    fn alerts(&mut self, raw: &RawAlerts) -> Alerts {
+        let recipients = self.addresses(&raw.recipients, "alerts.recipients");
+        let webhook = raw.webhook.as_ref().and_then(|w| {
+            let url = w.get_ref();
+            if url.starts_with("http://") || url.starts_with("https://") {
+                Some(url.clone())
+            } else {
+                self.problem(
+                    w,
+                    "alerts.webhook",
+                    format!("{url:?} is not an http:// or https:// URL"),
+                );
+                None
+            }
+        });
+        Alerts {
+            window: std::time::Duration::from_secs(raw.window_minutes.max(1) * 60),
+            recipients,
+            webhook,
+            retries: raw.retries.max(1),
+        }
+    }
+
+    fn smtp(&mut self, raw: &RawSmtp, base: &Path) -> Smtp {
+        if raw
+            .from
+            .get_ref()
+            .parse::<lettre::message::Mailbox>()
+            .is_err()
+        {
+            self.problem(
+                &raw.from,
+                "smtp.from",
+                format!(
+                    "{:?} is not an email address (\"Name <addr@school.example>\" or addr@school.example)",
+                    raw.from.get_ref()
+                ),
+            );
+        }
+        Smtp {
+            host: raw.host.clone(),
+            port: raw.port.unwrap_or(match raw.tls {
+                SmtpTls::Starttls => 587,
+                SmtpTls::Tls => 465,
+                SmtpTls::None => 25,
+            }),
+            tls: raw.tls,
+            from: raw.from.get_ref().clone(),
+            username: raw.username.clone(),
+            password_file: raw.password_file.as_ref().map(|p| base.join(p)),
+        }
+    }
+
+    fn addresses(&mut self, list: &[Spanned<String>], field: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for a in list {
+            if a.get_ref().parse::<lettre::message::Mailbox>().is_ok() {
+                out.push(a.get_ref().clone());
+            } else {
+                self.problem(
+                    a,
+                    field,
+                    format!("{:?} is not an email address", a.get_ref()),
+                );
+            }
+        }
+        out
     }
 
     fn category_names(
@@ -789,5 +1067,28 @@ mod tests {
         assert_eq!(c.categories[0].name, "illegal");
         assert!(c.groups.contains_key(DEFAULT_GROUP));
         assert_eq!(c.listen, default_listen());
+    }
+
+    #[test]
+    fn report_alerts_and_smtp_are_checked_with_lines() {
+        let err = cfg("[lists]\ndir = \".\"\n[report]\nrecipients = [\"not an address\"]\n[alerts]\nrecipients = [\"dsl@school.example\"]\nwebhook = \"ftp://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":4: field `report.recipients`"), "{err}");
+        assert!(err.contains(":7: field `alerts.webhook`"), "{err}");
+        assert!(
+            err.contains(":6: field `alerts.recipients`: alert emails need an [smtp] section"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn report_defaults_live_in_the_state_dir() {
+        let c = cfg("[lists]\ndir = \".\"\ncache_dir = \"state/compiled\"\n[smtp]\nhost = \"mail.example\"\nfrom = \"f@school.example\"\n").unwrap();
+        assert!(c.report.changes_file.ends_with("state/changes.jsonl"));
+        assert!(c.report.key_file.ends_with("state/report.key"));
+        assert_eq!(c.alerts.window, std::time::Duration::from_secs(15 * 60));
+        let smtp = c.smtp.unwrap();
+        assert_eq!((smtp.port, smtp.tls), (587, SmtpTls::Starttls));
     }
 }

@@ -2,6 +2,8 @@
 
 mod check;
 mod compile;
+mod logs;
+mod report;
 mod serve;
 
 use std::process::ExitCode;
@@ -14,5 +16,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(&cli.config, args),
         Command::Check(args) => check::run(&cli.config, args),
         Command::Compile => compile::run(&cli.config),
+        Command::Report(cmd) => report::run(&cli.config, cmd),
+        Command::Logs(args) => logs::run(&cli.config, args),
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use schoolgate::admin;
+use schoolgate::alerts::Alerter;
 use schoolgate::cache::AnswerCache;
 use schoolgate::journal::Journal;
 use schoolgate::metrics::Metrics;
@@ -74,7 +75,11 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
             config.upstream_timeout,
             config.cache_size,
         )?;
-        let journal = Journal::start(&config.logs, config.time_zone)
+        let alerts = Alerter::start(&config).context("cannot set up alerts")?;
+        if alerts.is_some() {
+            tracing::info!("alerts on for alert-flagged categories");
+        }
+        let journal = Journal::start_with_alerts(&config.logs, config.time_zone, alerts)
             .with_context(|| format!("cannot start logging in {}", config.logs.dir.display()))?;
         let metrics = Arc::new(Metrics::new(Some(journal.stats().clone())));
         let handler = Arc::new(Handler::new(

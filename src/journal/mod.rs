@@ -18,6 +18,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 pub use record::{read_lines, Notice, Record, Stream};
 pub use writer::format_time;
 
+use crate::alerts::Alerter;
 use crate::clients::ClientId;
 use crate::config::Logs;
 use crate::domain::QueryName;
@@ -105,6 +106,15 @@ impl Journal {
     /// Starts the writer thread for `logs` in the school's time zone. The thread drains and
     /// exits when every handle is dropped; [`Journal::flush`] is the way to wait for the disk.
     pub fn start(logs: &Logs, tz: chrono_tz::Tz) -> std::io::Result<Journal> {
+        Self::start_with_alerts(logs, tz, None)
+    }
+
+    /// As [`Journal::start`], and offers every breach to `alerts` on the writer thread.
+    pub fn start_with_alerts(
+        logs: &Logs,
+        tz: chrono_tz::Tz,
+        alerts: Option<Alerter>,
+    ) -> std::io::Result<Journal> {
         writer::prepare_dir(&logs.dir)?;
         let (access, access_rx) = crossbeam_channel::bounded(logs.queue);
         let (priority, priority_rx) = crossbeam_channel::unbounded();
@@ -112,7 +122,7 @@ impl Journal {
         let w = writer::Writer::new(logs.clone(), tz, stats.clone());
         std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || run(w, access_rx, priority_rx))?;
+            .spawn(move || run(w, access_rx, priority_rx, alerts))?;
         Ok(Journal {
             access,
             priority,
@@ -156,7 +166,12 @@ impl Journal {
     }
 }
 
-fn run(mut w: writer::Writer, access: Receiver<Box<Event>>, priority: Receiver<Msg>) {
+fn run(
+    mut w: writer::Writer,
+    access: Receiver<Box<Event>>,
+    priority: Receiver<Msg>,
+    mut alerts: Option<Alerter>,
+) {
     let tick = crossbeam_channel::tick(Duration::from_millis(250));
     let mut access_open = true;
     let mut priority_open = true;
@@ -173,13 +188,13 @@ fn run(mut w: writer::Writer, access: Receiver<Box<Event>>, priority: Receiver<M
                 Err(_) => access_open = false,
             },
             recv(priority) -> msg => match msg {
-                Ok(Msg::Breach(ev)) => w.breach(&ev),
+                Ok(Msg::Breach(ev)) => breach(&mut w, &mut alerts, &ev),
                 Ok(Msg::Notice(n)) => w.notice(&n),
                 Ok(Msg::Flush(done)) => {
                     for ev in access.try_iter() {
                         w.access(&ev);
                     }
-                    drain_priority(&mut w, &priority);
+                    drain_priority(&mut w, &priority, &mut alerts);
                     w.flush();
                     let _ = done.send(());
                 }
@@ -191,10 +206,18 @@ fn run(mut w: writer::Writer, access: Receiver<Box<Event>>, priority: Receiver<M
     w.flush();
 }
 
-fn drain_priority(w: &mut writer::Writer, priority: &Receiver<Msg>) {
+/// Alerts are decided before the breach is written, so a slow disk never delays them.
+fn breach(w: &mut writer::Writer, alerts: &mut Option<Alerter>, ev: &Event) {
+    if let Some(a) = alerts {
+        a.offer(ev);
+    }
+    w.breach(ev);
+}
+
+fn drain_priority(w: &mut writer::Writer, priority: &Receiver<Msg>, alerts: &mut Option<Alerter>) {
     for msg in priority.try_iter() {
         match msg {
-            Msg::Breach(ev) => w.breach(&ev),
+            Msg::Breach(ev) => breach(w, alerts, &ev),
             Msg::Notice(n) => w.notice(&n),
             Msg::Flush(done) => {
                 let _ = done.send(());

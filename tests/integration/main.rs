@@ -5,6 +5,7 @@
 //! - `logs`: access and breach logs, permissions, SIGTERM flush, retention.
 //! - `ops`: metrics, health, rate limiting.
 //! - `reliability`: hostile packets, every query type, CNAME cloaking, outages, full disk.
+//! - `report`: the daily summary in every format, anonymising, email, alerts, `logs --client`.
 
 mod fixture;
 mod harness;
@@ -13,3 +14,4 @@ mod core;
 mod logs;
 mod ops;
 mod reliability;
+mod report;

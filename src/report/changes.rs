@@ -1,0 +1,106 @@
+//! Reading the change-control log for one day.
+//!
+//! The log is append-only JSON lines written when filtering changes. It is read leniently:
+//! any line with a `time` on the day counts, and missing fields show as blank, so an older or
+//! newer writer never makes the report fail.
+
+use std::path::Path;
+
+use chrono::{DateTime, NaiveDate};
+use serde_json::Value;
+
+use super::Change;
+
+/// The day's changes and exemptions (entries with `"kind": "exemption"`). A missing file is
+/// an empty day.
+pub(super) fn read(
+    path: &Path,
+    date: NaiveDate,
+    tz: chrono_tz::Tz,
+) -> std::io::Result<(Vec<Change>, Vec<Change>)> {
+    let mut changes = Vec::new();
+    let mut exemptions = Vec::new();
+    if !path.exists() {
+        return Ok((changes, exemptions));
+    }
+    crate::journal::read_lines::<Value>(path, |v| {
+        let time = text(&v, &["time"]);
+        if day_of(&time, tz) != Some(date) {
+            return;
+        }
+        let change = Change {
+            time,
+            by: text(&v, &["by", "who", "user"]),
+            target: text(&v, &["list", "category", "client", "target"]),
+            added: names(&v, &["added", "add", "domains"]),
+            removed: names(&v, &["removed", "remove"]),
+            reason: text(&v, &["reason"]),
+        };
+        if v.get("kind").and_then(Value::as_str) == Some("exemption") {
+            exemptions.push(change);
+        } else {
+            changes.push(change);
+        }
+    })?;
+    Ok((changes, exemptions))
+}
+
+fn day_of(time: &str, tz: chrono_tz::Tz) -> Option<NaiveDate> {
+    DateTime::parse_from_rfc3339(time)
+        .map(|t| t.with_timezone(&tz).date_naive())
+        .ok()
+        .or_else(|| NaiveDate::parse_from_str(time.get(..10)?, "%Y-%m-%d").ok())
+}
+
+fn text(v: &Value, keys: &[&str]) -> String {
+    keys.iter()
+        .find_map(|k| match v.get(*k)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        })
+        .unwrap_or_default()
+}
+
+fn names(v: &Value, keys: &[&str]) -> Vec<String> {
+    keys.iter()
+        .find_map(|k| match v.get(*k)? {
+            Value::Array(a) => Some(
+                a.iter()
+                    .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+                    .collect(),
+            ),
+            Value::String(s) => Some(vec![s.clone()]),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_day_and_splits_exemptions() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("changes.jsonl");
+        std::fs::write(
+            &p,
+            concat!(
+                "{\"time\":\"2026-11-25T09:00:00+00:00\",\"by\":\"jsmith\",\"list\":\"gambling\",\"added\":[\"a.com\"],\"reason\":\"new site\"}\n",
+                "{\"time\":\"2026-11-26T10:00:00+00:00\",\"by\":\"jsmith\",\"category\":\"adult\",\"removed\":[\"b.com\"],\"reason\":\"false positive\"}\n",
+                "not json\n",
+                "{\"time\":\"2026-11-26T11:00:00+00:00\",\"kind\":\"exemption\",\"by\":\"head\",\"client\":\"LIB-PC-07\",\"added\":\"youtube.com\"}\n",
+            ),
+        )
+        .unwrap();
+        let d = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
+        let (c, e) = read(&p, d, chrono_tz::Europe::London).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].target, "adult");
+        assert_eq!(c[0].removed, vec!["b.com"]);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].target, "LIB-PC-07");
+        assert_eq!(e[0].added, vec!["youtube.com"]);
+    }
+}
