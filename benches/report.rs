@@ -3,7 +3,8 @@
 //!
 //! Run with `cargo bench --bench report`. The generator writes the day into a temporary log
 //! directory (about 150 MB compressed; `SCHOOLGATE_BENCH_ACCESS` sets the number of access
-//! records), then the report is built and rendered in every format, and each step is timed.
+//! records; `SCHOOLGATE_BENCH_DIR` keeps the generated day for the next run), then the report
+//! is built and rendered in every format, and each step is timed.
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -132,15 +133,20 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path());
+    // SCHOOLGATE_BENCH_DIR keeps the generated day between runs.
+    let temp = tempfile::tempdir().unwrap();
+    let dir = std::env::var_os("SCHOOLGATE_BENCH_DIR")
+        .map_or_else(|| temp.path().to_path_buf(), std::path::PathBuf::from);
+    let config = config(&dir);
     let date = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
-    let t = Instant::now();
-    generate(&config.logs.dir, date, access);
-    eprintln!(
-        "generated {access} access and {BREACHES} breach records in {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
+    if !config.logs.dir.join("access-2026-11-25.jsonl.gz").exists() {
+        let t = Instant::now();
+        generate(&config.logs.dir, date, access);
+        eprintln!(
+            "generated {access} access and {BREACHES} breach records in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
 
     let t = Instant::now();
     let report = schoolgate::report::build(&config, date, false).unwrap();

@@ -118,7 +118,10 @@ fn access_pass(path: &Path, agg: &mut Breaches, totals: &mut Totals) -> std::io:
         let reader = scope.spawn(move || read_chunks(input, &full_tx, &empty_rx));
         let mut clients: FxHashSet<Box<str>> = FxHashSet::default();
         for chunk in full_rx {
-            for line in chunk.split(|b| *b == b'\n') {
+            let mut start = 0;
+            for end in memchr::memchr_iter(b'\n', &chunk).chain([chunk.len()]) {
+                let line = &chunk[start..end];
+                start = end + 1;
                 let Ok(a) = serde_json::from_slice::<AccessLine>(line) else {
                     continue;
                 };
@@ -166,7 +169,7 @@ fn read_chunks(
         let eof = filled < chunk.len();
         chunk.truncate(filled);
         if !eof {
-            match chunk.iter().rposition(|b| *b == b'\n') {
+            match memchr::memrchr(b'\n', &chunk) {
                 Some(end) => carry.extend_from_slice(&chunk[end + 1..]),
                 None => {
                     // One line longer than a chunk: keep reading it.
@@ -471,4 +474,41 @@ impl Breaches {
 /// The local hour from an RFC 3339 time (`2026-11-26T09:...`).
 fn hour(time: &str) -> Option<usize> {
     time.get(11..13)?.parse::<usize>().ok().filter(|h| *h < 24)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks_of(input: &[u8]) -> Vec<Vec<u8>> {
+        let (full_tx, full_rx) = crossbeam_channel::unbounded();
+        let (_empty_tx, empty_rx) = crossbeam_channel::unbounded();
+        read_chunks(std::io::Cursor::new(input.to_vec()), &full_tx, &empty_rx).unwrap();
+        drop(full_tx);
+        full_rx.iter().collect()
+    }
+
+    #[test]
+    fn chunks_hold_whole_lines_even_longer_than_a_chunk() {
+        let long = "x".repeat(CHUNK + 10);
+        let mut input = String::new();
+        for i in 0..200_000 {
+            input.push_str(&format!("line {i}\n"));
+        }
+        input.push_str(&long);
+        input.push_str("\nlast without newline");
+        let chunks = chunks_of(input.as_bytes());
+        assert!(chunks.len() > 1);
+        for c in &chunks[..chunks.len() - 1] {
+            assert_eq!(c.last(), Some(&b'\n'), "a chunk ends on a line boundary");
+        }
+        let joined: Vec<u8> = chunks.concat();
+        assert_eq!(joined, input.as_bytes());
+    }
+
+    #[test]
+    fn hour_comes_from_local_time() {
+        assert_eq!(hour("2026-11-26T09:41:07.000000+00:00"), Some(9));
+        assert_eq!(hour("garbage"), None);
+    }
 }
