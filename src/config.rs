@@ -15,6 +15,9 @@ use serde::Deserialize;
 use thiserror::Error;
 use toml::Spanned;
 
+use crate::lists::KEYWORDS_EXTENSION;
+use crate::safesearch::{SafeSearch, SafeSearchMode};
+
 /// A configuration problem, located in the file.
 #[derive(Debug, Error)]
 #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
@@ -63,6 +66,15 @@ struct Raw {
     clients: Vec<RawClient>,
     #[serde(default)]
     logs: RawLogs,
+    #[serde(default)]
+    safesearch: RawSafeSearch,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSafeSearch {
+    /// The vendors' data file, relative to the config file; the built-in copy when absent.
+    file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +229,10 @@ struct RawGroup {
     description: String,
     #[serde(default, rename = "schedule")]
     schedules: Vec<RawSchedule>,
+    #[serde(default)]
+    safesearch: SafeSearchMode,
+    #[serde(default)]
+    block_unsafe_search: bool,
 }
 
 #[derive(Deserialize)]
@@ -289,6 +305,10 @@ pub struct Group {
     pub description: String,
     /// Time-of-day variations, first match wins.
     pub schedules: Vec<Schedule>,
+    /// Which safe host search names are rewritten to.
+    pub safesearch: SafeSearchMode,
+    /// Block search engines with no enforceable safe mode.
+    pub block_unsafe_search: bool,
 }
 
 /// A named client (one address or a range).
@@ -341,6 +361,8 @@ pub struct Config {
     pub clients: Vec<Client>,
     /// Access and breach log directory.
     pub log_dir: PathBuf,
+    /// The search engines' safe hosts and the bypass canaries.
+    pub safesearch: SafeSearch,
 }
 
 /// Name of the group unknown clients fall into.
@@ -490,6 +512,11 @@ impl Validator<'_> {
                 }
                 files.push(p);
             }
+            // `<category>.keywords` beside the lists is picked up without being named.
+            let keywords = lists_dir.join(format!("{name}.{KEYWORDS_EXTENSION}"));
+            if keywords.is_file() && !files.contains(&keywords) {
+                files.push(keywords);
+            }
             categories.push(Category {
                 name,
                 files,
@@ -516,6 +543,8 @@ impl Validator<'_> {
                     block,
                     description: g.description.clone(),
                     schedules,
+                    safesearch: g.safesearch,
+                    block_unsafe_search: g.block_unsafe_search,
                 },
             );
         }
@@ -524,6 +553,8 @@ impl Validator<'_> {
             block: categories.iter().map(|c| c.name.clone()).collect(),
             description: "Devices not named in the config: everything blocked".into(),
             schedules: Vec::new(),
+            safesearch: SafeSearchMode::Strict,
+            block_unsafe_search: true,
         });
 
         let mut clients = Vec::new();
@@ -545,6 +576,8 @@ impl Validator<'_> {
             });
         }
 
+        let safesearch = self.safesearch(&raw.safesearch, base);
+
         Config {
             path: self.file.clone(),
             listen: raw.server.listen,
@@ -564,7 +597,31 @@ impl Validator<'_> {
             groups,
             clients,
             log_dir: base.join(raw.logs.dir.unwrap_or_else(|| PathBuf::from("../state/logs"))),
+            safesearch,
         }
+    }
+
+    /// The vendors' safe search data: the named file, or the built-in copy.
+    fn safesearch(&mut self, raw: &RawSafeSearch, base: &Path) -> SafeSearch {
+        let Some(f) = &raw.file else {
+            return SafeSearch::builtin();
+        };
+        let p = base.join(f.get_ref());
+        if !p.is_file() {
+            self.problem(
+                f,
+                "safesearch.file",
+                format!(
+                    "{} does not exist; restore it from the release, or remove the setting to use the built-in copy",
+                    p.display()
+                ),
+            );
+            return SafeSearch::builtin();
+        }
+        SafeSearch::load(&p).unwrap_or_else(|problems| {
+            self.problems.extend(problems);
+            SafeSearch::builtin()
+        })
     }
 
     fn category_names(

@@ -14,3 +14,5 @@ pub mod upstream;
 pub mod wire;
 pub mod server;
 pub mod reload;
+pub mod keywords;
+pub mod safesearch;

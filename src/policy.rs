@@ -6,10 +6,13 @@
 //! engine and calls the same [`Engine::decide`], so what a technician sees is what a device gets.
 //!
 //! Order of precedence, highest first:
-//! 1. locked categories (illegal content): blocked for everyone, always;
-//! 2. the allow list (and `@@` exceptions);
-//! 3. the group's blocked categories, as varied by its active schedule;
-//! 4. keyword rules, for names no list matched.
+//! 1. bypass canaries (`use-application-dns.net`, iCloud Private Relay): NXDOMAIN for everyone;
+//! 2. locked categories (illegal content): blocked for everyone, always;
+//! 3. the allow list (and `@@` exceptions);
+//! 4. the group's blocked categories, as varied by its active schedule;
+//! 5. safe search: a search name not blocked above is rewritten to the vendor's safe host, and
+//!    an engine with no enforceable safe mode is blocked for groups that ask (unless allowed);
+//! 6. keyword rules, for names no list matched.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -21,7 +24,9 @@ use thiserror::Error;
 use crate::clients::{ClientId, Clients};
 use crate::config::{Config, DEFAULT_GROUP};
 use crate::domain::QueryName;
+use crate::keywords::{KeywordRule, Keywords, RuleSource};
 use crate::lists::{compile_list, BadLine, CompiledList, DomainIndex, ListError, Matches};
+use crate::safesearch::{SafeSearchMode, SearchEngine, Special};
 
 /// Why an engine could not be built.
 #[derive(Debug, Error)]
@@ -41,6 +46,10 @@ pub enum Action {
     Allow,
     /// Sinkhole answer.
     Block,
+    /// Answer with a CNAME to a safe host and its addresses (safe search).
+    Rewrite,
+    /// Answer NXDOMAIN whatever the upstream says (bypass canaries).
+    Nxdomain,
 }
 
 impl Action {
@@ -49,6 +58,8 @@ impl Action {
         match self {
             Action::Allow => "allow",
             Action::Block => "block",
+            Action::Rewrite => "rewrite",
+            Action::Nxdomain => "nxdomain",
         }
     }
 }
@@ -67,6 +78,24 @@ pub enum Rule {
         /// The entry was an exception (`@@`, allow list).
         allow: bool,
     },
+    /// A keyword rule fired on a name no list matched.
+    Keyword {
+        /// Index into [`Engine::keyword_rules`].
+        rule: u16,
+        /// Byte offset of the match in the name.
+        at: u8,
+    },
+    /// A search name rewritten to its vendor's safe host.
+    SafeSearch {
+        /// Index into [`Engine::search_engines`].
+        engine: u8,
+        /// The group's mode (strict or moderate).
+        mode: SafeSearchMode,
+    },
+    /// A search engine with no enforceable safe mode, blocked for this group.
+    UnsafeSearch,
+    /// A name devices ask before bypassing the school's DNS.
+    Canary,
 }
 
 /// The outcome of [`Engine::decide`]. Small and `Copy`: the query path builds one per query.
@@ -110,6 +139,8 @@ struct GroupPolicy {
     name: String,
     block: u32,
     schedules: Vec<SchedulePolicy>,
+    safesearch: SafeSearchMode,
+    block_unsafe_search: bool,
 }
 
 /// An immutable snapshot of everything a decision needs.
@@ -125,6 +156,7 @@ pub struct Engine {
     groups: Vec<GroupPolicy>,
     default_group: u16,
     clients: Clients,
+    keywords: Keywords,
 }
 
 /// A loaded engine and what loading it noticed.
@@ -145,7 +177,11 @@ impl Engine {
         let mut lists = Vec::new();
         let mut allow_lists = 0u32;
         if let Some(allow) = &config.allow_file {
-            lists.push(compile_list("allow", std::slice::from_ref(allow), &config.cache_dir)?);
+            lists.push(compile_list(
+                "allow",
+                std::slice::from_ref(allow),
+                &config.cache_dir,
+            )?);
             allow_lists |= 1;
         }
         let mut categories = Vec::new();
@@ -186,6 +222,8 @@ impl Engine {
             .map(|g| GroupPolicy {
                 name: g.name.clone(),
                 block: cat_mask(&g.block),
+                safesearch: g.safesearch,
+                block_unsafe_search: g.block_unsafe_search,
                 schedules: g
                     .schedules
                     .iter()
@@ -209,8 +247,10 @@ impl Engine {
             group_index(g).map_or(default_group, |i| i as u16)
         });
 
-        let bad = lists.iter().flat_map(|l| l.bad.iter().cloned()).collect();
-        let bad_count = lists.iter().map(|l| l.bad_count).sum();
+        let (keywords, keyword_bad) = build_keywords(&lists, allow_lists);
+        let mut bad: Vec<BadLine> = lists.iter().flat_map(|l| l.bad.iter().cloned()).collect();
+        let bad_count = lists.iter().map(|l| l.bad_count).sum::<usize>() + keyword_bad.len();
+        bad.extend(keyword_bad);
         let recompiled = lists
             .iter()
             .filter(|l| l.recompiled)
@@ -227,6 +267,7 @@ impl Engine {
                 groups,
                 default_group,
                 clients,
+                keywords,
             },
             bad,
             bad_count,
@@ -285,11 +326,100 @@ impl Engine {
         Some(g.schedules.get(schedule as usize)?.name.as_str())
     }
 
+    /// Keyword rules of all categories, indexed by [`Rule::Keyword::rule`].
+    pub fn keyword_rules(&self) -> &[KeywordRule] {
+        self.keywords.rules()
+    }
+
+    /// Search engines with a safe host, indexed by [`Rule::SafeSearch::engine`].
+    pub fn search_engines(&self) -> &[SearchEngine] {
+        self.config.safesearch.engines()
+    }
+
+    /// The host a rewrite decision answers with.
+    pub fn rewrite_target(&self, rule: &Rule) -> Option<&str> {
+        let Rule::SafeSearch { engine, mode } = *rule else {
+            return None;
+        };
+        Some(self.search_engines().get(engine as usize)?.target(mode))
+    }
+
+    /// What a block is called in answers and logs: the category, or why else it was blocked.
+    pub fn block_reason(&self, d: &Decision) -> &str {
+        match (d.category, d.rule) {
+            (Some(c), _) => self
+                .categories
+                .get(c as usize)
+                .map_or("policy", |c| c.name.as_str()),
+            (None, Rule::UnsafeSearch) => "unsafe_search",
+            (None, Rule::Canary) => "bypass_canary",
+            _ => "policy",
+        }
+    }
+
     /// Decides one query. Pure and allocation-free: safe to call on the hot path.
     pub fn decide(&self, client: &ClientId, name: &QueryName, now: DateTime<Utc>) -> Decision {
-        let (block_mask, schedule) = self.group_mask(client.group, now);
+        let group = client.group;
+        let special = self.config.safesearch.lookup(name.as_str());
+        if special == Some(Special::Canary) {
+            return Decision {
+                action: Action::Nxdomain,
+                category: None,
+                rule: Rule::Canary,
+                group,
+                schedule: None,
+            };
+        }
+        let (block_mask, schedule) = self.group_mask(group, now);
         let m = self.index.lookup(name.key());
-        self.resolve(&m, client.group, schedule, block_mask)
+        let d = self.resolve(&m, group, schedule, block_mask);
+        if d.action == Action::Block {
+            return d;
+        }
+        let g = self.groups.get(group as usize);
+        let mode = g.map_or(SafeSearchMode::Strict, |g| g.safesearch);
+        if let (Some(Special::Engine(engine)), false) = (special, mode == SafeSearchMode::Off) {
+            return Decision {
+                action: Action::Rewrite,
+                rule: Rule::SafeSearch { engine, mode },
+                ..d
+            };
+        }
+        let explicitly_allowed = matches!(d.rule, Rule::Listed { allow: true, .. });
+        if !explicitly_allowed
+            && g.is_none_or(|g| g.block_unsafe_search)
+            && self.config.safesearch.is_unenforceable(name.as_str())
+        {
+            return Decision {
+                action: Action::Block,
+                category: None,
+                rule: Rule::UnsafeSearch,
+                ..d
+            };
+        }
+        // Keywords only speak for names the lists know nothing about.
+        if m.mask == 0 {
+            if let Some(hit) = self
+                .keywords
+                .find(name.as_str().as_bytes(), block_mask, self.locked)
+            {
+                let list = self.keywords.rules()[hit.rule as usize].list as usize;
+                return Decision {
+                    action: Action::Block,
+                    category: self
+                        .categories
+                        .iter()
+                        .position(|c| c.list == list)
+                        .map(|c| c as u8),
+                    rule: Rule::Keyword {
+                        rule: hit.rule,
+                        at: hit.at,
+                    },
+                    ..d
+                };
+            }
+        }
+        d
     }
 
     /// The categories blocked for a group at an instant, and the schedule that set them.
@@ -323,7 +453,8 @@ impl Engine {
     fn resolve(&self, m: &Matches, group: u16, schedule: Option<u8>, block_mask: u32) -> Decision {
         let listed = (m.mask as u32) & !self.allow_lists;
         let blocked = listed & block_mask;
-        let allow_bits = ((m.mask as u32) & self.allow_lists) as u64 | (m.mask & 0xFFFF_FFFF_0000_0000);
+        let allow_bits =
+            ((m.mask as u32) & self.allow_lists) as u64 | (m.mask & 0xFFFF_FFFF_0000_0000);
         let decide_block = |bits: u32| {
             let list = bits.trailing_zeros() as usize;
             let category = self.categories.iter().position(|c| c.list == list);
@@ -372,6 +503,16 @@ impl Engine {
 
     /// The list file and line behind a listed rule, for explanations and breach records.
     pub fn origin(&self, name: &QueryName, rule: &Rule) -> Option<Origin> {
+        if let Rule::Keyword { rule, .. } = *rule {
+            let k = self.keywords.rules().get(rule as usize)?;
+            let list = self.lists.get(k.list as usize)?;
+            return Some(Origin {
+                list: list.name.clone(),
+                entry: k.label(),
+                file: k.file.clone(),
+                line: k.line,
+            });
+        }
         let Rule::Listed {
             list,
             key_len,
@@ -392,6 +533,34 @@ impl Engine {
             line,
         })
     }
+}
+
+/// Keyword rules of every category list (the allow list's are reported: they would block).
+fn build_keywords(lists: &[CompiledList], allow_lists: u32) -> (Keywords, Vec<BadLine>) {
+    let mut misplaced = Vec::new();
+    let mut sources = Vec::new();
+    for (i, l) in lists.iter().enumerate() {
+        for (src, k) in &l.keywords {
+            let file = l.sources.get(*src).cloned().unwrap_or_default();
+            if allow_lists & (1 << i) != 0 {
+                misplaced.push(BadLine {
+                    file,
+                    line: k.line,
+                    reason: "keyword rules block names; put them in a category's list or <category>.keywords".into(),
+                });
+                continue;
+            }
+            sources.push(RuleSource {
+                text: &k.text,
+                list: i as u8,
+                file,
+                line: k.line,
+            });
+        }
+    }
+    let (keywords, mut bad) = Keywords::build(sources);
+    bad.extend(misplaced);
+    (keywords, bad)
 }
 
 /// Where a rule came from.

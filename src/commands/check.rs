@@ -19,9 +19,9 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
     let name = QueryName::parse(&args.domain)
         .with_context(|| format!("{:?} is not a domain name", args.domain))?;
     let addr: IpAddr = match &args.client {
-        Some(c) => engine
-            .find_client(c)
-            .with_context(|| format!("no client named {c:?} in the config, and it is not an address"))?,
+        Some(c) => engine.find_client(c).with_context(|| {
+            format!("no client named {c:?} in the config, and it is not an address")
+        })?,
         None => IpAddr::from([127, 0, 0, 1]),
     };
     let client = engine.identify(addr);
@@ -32,13 +32,32 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
         .map(|c| c.name.clone());
     let origin = engine.origin(&name, &d.rule);
     let group = engine.group_name(d.group).to_string();
-    let schedule = d.schedule.and_then(|s| engine.schedule_name(d.group, s)).map(str::to_string);
+    let schedule = d
+        .schedule
+        .and_then(|s| engine.schedule_name(d.group, s))
+        .map(str::to_string);
     let client_name = engine.client_name(&client).map(str::to_string);
     let rule = match (&d.rule, &origin) {
         (Rule::Unlisted, _) => "unlisted".to_string(),
         (Rule::Listed { allow: true, .. }, Some(o)) => format!("allow {}", o.entry),
-        (Rule::Listed { .. }, Some(o)) => o.entry.clone(),
-        (Rule::Listed { .. }, None) => "listed".to_string(),
+        (Rule::Listed { .. } | Rule::Keyword { .. }, Some(o)) => o.entry.clone(),
+        (Rule::Listed { .. } | Rule::Keyword { .. }, None) => "listed".to_string(),
+        (Rule::SafeSearch { engine: e, .. }, _) => engine
+            .search_engines()
+            .get(*e as usize)
+            .map_or("safesearch".to_string(), |e| {
+                format!("safesearch:{}", e.name)
+            }),
+        (Rule::UnsafeSearch, _) => "unsafe_search".to_string(),
+        (Rule::Canary, _) => "canary".to_string(),
+    };
+    let target = engine.rewrite_target(&d.rule).map(str::to_string);
+    let keyword = match d.rule {
+        Rule::Keyword { rule, at } => engine.keyword_rules().get(rule as usize).map(|k| {
+            let (at, end) = (at as usize, at as usize + k.word.len());
+            (k.word.clone(), k.token, at, end)
+        }),
+        _ => None,
     };
 
     if args.json {
@@ -54,13 +73,20 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
             "client_name": client_name,
             "group": group,
             "schedule": schedule,
+            "target": target,
+            "keyword": keyword.as_ref().map(|(word, token, at, end)| json!({
+                "word": word, "token_only": token, "at": at, "end": end,
+            })),
         });
         println!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
-    let verdict = match d.action {
-        Action::Block => "BLOCKED",
-        Action::Allow => "ALLOWED",
+    let verdict = match (d.action, &target) {
+        (Action::Block, _) => "BLOCKED".to_string(),
+        (Action::Allow, _) => "ALLOWED".to_string(),
+        (Action::Rewrite, Some(t)) => format!("REWRITTEN to {t}"),
+        (Action::Rewrite, None) => "REWRITTEN".to_string(),
+        (Action::Nxdomain, _) => "NXDOMAIN".to_string(),
     };
     println!("{}: {verdict}", name.as_str());
     if let Some(c) = &category {
@@ -70,10 +96,31 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
         Some(o) => println!("  rule:     {rule}  ({}, list {})", o.location(), o.list),
         None => println!("  rule:     {rule}"),
     }
+    if let Some((word, token, at, end)) = &keyword {
+        let n = name.as_str();
+        println!(
+            "  matched:  {word:?} at {at}..{end}: {}[{}]{}{}",
+            &n[..*at],
+            &n[*at..*end],
+            &n[*end..],
+            if *token { " (whole token only)" } else { "" }
+        );
+    }
+    match d.rule {
+        Rule::SafeSearch { mode, .. } => {
+            let source = engine.config().safesearch.file.as_ref().map_or("built-in data".to_string(), |f| f.display().to_string());
+            println!("  safe search: {} mode for group {group}, CNAME plus the safe host's addresses ({source})", mode.as_str());
+        }
+        Rule::UnsafeSearch => println!("  why:      a search engine with no enforceable safe mode; group {group} has block_unsafe_search"),
+        Rule::Canary => println!("  why:      devices ask this name before bypassing the school's DNS; NXDOMAIN keeps encrypted DNS and Private Relay off"),
+        _ => {}
+    }
     println!(
         "  client:   {addr}{}, group {group}{}",
         client_name.map(|n| format!(" ({n})")).unwrap_or_default(),
-        schedule.map(|s| format!(", schedule {s:?}")).unwrap_or_default()
+        schedule
+            .map(|s| format!(", schedule {s:?}"))
+            .unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
 }

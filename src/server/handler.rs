@@ -4,6 +4,10 @@
 //! either a complete answer (sinkhole, cache hit, error) or a request to go upstream. Only
 //! allowed names missing from the cache ever reach [`Handler::answer_upstream`], the one place
 //! that awaits.
+//!
+//! Safe search rewrites are answered the way the vendors document: a CNAME to the safe host plus
+//! the host's own records, resolved through the upstream and cached under the host's name, so
+//! clients that do not chase CNAMEs still reach the safe host.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -18,6 +22,9 @@ use crate::config::SinkholeMode;
 use crate::policy::{Action, Decision, Engine};
 use crate::upstream::Upstream;
 use crate::wire::{self, ede, rcode, rtype, Query, Reject, Writer};
+
+/// TTL of a rewrite's CNAME when the safe host's answer carries none.
+const REWRITE_TTL: u32 = 300;
 
 /// The transport a query came over; UDP answers are size-limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +74,13 @@ impl Handler {
     }
 
     /// Answers from memory if possible. `buf` receives the answer on [`Outcome::Reply`].
-    pub fn answer_now(&self, packet: &[u8], src: SocketAddr, transport: Transport, buf: &mut Vec<u8>) -> Outcome {
+    pub fn answer_now(
+        &self,
+        packet: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        buf: &mut Vec<u8>,
+    ) -> Outcome {
         let q = match wire::parse(packet) {
             Ok(q) => q,
             Err(r @ Reject::Error { .. }) => {
@@ -80,8 +93,18 @@ impl Handler {
         };
         let engine = self.engine.load();
         let addr = crate::clients::canonical(src.ip());
-        if !engine.config().client_networks.iter().any(|n| n.contains(&addr)) {
-            self.error(&q, buf, rcode::REFUSED, Some((ede::PROHIBITED, "schoolgate: not a school network")));
+        if !engine
+            .config()
+            .client_networks
+            .iter()
+            .any(|n| n.contains(&addr))
+        {
+            self.error(
+                &q,
+                buf,
+                rcode::REFUSED,
+                Some((ede::PROHIBITED, "schoolgate: not a school network")),
+            );
             return self.finish(&q, transport, buf);
         }
         if q.qclass != 1 || matches!(q.qtype, rtype::AXFR | rtype::IXFR) {
@@ -91,6 +114,30 @@ impl Handler {
         let client = engine.identify(addr);
         let decision = engine.decide(&client, &q.name, Utc::now());
         match decision.action {
+            Action::Nxdomain => {
+                let mut w = Writer::respond(buf, &q, rcode::NXDOMAIN, false);
+                if let Some(e) = q.edns {
+                    w.opt(
+                        e.dnssec_ok,
+                        0,
+                        Some((
+                            ede::FILTERED,
+                            "schoolgate: encrypted DNS and relays stay off on this network",
+                        )),
+                    );
+                }
+                self.finish(&q, transport, buf)
+            }
+            Action::Rewrite => match engine.rewrite_target(&decision.rule) {
+                Some(target) if self.rewrite(&q, target, false, buf) => {
+                    self.finish(&q, transport, buf)
+                }
+                Some(_) => Outcome::Upstream,
+                None => {
+                    self.error(&q, buf, rcode::SERVFAIL, None);
+                    self.finish(&q, transport, buf)
+                }
+            },
             Action::Block => {
                 self.sinkhole(&engine, &q, &decision, None, buf);
                 self.finish(&q, transport, buf)
@@ -120,17 +167,33 @@ impl Handler {
     }
 
     /// Resolves an allowed name upstream and writes the answer (or SERVFAIL) into `buf`.
-    pub async fn answer_upstream(&self, packet: &[u8], src: SocketAddr, transport: Transport, buf: &mut Vec<u8>) -> Outcome {
+    pub async fn answer_upstream(
+        &self,
+        packet: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        buf: &mut Vec<u8>,
+    ) -> Outcome {
         let Ok(q) = wire::parse(packet) else {
             return Outcome::Drop;
         };
-        let result = self.upstream.resolve(q.name.as_str(), q.qtype).await;
         let engine = self.engine.load_full();
         let client = engine.identify(crate::clients::canonical(src.ip()));
+        let decision = engine.decide(&client, &q.name, Utc::now());
+        if decision.action == Action::Rewrite {
+            if let Some(target) = engine.rewrite_target(&decision.rule) {
+                return self.rewrite_upstream(&q, target, transport, buf).await;
+            }
+        }
+        let result = self.upstream.resolve(q.name.as_str(), q.qtype).await;
         match result {
             Ok(answer) => {
-                self.cache
-                    .insert(q.name.as_str().as_bytes(), q.qtype, answer.bytes, answer.ttl);
+                self.cache.insert(
+                    q.name.as_str().as_bytes(),
+                    q.qtype,
+                    answer.bytes,
+                    answer.ttl,
+                );
                 if self.cache.serve(&q, buf, true).is_none() {
                     self.error(&q, buf, rcode::SERVFAIL, None);
                     return self.finish(&q, transport, buf);
@@ -145,13 +208,23 @@ impl Handler {
                 tracing::debug!(name = q.name.as_str(), error = %e, "upstream failed");
                 match self.cache.serve(&q, buf, true) {
                     Some(Freshness::Stale) | Some(Freshness::Fresh) => {
-                        finish_edns(buf, &q, Some((ede::STALE_ANSWER, "schoolgate: upstream unreachable, stale answer")));
+                        finish_edns(
+                            buf,
+                            &q,
+                            Some((
+                                ede::STALE_ANSWER,
+                                "schoolgate: upstream unreachable, stale answer",
+                            )),
+                        );
                     }
                     None => self.error(
                         &q,
                         buf,
                         rcode::SERVFAIL,
-                        Some((ede::NO_REACHABLE_AUTHORITY, "schoolgate: upstream resolver failed")),
+                        Some((
+                            ede::NO_REACHABLE_AUTHORITY,
+                            "schoolgate: upstream resolver failed",
+                        )),
                     ),
                 }
             }
@@ -159,9 +232,81 @@ impl Handler {
         self.finish(&q, transport, buf)
     }
 
+    /// Resolves a safe host through the upstream, caches it under its own name, and answers.
+    async fn rewrite_upstream(
+        &self,
+        q: &Query<'_>,
+        target: &str,
+        transport: Transport,
+        buf: &mut Vec<u8>,
+    ) -> Outcome {
+        match self.upstream.resolve(target, q.qtype).await {
+            Ok(answer) => self
+                .cache
+                .insert(target.as_bytes(), q.qtype, answer.bytes, answer.ttl),
+            Err(e) => {
+                tracing::debug!(name = target, error = %e, "upstream failed for safe search host")
+            }
+        }
+        if !self.rewrite(q, target, true, buf) {
+            self.error(
+                q,
+                buf,
+                rcode::SERVFAIL,
+                Some((
+                    ede::NO_REACHABLE_AUTHORITY,
+                    "schoolgate: upstream resolver failed",
+                )),
+            );
+        }
+        self.finish(q, transport, buf)
+    }
+
+    /// Writes a rewrite answer: CNAME to `target`, then (for A and AAAA) the target's cached
+    /// records of the asked type. False when those records are not cached yet.
+    fn rewrite(&self, q: &Query<'_>, target: &str, allow_stale: bool, buf: &mut Vec<u8>) -> bool {
+        if !matches!(q.qtype, rtype::A | rtype::AAAA) {
+            // Other types get the alias alone: the client asks the safe host itself, and no
+            // HTTPS record can hand it the unsafe host's addresses.
+            let mut w = Writer::respond(buf, q, rcode::NOERROR, false);
+            w.cname(REWRITE_TTL, target);
+            if let Some(e) = q.edns {
+                w.opt(e.dnssec_ok, 0, None);
+            }
+            return true;
+        }
+        self.cache
+            .read(target.as_bytes(), q.qtype, allow_stale, |bytes, aged| {
+                let mut ttl = None::<u32>;
+                wire::answers(bytes, |t, record_ttl, _| {
+                    if t == q.qtype {
+                        let aged = aged(record_ttl);
+                        ttl = Some(ttl.map_or(aged, |m| m.min(aged)));
+                    }
+                });
+                let rc = bytes.get(3).map_or(rcode::NOERROR, |b| b & 0x0F);
+                let mut w = Writer::respond(buf, q, rc, false);
+                let owner = w.cname(ttl.unwrap_or(REWRITE_TTL), target);
+                wire::answers(bytes, |t, record_ttl, rdata| {
+                    if t == q.qtype {
+                        w.answer_at(owner, t, aged(record_ttl), rdata);
+                    }
+                });
+                if let Some(e) = q.edns {
+                    w.opt(e.dnssec_ok, 0, None);
+                }
+            })
+            .is_some()
+    }
+
     /// If an answer in `buf` leads by CNAME to a name this client may not reach, the decision
     /// that blocks it and the target's name.
-    fn cloaked(&self, engine: &Engine, client: &ClientId, buf: &[u8]) -> Option<(Decision, String)> {
+    fn cloaked(
+        &self,
+        engine: &Engine,
+        client: &ClientId,
+        buf: &[u8],
+    ) -> Option<(Decision, String)> {
         let mut found = None;
         let now = Utc::now();
         wire::cname_targets(buf, |target| {
@@ -175,7 +320,14 @@ impl Handler {
         found
     }
 
-    fn sinkhole(&self, engine: &Engine, q: &Query<'_>, d: &Decision, via: Option<&str>, buf: &mut Vec<u8>) {
+    fn sinkhole(
+        &self,
+        engine: &Engine,
+        q: &Query<'_>,
+        d: &Decision,
+        via: Option<&str>,
+        buf: &mut Vec<u8>,
+    ) {
         let sink = &engine.config().sinkhole;
         let rc = if sink.mode == SinkholeMode::Nxdomain {
             rcode::NXDOMAIN
@@ -199,10 +351,7 @@ impl Handler {
             _ => {}
         }
         if let Some(e) = q.edns {
-            let category = d
-                .category
-                .and_then(|c| engine.categories().get(c as usize))
-                .map_or("policy", |c| c.name.as_str());
+            let category = engine.block_reason(d);
             let mut text = String::with_capacity(64);
             let _ = write!(text, "schoolgate: blocked, category {category}");
             if let Some(target) = via {
