@@ -10,7 +10,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(name = "schoolgate", version, about)]
 pub struct Cli {
     /// The configuration file.
-    #[arg(long, short, global = true, env = "SCHOOLGATE_CONFIG", default_value = "config/schoolgate.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "SCHOOLGATE_CONFIG",
+        default_value = "config/schoolgate.toml"
+    )]
     pub config: PathBuf,
     /// What to do.
     #[command(subcommand)]
@@ -37,6 +43,9 @@ pub struct ServeArgs {
     /// Upstream resolver; repeat for several. Overrides server.upstreams.
     #[arg(long = "upstream", value_name = "ADDR:PORT")]
     pub upstream: Vec<SocketAddr>,
+    /// Metrics and health endpoint address. Overrides admin.listen.
+    #[arg(long = "admin", value_name = "ADDR:PORT")]
+    pub admin: Option<SocketAddr>,
     /// Format of the server's own log.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

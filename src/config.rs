@@ -67,6 +67,8 @@ struct Raw {
     #[serde(default)]
     logs: RawLogs,
     #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
     safesearch: RawSafeSearch,
 }
 
@@ -75,6 +77,28 @@ struct Raw {
 struct RawSafeSearch {
     /// The vendors' data file, relative to the config file; the built-in copy when absent.
     file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_admin_listen")]
+    listen: Option<Spanned<SocketAddr>>,
+    #[serde(default)]
+    allow_remote: bool,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: default_admin_listen(),
+            allow_remote: false,
+        }
+    }
+}
+
+fn default_admin_listen() -> Option<Spanned<SocketAddr>> {
+    Some(Spanned::new(0..0, SocketAddr::from(([127, 0, 0, 1], 9153))))
 }
 
 #[derive(Deserialize)]
@@ -256,10 +280,50 @@ struct RawClient {
     group: Spanned<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLogs {
     dir: Option<PathBuf>,
+    #[serde(default = "default_access_retention")]
+    access_retention_days: u32,
+    #[serde(default = "default_breach_retention")]
+    breach_retention_days: u32,
+    #[serde(default = "default_log_queue")]
+    queue: usize,
+}
+
+impl Default for RawLogs {
+    fn default() -> Self {
+        RawLogs {
+            dir: None,
+            access_retention_days: default_access_retention(),
+            breach_retention_days: default_breach_retention(),
+            queue: default_log_queue(),
+        }
+    }
+}
+
+fn default_access_retention() -> u32 {
+    30
+}
+fn default_breach_retention() -> u32 {
+    365
+}
+fn default_log_queue() -> usize {
+    65_536
+}
+
+/// Where and for how long query logs are kept.
+#[derive(Debug, Clone)]
+pub struct Logs {
+    /// Directory of the daily access, breach and notice files.
+    pub dir: PathBuf,
+    /// Days access logs are kept (the school's data-protection policy).
+    pub access_retention_days: u32,
+    /// Days breach logs are kept.
+    pub breach_retention_days: u32,
+    /// Access records that may wait for the writer before new ones are dropped (and counted).
+    pub queue: usize,
 }
 
 /// A category of blocked names.
@@ -359,8 +423,10 @@ pub struct Config {
     pub groups: BTreeMap<String, Group>,
     /// Named clients.
     pub clients: Vec<Client>,
-    /// Access and breach log directory.
-    pub log_dir: PathBuf,
+    /// Access and breach logs.
+    pub logs: Logs,
+    /// Address of the metrics and health endpoint; `None` turns it off.
+    pub admin: Option<SocketAddr>,
     /// The search engines' safe hosts and the bypass canaries.
     pub safesearch: SafeSearch,
 }
@@ -495,7 +561,11 @@ impl Validator<'_> {
                 );
             }
             if categories.iter().any(|x: &Category| x.name == name) {
-                self.problem(&c.name, "category.name", format!("category {name:?} is defined twice"));
+                self.problem(
+                    &c.name,
+                    "category.name",
+                    format!("category {name:?} is defined twice"),
+                );
             }
             let mut files = Vec::new();
             for f in &c.files {
@@ -548,32 +618,52 @@ impl Validator<'_> {
                 },
             );
         }
-        groups.entry(DEFAULT_GROUP.to_string()).or_insert_with(|| Group {
-            name: DEFAULT_GROUP.to_string(),
-            block: categories.iter().map(|c| c.name.clone()).collect(),
-            description: "Devices not named in the config: everything blocked".into(),
-            schedules: Vec::new(),
-            safesearch: SafeSearchMode::Strict,
-            block_unsafe_search: true,
-        });
+        groups
+            .entry(DEFAULT_GROUP.to_string())
+            .or_insert_with(|| Group {
+                name: DEFAULT_GROUP.to_string(),
+                block: categories.iter().map(|c| c.name.clone()).collect(),
+                description: "Devices not named in the config: everything blocked".into(),
+                schedules: Vec::new(),
+                safesearch: SafeSearchMode::Strict,
+                block_unsafe_search: true,
+            });
 
         let mut clients = Vec::new();
         for c in &raw.clients {
             let net = match parse_net(c.addr.get_ref()) {
                 Some(n) => n,
                 None => {
-                    self.problem(&c.addr, "client.addr", format!("{:?} is not an IP address or CIDR range", c.addr.get_ref()));
+                    self.problem(
+                        &c.addr,
+                        "client.addr",
+                        format!("{:?} is not an IP address or CIDR range", c.addr.get_ref()),
+                    );
                     continue;
                 }
             };
             if !groups.contains_key(c.group.get_ref()) {
-                self.problem(&c.group, "client.group", format!("no group named {:?}", c.group.get_ref()));
+                self.problem(
+                    &c.group,
+                    "client.group",
+                    format!("no group named {:?}", c.group.get_ref()),
+                );
             }
             clients.push(Client {
                 name: c.name.clone(),
                 net,
                 group: c.group.get_ref().clone(),
             });
+        }
+
+        if let Some(a) = &raw.admin.listen {
+            if !a.get_ref().ip().is_loopback() && !raw.admin.allow_remote {
+                self.problem(
+                    a,
+                    "admin.listen",
+                    "the admin endpoint is not on loopback; set admin.allow_remote = true if it is firewalled",
+                );
+            }
         }
 
         let safesearch = self.safesearch(&raw.safesearch, base);
@@ -596,7 +686,17 @@ impl Validator<'_> {
             categories,
             groups,
             clients,
-            log_dir: base.join(raw.logs.dir.unwrap_or_else(|| PathBuf::from("../state/logs"))),
+            logs: Logs {
+                dir: base.join(
+                    raw.logs
+                        .dir
+                        .unwrap_or_else(|| PathBuf::from("../state/logs")),
+                ),
+                access_retention_days: raw.logs.access_retention_days,
+                breach_retention_days: raw.logs.breach_retention_days,
+                queue: raw.logs.queue.max(1024),
+            },
+            admin: raw.admin.listen.map(Spanned::into_inner),
             safesearch,
         }
     }
@@ -647,12 +747,23 @@ impl Validator<'_> {
         for d in &s.days {
             match parse_days(d.get_ref()) {
                 Some(ds) => days.extend(ds),
-                None => self.problem(d, &format!("{field}.days"), format!("{:?} is not a day (mon..sun, or weekdays/weekend)", d.get_ref())),
+                None => self.problem(
+                    d,
+                    &format!("{field}.days"),
+                    format!(
+                        "{:?} is not a day (mon..sun, or weekdays/weekend)",
+                        d.get_ref()
+                    ),
+                ),
             }
         }
         let mut time = |t: &Spanned<String>, which: &str| {
             NaiveTime::parse_from_str(t.get_ref(), "%H:%M").unwrap_or_else(|_| {
-                self.problem(t, &format!("{field}.{which}"), format!("{:?} is not a time like \"12:30\"", t.get_ref()));
+                self.problem(
+                    t,
+                    &format!("{field}.{which}"),
+                    format!("{:?} is not a time like \"12:30\"", t.get_ref()),
+                );
                 NaiveTime::MIN
             })
         };

@@ -4,15 +4,19 @@
 //! - [`domain`]: the one place names are normalised and turned into lookup keys.
 //! - [`lists`]: list formats, FST compilation with an on-disk cache, the merged index.
 
-pub mod domain;
-pub mod lists;
+pub mod admin;
 pub mod cache;
 pub mod clients;
 pub mod config;
+pub mod domain;
+pub mod journal;
+pub mod keywords;
+pub mod lists;
+pub mod metrics;
 pub mod policy;
+pub mod ratelimit;
+pub mod reload;
+pub mod safesearch;
+pub mod server;
 pub mod upstream;
 pub mod wire;
-pub mod server;
-pub mod reload;
-pub mod keywords;
-pub mod safesearch;

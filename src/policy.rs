@@ -62,6 +62,11 @@ impl Action {
             Action::Nxdomain => "nxdomain",
         }
     }
+
+    /// Whether this outcome is a breach the coordinator must see (and never lose).
+    pub fn is_breach(self) -> bool {
+        matches!(self, Action::Block)
+    }
 }
 
 /// Why the decision was made, precisely enough to name the list line.
@@ -313,6 +318,11 @@ impl Engine {
             .or_else(|| self.clients.by_name(client))
     }
 
+    /// Number of groups (indices `0..group_count()`).
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
     /// Group name by index.
     pub fn group_name(&self, group: u16) -> &str {
         self.groups
@@ -342,6 +352,20 @@ impl Engine {
             return None;
         };
         Some(self.search_engines().get(engine as usize)?.target(mode))
+    }
+
+    /// The rule's name in logs and `check` for rules that are not a list line (those are named
+    /// by [`Engine::origin`]): `safesearch:google`, `unsafe_search`, `canary`.
+    pub fn rule_label(&self, rule: &Rule) -> Option<String> {
+        match *rule {
+            Rule::SafeSearch { engine, .. } => self
+                .search_engines()
+                .get(engine as usize)
+                .map(|e| format!("safesearch:{}", e.name)),
+            Rule::UnsafeSearch => Some("unsafe_search".into()),
+            Rule::Canary => Some("canary".into()),
+            Rule::Unlisted | Rule::Listed { .. } | Rule::Keyword { .. } => None,
+        }
     }
 
     /// What a block is called in answers and logs: the category, or why else it was blocked.

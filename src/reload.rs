@@ -104,7 +104,11 @@ pub fn watch(config: &Config, tx: mpsc::Sender<()>) -> Result<Watch, notify::Err
     dirs.sort();
     dirs.dedup();
     for d in dirs {
-        let d = if d.as_os_str().is_empty() { PathBuf::from(".") } else { d };
+        let d = if d.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            d
+        };
         debouncer.watch(&d, RecursiveMode::NonRecursive)?;
     }
     Ok(Watch {

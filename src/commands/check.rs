@@ -42,14 +42,9 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
         (Rule::Listed { allow: true, .. }, Some(o)) => format!("allow {}", o.entry),
         (Rule::Listed { .. } | Rule::Keyword { .. }, Some(o)) => o.entry.clone(),
         (Rule::Listed { .. } | Rule::Keyword { .. }, None) => "listed".to_string(),
-        (Rule::SafeSearch { engine: e, .. }, _) => engine
-            .search_engines()
-            .get(*e as usize)
-            .map_or("safesearch".to_string(), |e| {
-                format!("safesearch:{}", e.name)
-            }),
-        (Rule::UnsafeSearch, _) => "unsafe_search".to_string(),
-        (Rule::Canary, _) => "canary".to_string(),
+        (Rule::SafeSearch { .. } | Rule::UnsafeSearch | Rule::Canary, _) => {
+            engine.rule_label(&d.rule).unwrap_or_default()
+        }
     };
     let target = engine.rewrite_target(&d.rule).map(str::to_string);
     let keyword = match d.rule {

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use schoolgate::admin;
 use schoolgate::cache::AnswerCache;
+use schoolgate::journal::Journal;
+use schoolgate::metrics::Metrics;
 use schoolgate::reload::{self, Adjust, ReloadResult};
 use schoolgate::server::{self, Handler};
 use schoolgate::upstream::Upstream;
@@ -23,8 +26,16 @@ const SERVE_STALE: Duration = Duration::from_secs(3600);
 
 pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_tracing(args.log_format);
-    let ServeArgs { listen, upstream, .. } = args;
+    let ServeArgs {
+        listen,
+        upstream,
+        admin,
+        ..
+    } = args;
     let adjust: Adjust = Arc::new(move |c| {
+        if admin.is_some() {
+            c.admin = admin;
+        }
         if !listen.is_empty() {
             c.listen = listen.clone();
         }
@@ -37,7 +48,10 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("{bad}");
     }
     if loaded.bad_count > loaded.bad.len() {
-        tracing::warn!("{} more bad list lines not shown", loaded.bad_count - loaded.bad.len());
+        tracing::warn!(
+            "{} more bad list lines not shown",
+            loaded.bad_count - loaded.bad.len()
+        );
     }
     let engine = Arc::new(loaded.engine);
     let config = engine.config().clone();
@@ -55,14 +69,31 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let listeners = server::bind(&config.listen, workers)?;
-        let upstream = Upstream::new(&config.upstreams, config.upstream_timeout, config.cache_size)?;
+        let upstream = Upstream::new(
+            &config.upstreams,
+            config.upstream_timeout,
+            config.cache_size,
+        )?;
+        let journal = Journal::start(&config.logs, config.time_zone)
+            .with_context(|| format!("cannot start logging in {}", config.logs.dir.display()))?;
+        let metrics = Arc::new(Metrics::new(Some(journal.stats().clone())));
         let handler = Arc::new(Handler::new(
             engine,
             upstream,
             AnswerCache::new(config.cache_size, SERVE_STALE),
+            Some(journal.clone()),
+            metrics.clone(),
         ));
         for addr in &listeners.addrs {
             tracing::info!("listening on {addr} (udp, tcp)");
+        }
+        if let Some(addr) = config.admin {
+            let listener = admin::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin endpoint)"))?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            tracing::info!("admin endpoint on http://{bound}/metrics");
+            tokio::spawn(admin::serve(listener, metrics.clone(), handler.clone()));
         }
 
         let (tx, rx) = mpsc::channel(1);
@@ -73,7 +104,12 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 None
             }
         };
-        tokio::spawn(reloader(handler.clone(), config_path.to_path_buf(), adjust, rx));
+        tokio::spawn(reloader(
+            handler.clone(),
+            config_path.to_path_buf(),
+            adjust,
+            rx,
+        ));
         let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
@@ -81,21 +117,37 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         });
         tracing::info!("ready");
-        server::serve(handler, listeners, shutdown_signal(), SHUTDOWN_GRACE).await;
+        server::serve(
+            handler.clone(),
+            listeners,
+            shutdown_signal(),
+            SHUTDOWN_GRACE,
+        )
+        .await;
         drop(watch);
+        if !journal.flush(SHUTDOWN_GRACE) {
+            tracing::error!("could not flush the logs before exiting");
+        }
         tracing::info!("stopped");
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn reloader(handler: Arc<Handler>, config_path: std::path::PathBuf, adjust: Adjust, mut rx: mpsc::Receiver<()>) {
+async fn reloader(
+    handler: Arc<Handler>,
+    config_path: std::path::PathBuf,
+    adjust: Adjust,
+    mut rx: mpsc::Receiver<()>,
+) {
     while rx.recv().await.is_some() {
         match reload::reload(&handler, &config_path, &adjust).await {
             ReloadResult::Applied { recompiled, took } => {
+                handler.metrics().reloaded(true);
                 tracing::info!(?recompiled, took_ms = took.as_millis() as u64, "reloaded");
             }
             ReloadResult::Failed(e) => {
+                handler.metrics().reloaded(false);
                 tracing::error!("reload failed, previous lists stay in force: {e}");
             }
         }

@@ -177,8 +177,7 @@ fn write_map(path: &Path, mut entries: Vec<(Vec<u8>, u64)>) -> Result<(), ListEr
     entries.dedup_by(|a, b| a.0 == b.0);
     let tmp = tmp_path(path);
     let file = File::create(&tmp).map_err(|e| ListError::io(&tmp, e))?;
-    let mut builder =
-        MapBuilder::new(BufWriter::new(file)).map_err(|e| ListError::fst(path, e))?;
+    let mut builder = MapBuilder::new(BufWriter::new(file)).map_err(|e| ListError::fst(path, e))?;
     builder
         .extend_iter(entries.iter().map(|(k, v)| (k, *v)))
         .map_err(|e| ListError::fst(path, e))?;
@@ -220,14 +219,21 @@ mod tests {
     fn compiles_once_and_reuses_cache() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("adult.txt");
-        fs::write(&src, "b.example\na.example\nbad line here\n@@||ok.a.example^\n").unwrap();
+        fs::write(
+            &src,
+            "b.example\na.example\nbad line here\n@@||ok.a.example^\n",
+        )
+        .unwrap();
         let cache = dir.path().join("cache");
         let first = compile_list("adult", std::slice::from_ref(&src), &cache).unwrap();
         assert!(first.recompiled);
         assert_eq!(first.len(), 2);
         assert_eq!(first.bad_count, 1);
         assert_eq!(first.origin(b"example.b", false), Some((src.as_path(), 1)));
-        assert_eq!(first.origin(b"example.a.ok", true), Some((src.as_path(), 4)));
+        assert_eq!(
+            first.origin(b"example.a.ok", true),
+            Some((src.as_path(), 4))
+        );
         let again = compile_list("adult", std::slice::from_ref(&src), &cache).unwrap();
         assert!(!again.recompiled);
         assert_eq!(again.bad_count, 1);

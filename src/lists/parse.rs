@@ -101,7 +101,10 @@ pub fn parse(file: &Path, bytes: &[u8]) -> Parsed {
             continue;
         };
         let text = text.trim_end_matches('\r').trim();
-        if text.is_empty() || text.starts_with('#') || text.starts_with('!') || text.starts_with(';')
+        if text.is_empty()
+            || text.starts_with('#')
+            || text.starts_with('!')
+            || text.starts_with(';')
         {
             continue;
         }
@@ -165,7 +168,11 @@ fn parse_line(file: &Path, line: u32, text: &str, zone: &mut Zone, out: &mut Par
     if let Some(rest) = text.strip_prefix("@@") {
         match adblock_domain(rest) {
             Some(name) => push(name, EntryKind::Allow, out),
-            None => out.reject(file, line, "unsupported adblock exception (only @@||domain^)"),
+            None => out.reject(
+                file,
+                line,
+                "unsupported adblock exception (only @@||domain^)",
+            ),
         }
         return;
     }
@@ -196,14 +203,23 @@ fn parse_line(file: &Path, line: u32, text: &str, zone: &mut Zone, out: &mut Par
         }
         [first, ..] if zone.active && rpz_type_at(&fields, 0).is_some() && is_type(first) => {}
         _ if rpz_type_at(&fields, 1).is_some() => {
-            zone.active |= rpz_type_at(&fields, 1).is_some_and(|t| fields[t].eq_ignore_ascii_case("SOA"));
+            zone.active |=
+                rpz_type_at(&fields, 1).is_some_and(|t| fields[t].eq_ignore_ascii_case("SOA"));
             if zone.active || fields.iter().any(|f| f.eq_ignore_ascii_case("CNAME")) {
                 rpz_record(file, line, &fields, zone.origin.as_deref(), out)
             } else {
-                out.reject(file, line, "not a domain, hosts line, adblock rule or RPZ record")
+                out.reject(
+                    file,
+                    line,
+                    "not a domain, hosts line, adblock rule or RPZ record",
+                )
             }
         }
-        _ => out.reject(file, line, "not a domain, hosts line, adblock rule or RPZ record"),
+        _ => out.reject(
+            file,
+            line,
+            "not a domain, hosts line, adblock rule or RPZ record",
+        ),
     }
 }
 
@@ -245,13 +261,7 @@ fn rpz_type_at(fields: &[&str], from: usize) -> Option<usize> {
     None
 }
 
-fn rpz_directive(
-    file: &Path,
-    line: u32,
-    text: &str,
-    zone: &mut Zone,
-    out: &mut Parsed,
-) {
+fn rpz_directive(file: &Path, line: u32, text: &str, zone: &mut Zone, out: &mut Parsed) {
     zone.active = true;
     let mut it = text.split_whitespace();
     match (it.next().map(str::to_ascii_uppercase).as_deref(), it.next()) {
@@ -279,7 +289,11 @@ fn rpz_record(file: &Path, line: u32, fields: &[&str], origin: Option<&str>, out
         "." | "*." => EntryKind::Block,
         "rpz-passthru." => EntryKind::Allow,
         _ => {
-            out.reject(file, line, "unsupported RPZ action (only CNAME ., CNAME *. and rpz-passthru.)");
+            out.reject(
+                file,
+                line,
+                "unsupported RPZ action (only CNAME ., CNAME *. and rpz-passthru.)",
+            );
             return;
         }
     };
@@ -330,7 +344,13 @@ mod tests {
                 ("xn--bcher-kva.de", EntryKind::Block, 10),
             ]
         );
-        assert_eq!(p.keywords, vec![KeywordLine { text: "porn".into(), line: 11 }]);
+        assert_eq!(
+            p.keywords,
+            vec![KeywordLine {
+                text: "porn".into(),
+                line: 11
+            }]
+        );
         assert_eq!(p.bad_count, 1);
         assert_eq!(p.bad[0].line, 12);
         assert!(p.bad[0].to_string().starts_with("t.txt:12:"));

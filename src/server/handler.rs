@@ -1,9 +1,10 @@
 //! Where a query is decided and answered. Both UDP and TCP listeners call [`Handler`].
 //!
-//! [`Handler::answer_now`] is the synchronous fast path: parse, access control, decision, and
-//! either a complete answer (sinkhole, cache hit, error) or a request to go upstream. Only
-//! allowed names missing from the cache ever reach [`Handler::answer_upstream`], the one place
-//! that awaits.
+//! [`Handler::answer_now`] is the synchronous fast path: parse, access control, rate limit,
+//! decision, and either a complete answer (sinkhole, cache hit, error) or a request to go
+//! upstream. Only allowed names missing from the cache ever reach
+//! [`Handler::answer_upstream`], the one place that awaits. Every answered query is counted and
+//! handed to the journal on the way out.
 //!
 //! Safe search rewrites are answered the way the vendors document: a CNAME to the safe host plus
 //! the host's own records, resolved through the upstream and cached under the host's name, so
@@ -12,6 +13,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use chrono::Utc;
@@ -19,9 +21,12 @@ use chrono::Utc;
 use crate::cache::{finish_edns, AnswerCache, Freshness};
 use crate::clients::ClientId;
 use crate::config::SinkholeMode;
+use crate::journal::{self, Event, Journal, Notice};
+use crate::metrics::{Metrics, QueryCounters};
 use crate::policy::{Action, Decision, Engine};
+use crate::ratelimit::{RateLimiter, Verdict};
 use crate::upstream::Upstream;
-use crate::wire::{self, ede, rcode, rtype, Query, Reject, Writer};
+use crate::wire::{self, ede, rcode, rtype, Query, Writer};
 
 /// TTL of a rewrite's CNAME when the safe host's answer carries none.
 const REWRITE_TTL: u32 = 300;
@@ -46,31 +51,65 @@ pub enum Outcome {
     Upstream,
 }
 
+/// An engine and the metric counters resolved for it, swapped together.
+struct Snapshot {
+    engine: Arc<Engine>,
+    counters: QueryCounters,
+}
+
 /// Everything the query path shares across sockets and tasks.
 pub struct Handler {
-    engine: ArcSwap<Engine>,
+    snapshot: ArcSwap<Snapshot>,
     upstream: Upstream,
     cache: AnswerCache,
+    journal: Option<Journal>,
+    metrics: Arc<Metrics>,
+    limiter: RateLimiter,
+}
+
+/// How a query ended, for counting and logging.
+struct Done<'a> {
+    decision: Option<Decision>,
+    outcome: journal::Outcome,
+    via: Option<&'a str>,
 }
 
 impl Handler {
     /// A handler over an initial engine.
-    pub fn new(engine: Arc<Engine>, upstream: Upstream, cache: AnswerCache) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        upstream: Upstream,
+        cache: AnswerCache,
+        journal: Option<Journal>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let config = engine.config().clone();
+        let counters = metrics.counters_for(&engine);
+        metrics.mark_loaded();
         Handler {
-            engine: ArcSwap::new(engine),
+            snapshot: ArcSwap::from_pointee(Snapshot { engine, counters }),
             upstream,
             cache,
+            journal,
+            metrics,
+            limiter: RateLimiter::new(config.rate_limit_qps, config.rate_limit_burst),
         }
     }
 
     /// The engine in force.
     pub fn engine(&self) -> Arc<Engine> {
-        self.engine.load_full()
+        self.snapshot.load().engine.clone()
     }
 
     /// Swaps in a new engine; queries in flight finish on the old one.
     pub fn replace_engine(&self, engine: Arc<Engine>) {
-        self.engine.store(engine);
+        let counters = self.metrics.counters_for(&engine);
+        self.snapshot.store(Arc::new(Snapshot { engine, counters }));
+    }
+
+    /// The metrics this handler feeds.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Answers from memory if possible. `buf` receives the answer on [`Outcome::Reply`].
@@ -79,20 +118,23 @@ impl Handler {
         packet: &[u8],
         src: SocketAddr,
         transport: Transport,
+        received: Instant,
         buf: &mut Vec<u8>,
     ) -> Outcome {
         let q = match wire::parse(packet) {
             Ok(q) => q,
-            Err(r @ Reject::Error { .. }) => {
+            Err(r) => {
+                self.metrics.malformed.inc();
                 return match Writer::reject(buf, packet, &r) {
                     Some(_) => Outcome::Reply,
                     None => Outcome::Drop,
                 };
             }
-            Err(Reject::Drop) => return Outcome::Drop,
         };
-        let engine = self.engine.load();
+        let snap = self.snapshot.load();
+        let engine = &snap.engine;
         let addr = crate::clients::canonical(src.ip());
+        let client = engine.identify(addr);
         if !engine
             .config()
             .client_networks
@@ -105,13 +147,50 @@ impl Handler {
                 rcode::REFUSED,
                 Some((ede::PROHIBITED, "schoolgate: not a school network")),
             );
-            return self.finish(&q, transport, buf);
+            return self.done(
+                &snap,
+                &client,
+                &q,
+                transport,
+                received,
+                buf,
+                Done::refused(),
+            );
+        }
+        match self.limiter.check(addr, received) {
+            Verdict::Pass => {}
+            verdict => {
+                self.metrics.rate_limited.inc();
+                snap.counters.count("ratelimited", None, client.group);
+                if let (Verdict::Report(n), Some(j)) = (verdict, &self.journal) {
+                    j.notice(Notice {
+                        time: journal_time(engine),
+                        kind: "rate_limited".into(),
+                        count: n,
+                        client: Some(addr.to_string()),
+                        detail: engine.client_name(&client).map(str::to_string),
+                    });
+                }
+                // Over UDP say nothing (no amplification); over TCP the client deserves a reason.
+                if transport == Transport::Udp {
+                    return Outcome::Drop;
+                }
+                self.error(&q, buf, rcode::REFUSED, None);
+                return self.finish(&q, transport, buf);
+            }
         }
         if q.qclass != 1 || matches!(q.qtype, rtype::AXFR | rtype::IXFR) {
             self.error(&q, buf, rcode::REFUSED, None);
-            return self.finish(&q, transport, buf);
+            return self.done(
+                &snap,
+                &client,
+                &q,
+                transport,
+                received,
+                buf,
+                Done::refused(),
+            );
         }
-        let client = engine.identify(addr);
         let decision = engine.decide(&client, &q.name, Utc::now());
         match decision.action {
             Action::Nxdomain => {
@@ -126,41 +205,105 @@ impl Handler {
                         )),
                     );
                 }
-                self.finish(&q, transport, buf)
+                self.done(
+                    &snap,
+                    &client,
+                    &q,
+                    transport,
+                    received,
+                    buf,
+                    Done::decided(decision, None),
+                )
             }
-            Action::Rewrite => match engine.rewrite_target(&decision.rule) {
-                Some(target) if self.rewrite(&q, target, false, buf) => {
-                    self.finish(&q, transport, buf)
+            Action::Rewrite => {
+                let written = match engine.rewrite_target(&decision.rule) {
+                    Some(target) => self.rewrite(&q, target, false, buf),
+                    None => {
+                        self.error(&q, buf, rcode::SERVFAIL, None);
+                        true
+                    }
+                };
+                if !written {
+                    self.metrics.cache_misses.inc();
+                    return Outcome::Upstream;
                 }
-                Some(_) => Outcome::Upstream,
-                None => {
-                    self.error(&q, buf, rcode::SERVFAIL, None);
-                    self.finish(&q, transport, buf)
-                }
-            },
+                self.done(
+                    &snap,
+                    &client,
+                    &q,
+                    transport,
+                    received,
+                    buf,
+                    Done::decided(decision, None),
+                )
+            }
             Action::Block => {
-                self.sinkhole(&engine, &q, &decision, None, buf);
-                self.finish(&q, transport, buf)
+                self.sinkhole(engine, &q, &decision, None, buf);
+                self.done(
+                    &snap,
+                    &client,
+                    &q,
+                    transport,
+                    received,
+                    buf,
+                    Done::decided(decision, None),
+                )
             }
             Action::Allow => {
                 if q.qtype == rtype::ANY {
                     self.minimal_any(&q, buf);
-                    return self.finish(&q, transport, buf);
+                    return self.done(
+                        &snap,
+                        &client,
+                        &q,
+                        transport,
+                        received,
+                        buf,
+                        Done::decided(decision, None),
+                    );
                 }
                 if q.name.is_root() {
                     self.error(&q, buf, rcode::REFUSED, None);
-                    return self.finish(&q, transport, buf);
+                    return self.done(
+                        &snap,
+                        &client,
+                        &q,
+                        transport,
+                        received,
+                        buf,
+                        Done::refused(),
+                    );
                 }
-                match self.cache.serve(&q, buf, false) {
-                    Some(_) => {
-                        if let Some(blocked) = self.cloaked(&engine, &client, buf) {
-                            self.sinkhole(&engine, &q, &blocked.0, Some(&blocked.1), buf);
-                        } else {
-                            finish_edns(buf, &q, None);
-                        }
-                        self.finish(&q, transport, buf)
+                if self.cache.serve(&q, buf, false).is_none() {
+                    self.metrics.cache_misses.inc();
+                    return Outcome::Upstream;
+                }
+                self.metrics.cache_hits.inc();
+                match self.cloaked(engine, &client, buf) {
+                    Some((blocked, target)) => {
+                        self.sinkhole(engine, &q, &blocked, Some(&target), buf);
+                        self.done(
+                            &snap,
+                            &client,
+                            &q,
+                            transport,
+                            received,
+                            buf,
+                            Done::decided(blocked, Some(&target)),
+                        )
                     }
-                    None => Outcome::Upstream,
+                    None => {
+                        finish_edns(buf, &q, None);
+                        self.done(
+                            &snap,
+                            &client,
+                            &q,
+                            transport,
+                            received,
+                            buf,
+                            Done::decided(decision, None),
+                        )
+                    }
                 }
             }
         }
@@ -172,21 +315,34 @@ impl Handler {
         packet: &[u8],
         src: SocketAddr,
         transport: Transport,
+        received: Instant,
         buf: &mut Vec<u8>,
     ) -> Outcome {
         let Ok(q) = wire::parse(packet) else {
             return Outcome::Drop;
         };
-        let engine = self.engine.load_full();
-        let client = engine.identify(crate::clients::canonical(src.ip()));
-        let decision = engine.decide(&client, &q.name, Utc::now());
-        if decision.action == Action::Rewrite {
-            if let Some(target) = engine.rewrite_target(&decision.rule) {
-                return self.rewrite_upstream(&q, target, transport, buf).await;
+        {
+            let snap = self.snapshot.load_full();
+            let client = snap.engine.identify(crate::clients::canonical(src.ip()));
+            let decision = snap.engine.decide(&client, &q.name, Utc::now());
+            if decision.action == Action::Rewrite {
+                return self
+                    .rewrite_upstream(&snap, &client, decision, &q, transport, received, buf)
+                    .await;
             }
         }
-        let result = self.upstream.resolve(q.name.as_str(), q.qtype).await;
-        match result {
+        let metrics = &self.metrics;
+        let result = self
+            .upstream
+            .resolve(q.name.as_str(), q.qtype, |server, took, ok| {
+                metrics.upstream(server, took, ok)
+            })
+            .await;
+        let snap = self.snapshot.load_full();
+        let engine = &snap.engine;
+        let client = engine.identify(crate::clients::canonical(src.ip()));
+        let decision = engine.decide(&client, &q.name, Utc::now());
+        let done = match result {
             Ok(answer) => {
                 self.cache.insert(
                     q.name.as_str().as_bytes(),
@@ -196,12 +352,33 @@ impl Handler {
                 );
                 if self.cache.serve(&q, buf, true).is_none() {
                     self.error(&q, buf, rcode::SERVFAIL, None);
-                    return self.finish(&q, transport, buf);
+                    return self.done(
+                        &snap,
+                        &client,
+                        &q,
+                        transport,
+                        received,
+                        buf,
+                        Done::servfail(),
+                    );
                 }
-                if let Some(blocked) = self.cloaked(&engine, &client, buf) {
-                    self.sinkhole(&engine, &q, &blocked.0, Some(&blocked.1), buf);
-                } else {
-                    finish_edns(buf, &q, None);
+                match self.cloaked(engine, &client, buf) {
+                    Some((blocked, target)) => {
+                        self.sinkhole(engine, &q, &blocked, Some(&target), buf);
+                        return self.done(
+                            &snap,
+                            &client,
+                            &q,
+                            transport,
+                            received,
+                            buf,
+                            Done::decided(blocked, Some(&target)),
+                        );
+                    }
+                    None => {
+                        finish_edns(buf, &q, None);
+                        Done::decided(decision, None)
+                    }
                 }
             }
             Err(e) => {
@@ -216,31 +393,54 @@ impl Handler {
                                 "schoolgate: upstream unreachable, stale answer",
                             )),
                         );
+                        Done {
+                            decision: Some(decision),
+                            outcome: journal::Outcome::Stale,
+                            via: None,
+                        }
                     }
-                    None => self.error(
-                        &q,
-                        buf,
-                        rcode::SERVFAIL,
-                        Some((
-                            ede::NO_REACHABLE_AUTHORITY,
-                            "schoolgate: upstream resolver failed",
-                        )),
-                    ),
+                    None => {
+                        self.error(
+                            &q,
+                            buf,
+                            rcode::SERVFAIL,
+                            Some((
+                                ede::NO_REACHABLE_AUTHORITY,
+                                "schoolgate: upstream resolver failed",
+                            )),
+                        );
+                        Done::servfail()
+                    }
                 }
             }
-        }
-        self.finish(&q, transport, buf)
+        };
+        self.done(&snap, &client, &q, transport, received, buf, done)
     }
 
     /// Resolves a safe host through the upstream, caches it under its own name, and answers.
+    #[allow(clippy::too_many_arguments)]
     async fn rewrite_upstream(
         &self,
+        snap: &Snapshot,
+        client: &ClientId,
+        decision: Decision,
         q: &Query<'_>,
-        target: &str,
         transport: Transport,
+        received: Instant,
         buf: &mut Vec<u8>,
     ) -> Outcome {
-        match self.upstream.resolve(target, q.qtype).await {
+        let Some(target) = snap.engine.rewrite_target(&decision.rule) else {
+            self.error(q, buf, rcode::SERVFAIL, None);
+            return self.done(snap, client, q, transport, received, buf, Done::servfail());
+        };
+        let metrics = &self.metrics;
+        match self
+            .upstream
+            .resolve(target, q.qtype, |server, took, ok| {
+                metrics.upstream(server, took, ok)
+            })
+            .await
+        {
             Ok(answer) => self
                 .cache
                 .insert(target.as_bytes(), q.qtype, answer.bytes, answer.ttl),
@@ -258,8 +458,17 @@ impl Handler {
                     "schoolgate: upstream resolver failed",
                 )),
             );
+            return self.done(snap, client, q, transport, received, buf, Done::servfail());
         }
-        self.finish(q, transport, buf)
+        self.done(
+            snap,
+            client,
+            q,
+            transport,
+            received,
+            buf,
+            Done::decided(decision, None),
+        )
     }
 
     /// Writes a rewrite answer: CNAME to `target`, then (for A and AAAA) the target's cached
@@ -377,6 +586,47 @@ impl Handler {
         }
     }
 
+    /// Counts, logs and size-checks an answer that is ready in `buf`.
+    #[allow(clippy::too_many_arguments)]
+    fn done(
+        &self,
+        snap: &Snapshot,
+        client: &ClientId,
+        q: &Query<'_>,
+        transport: Transport,
+        received: Instant,
+        buf: &mut Vec<u8>,
+        done: Done<'_>,
+    ) -> Outcome {
+        let outcome = self.finish(q, transport, buf);
+        let latency = received.elapsed();
+        self.metrics.latency.observe(latency.as_secs_f64());
+        let action = match done.outcome {
+            journal::Outcome::Decided => done.decision.map_or("allow", |d| d.action.as_str()),
+            journal::Outcome::Refused => "refused",
+            journal::Outcome::ServFail => "servfail",
+            journal::Outcome::Stale => "stale",
+        };
+        let group = done.decision.map_or(client.group, |d| d.group);
+        snap.counters
+            .count(action, done.decision.and_then(|d| d.category), group);
+        if let Some(j) = &self.journal {
+            j.log(Event {
+                time: SystemTime::now() - latency,
+                engine: snap.engine.clone(),
+                client: *client,
+                name: q.name.clone(),
+                qtype: q.qtype,
+                decision: done.decision,
+                outcome: done.outcome,
+                rcode: buf.get(3).map_or(0, |b| b & 0x0F),
+                latency,
+                via: done.via.map(Into::into),
+            });
+        }
+        outcome
+    }
+
     /// Enforces the UDP size limit: too big means TC and the client retries over TCP.
     fn finish(&self, q: &Query<'_>, transport: Transport, buf: &mut Vec<u8>) -> Outcome {
         if transport == Transport::Udp && buf.len() > q.udp_limit() {
@@ -387,4 +637,34 @@ impl Handler {
         }
         Outcome::Reply
     }
+}
+
+impl Done<'_> {
+    fn decided(decision: Decision, via: Option<&str>) -> Done<'_> {
+        Done {
+            decision: Some(decision),
+            outcome: journal::Outcome::Decided,
+            via,
+        }
+    }
+
+    fn refused() -> Done<'static> {
+        Done {
+            decision: None,
+            outcome: journal::Outcome::Refused,
+            via: None,
+        }
+    }
+
+    fn servfail() -> Done<'static> {
+        Done {
+            decision: None,
+            outcome: journal::Outcome::ServFail,
+            via: None,
+        }
+    }
+}
+
+fn journal_time(engine: &Engine) -> String {
+    journal::format_time(SystemTime::now(), engine.config().time_zone)
 }

@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, UdpSocket};
 #[derive(Clone, Default)]
 pub struct Zone {
     records: HashMap<String, Vec<RData>>,
+    ttls: HashMap<String, u32>,
 }
 
 impl Zone {
@@ -42,11 +43,24 @@ impl Zone {
         z.a("safe.duckduckgo.com", "52.142.124.215");
         z.a("www.google.co.uk", "192.0.2.40");
         z.a("www.google.com", "192.0.2.41");
+        // Blocked names resolve upstream too, as they do on the internet: only schoolgate stops them.
+        z.a("www.tiktok.com", "192.0.2.66");
+        z.a("cdn.tiktok.com", "192.0.2.67");
         z.cname("tracker.example.org", "www.tiktok.com");
         z.cname("deep.example.org", "hop.example.org");
         z.cname("hop.example.org", "cdn.tiktok.com");
         z.txt("example.org", "v=spf1 -all");
+        z.ttl_a("short.example.org", "192.0.2.50", 1);
+        for i in 0..60 {
+            z.a("big.example.org", &format!("192.0.2.{}", 100 + i));
+        }
         z
+    }
+
+    /// Adds an A record with its own TTL (for expiry and serve-stale tests).
+    pub fn ttl_a(&mut self, name: &str, ip: &str, ttl: u32) {
+        self.a(name, ip);
+        self.ttls.insert(name.to_string(), ttl);
     }
 
     /// Adds an A record.
@@ -72,7 +86,10 @@ impl Zone {
     }
 
     fn add(&mut self, name: &str, rdata: RData) {
-        self.records.entry(name.to_string()).or_default().push(rdata);
+        self.records
+            .entry(name.to_string())
+            .or_default()
+            .push(rdata);
     }
 
     fn answer(&self, q: &Message) -> Message {
@@ -95,12 +112,13 @@ impl Zone {
                 break;
             };
             let owner = fqdn(&name);
+            let ttl = self.ttls.get(&name).copied().unwrap_or(300);
             let mut next = None;
             for rd in rdatas {
                 if rd.record_type() == qtype || qtype == RecordType::ANY {
-                    resp.add_answer(Record::from_rdata(owner.clone(), 300, rd.clone()));
+                    resp.add_answer(Record::from_rdata(owner.clone(), ttl, rd.clone()));
                 } else if let RData::CNAME(c) = rd {
-                    resp.add_answer(Record::from_rdata(owner.clone(), 300, rd.clone()));
+                    resp.add_answer(Record::from_rdata(owner.clone(), ttl, rd.clone()));
                     next = Some(c.0.to_ascii().trim_end_matches('.').to_lowercase());
                 }
             }
@@ -116,7 +134,15 @@ impl Zone {
             } else {
                 ResponseCode::NXDomain
             };
-            let soa = SOA::new(fqdn("ns.fixture.test"), fqdn("admin.fixture.test"), 1, 3600, 600, 86400, 60);
+            let soa = SOA::new(
+                fqdn("ns.fixture.test"),
+                fqdn("admin.fixture.test"),
+                1,
+                3600,
+                600,
+                86400,
+                60,
+            );
             resp.add_authority(Record::from_rdata(Name::root(), 60, RData::SOA(soa)));
         }
         resp
@@ -172,8 +198,12 @@ impl Fixture {
                                 return;
                             }
                             n.fetch_add(1, Ordering::SeqCst);
-                            let Ok(q) = Message::from_vec(&buf) else { return };
-                            let Ok(bytes) = z.answer(&q).to_vec() else { return };
+                            let Ok(q) = Message::from_vec(&buf) else {
+                                return;
+                            };
+                            let Ok(bytes) = z.answer(&q).to_vec() else {
+                                return;
+                            };
                             let _ = s.write_u16(bytes.len() as u16).await;
                             let _ = s.write_all(&bytes).await;
                         }

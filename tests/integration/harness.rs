@@ -24,6 +24,7 @@ pub fn bin() -> &'static str {
 pub struct Setup {
     pub dir: tempfile::TempDir,
     server_extra: String,
+    logs_extra: String,
     extra: String,
 }
 
@@ -34,6 +35,7 @@ impl Setup {
         let s = Setup {
             dir: tempfile::tempdir().expect("tempdir"),
             server_extra: String::new(),
+            logs_extra: String::new(),
             extra: String::new(),
         };
         s.list("illegal.txt", "# placeholder\niwf-test.schoolgate.test\n");
@@ -65,6 +67,13 @@ impl Setup {
         self
     }
 
+    /// Extra lines for the `[logs]` table.
+    pub fn logs(mut self, lines: &str) -> Self {
+        self.logs_extra.push_str(lines);
+        self.logs_extra.push('\n');
+        self
+    }
+
     /// Extra TOML appended after the categories (groups, clients, sinkhole...).
     pub fn toml(mut self, text: &str) -> Self {
         self.extra.push_str(text);
@@ -90,7 +99,7 @@ allow = "allow.txt"
 
 [logs]
 dir = "../state/logs"
-
+{logs}
 [[category]]
 name = "illegal"
 files = ["illegal.txt"]
@@ -115,6 +124,7 @@ files = ["circumvention.txt"]
 {default_group}
 {extra}"#,
             server = self.server_extra,
+            logs = self.logs_extra,
             extra = self.extra,
             default_group = if has_default_group {
                 ""
@@ -157,6 +167,8 @@ pub struct Server {
     child: Child,
     /// The address it answers on.
     pub addr: SocketAddr,
+    /// The admin (metrics) endpoint.
+    pub admin: Option<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -167,7 +179,7 @@ impl Server {
             .arg("--config")
             .arg(config)
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -190,6 +202,7 @@ impl Server {
         let mut server = Server {
             child,
             addr: "0.0.0.0:0".parse().expect("addr"),
+            admin: None,
             log,
         };
         loop {
@@ -198,6 +211,9 @@ impl Server {
                 Ok(line) => {
                     if let Some(rest) = line.split("listening on ").nth(1) {
                         addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                    }
+                    if let Some(rest) = line.split("admin endpoint on http://").nth(1) {
+                        server.admin = rest.split('/').next().and_then(|a| a.parse().ok());
                     }
                     if line.contains("ready") {
                         break;
@@ -358,7 +374,12 @@ pub fn raw_udp(server: SocketAddr, bytes: &[u8], timeout: Duration) -> Option<Ve
     raw_udp_from(server, IpAddr::from([127, 0, 0, 1]), bytes, timeout)
 }
 
-fn raw_udp_from(server: SocketAddr, from: IpAddr, bytes: &[u8], timeout: Duration) -> Option<Vec<u8>> {
+fn raw_udp_from(
+    server: SocketAddr,
+    from: IpAddr,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Option<Vec<u8>> {
     let sock = UdpSocket::bind(SocketAddr::new(from, 0)).expect("bind client");
     sock.set_read_timeout(Some(timeout)).expect("timeout");
     sock.send_to(bytes, server).expect("send");

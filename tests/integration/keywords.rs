@@ -9,6 +9,7 @@ use hickory_proto::rr::RecordType;
 
 use crate::fixture::{Fixture, Zone};
 use crate::harness::{addresses, ede_text, Ask, Setup};
+use crate::logs::{today_file, wait_for_records};
 
 fn zone() -> Zone {
     let mut z = Zone::standard();
@@ -155,5 +156,28 @@ fn bad_keyword_rules_are_reported_and_the_rest_load() {
     assert_eq!(
         addresses(&server.query("pornvids.example", RecordType::A)),
         vec!["0.0.0.0"]
+    );
+}
+
+#[test]
+fn keyword_breaches_name_the_keyword_and_its_line() {
+    let up = Fixture::start(zone());
+    let setup = setup();
+    let server = setup.start(up.addr);
+    let m = server.query("www.free-pornvids.example", RecordType::A);
+    assert_eq!(addresses(&m), vec!["0.0.0.0"]);
+
+    let logs = setup.dir.path().join("state/logs");
+    let breaches = wait_for_records(&today_file(&logs, "breach"), 1);
+    let b = breaches
+        .iter()
+        .find(|r| r["name"] == "www.free-pornvids.example")
+        .unwrap_or_else(|| panic!("{breaches:?}"));
+    assert_eq!(b["action"], "block");
+    assert_eq!(b["category"], "adult");
+    assert_eq!(b["rule"], "keyword:porn");
+    assert!(
+        b["source"].as_str().unwrap().ends_with("adult.keywords:2"),
+        "{b}"
     );
 }

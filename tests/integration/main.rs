@@ -4,10 +4,16 @@
 //! - `core`: serving, sinkhole answers, forwarding, access control, `check`, config errors.
 //! - `keywords`: keyword rules, their exceptions, hot reload and `check` explanations.
 //! - `safesearch`: safe search rewrites per group, bypass canaries, circumvention blocking.
+//! - `logs`: access and breach logs, permissions, SIGTERM flush, retention.
+//! - `ops`: metrics, health, rate limiting.
+//! - `reliability`: hostile packets, every query type, CNAME cloaking, outages, full disk.
 
 mod fixture;
 mod harness;
 
 mod core;
+mod logs;
+mod ops;
+mod reliability;
 mod keywords;
 mod safesearch;

@@ -7,6 +7,7 @@ use hickory_proto::rr::RecordType;
 
 use crate::fixture::{Fixture, Zone};
 use crate::harness::{addresses, cnames, dig, ede_text, Ask, Setup};
+use crate::logs::{today_file, wait_for_records};
 
 /// Pupils strict (127.0.0.2), staff moderate (127.0.0.3), a lab with safe search off (127.0.0.4).
 fn groups() -> Setup {
@@ -249,4 +250,44 @@ fn bad_safesearch_file_names_file_line_and_field() {
     assert!(!ok);
     assert!(err.contains("search.toml:5"), "{err}");
     assert!(err.contains("engine.domains"), "{err}");
+}
+
+#[test]
+fn rewrites_canaries_and_circumvention_are_logged() {
+    let up = Fixture::start(Zone::standard());
+    let setup = groups();
+    let server = setup.start(up.addr);
+    for name in ["www.google.co.uk", "use-application-dns.net", "dns.google"] {
+        Ask::new(name, RecordType::A)
+            .from("127.0.0.2")
+            .send(server.addr)
+            .unwrap();
+    }
+
+    let logs = setup.dir.path().join("state/logs");
+    let access = wait_for_records(&today_file(&logs, "access"), 3);
+    let action = |name: &str| {
+        access
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| (r["action"].clone(), r["rule"].clone()))
+    };
+    assert_eq!(
+        action("www.google.co.uk"),
+        Some(("rewrite".into(), "safesearch:google".into())),
+        "{access:?}"
+    );
+    assert_eq!(
+        action("use-application-dns.net"),
+        Some(("nxdomain".into(), "canary".into()))
+    );
+    let breaches = wait_for_records(&today_file(&logs, "breach"), 1);
+    assert_eq!(
+        breaches.len(),
+        1,
+        "only the DoH resolver is a breach: {breaches:?}"
+    );
+    assert_eq!(breaches[0]["name"], "dns.google");
+    assert_eq!(breaches[0]["category"], "circumvention");
+    assert_eq!(breaches[0]["client_name"], "Year 6 laptop");
 }

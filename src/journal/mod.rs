@@ -1,0 +1,204 @@
+//! Per-client access and breach logs, written off the query path.
+//!
+//! The query path hands each query to [`Journal::log`], which never waits: access records go
+//! through a bounded queue and are dropped (and counted) if the writer falls behind; breach
+//! records go through an unbounded queue and are never dropped. A dedicated writer thread turns
+//! events into JSON lines, batches writes, flushes at least every half second, rotates files at
+//! local midnight, compresses finished days and deletes days past their retention.
+
+mod record;
+mod writer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+pub use record::{read_lines, Notice, Record, Stream};
+pub use writer::format_time;
+
+use crate::clients::ClientId;
+use crate::config::Logs;
+use crate::domain::QueryName;
+use crate::policy::{Decision, Engine};
+
+/// What the server did with a query, beyond the policy decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered as the decision said (allow, block, rewrite ...).
+    Decided,
+    /// Refused: not a school network, or rate-limited, or an unsupported class/type.
+    Refused,
+    /// The upstream failed and nothing was cached.
+    ServFail,
+    /// Served from cache past its TTL because the upstream failed.
+    Stale,
+}
+
+/// One answered query, as the query path hands it over. Holds the engine snapshot it was
+/// decided with, so names and list lines are looked up by the writer, not on the query path.
+pub struct Event {
+    /// When it arrived.
+    pub time: SystemTime,
+    /// The engine that decided.
+    pub engine: Arc<Engine>,
+    /// Who asked.
+    pub client: ClientId,
+    /// What for.
+    pub name: QueryName,
+    /// Query type.
+    pub qtype: u16,
+    /// The policy decision, if one was made.
+    pub decision: Option<Decision>,
+    /// What the server did.
+    pub outcome: Outcome,
+    /// Response code sent.
+    pub rcode: u8,
+    /// Time from receipt to answer.
+    pub latency: Duration,
+    /// The CNAME target that caused a block (cloaking).
+    pub via: Option<Box<str>>,
+}
+
+impl Event {
+    /// Blocked queries go to the breach log as well.
+    pub fn is_breach(&self) -> bool {
+        self.outcome == Outcome::Decided && self.decision.is_some_and(|d| d.action.is_breach())
+    }
+}
+
+/// Counters the metrics endpoint and the daily summary report.
+#[derive(Default)]
+pub struct Stats {
+    /// Access records written.
+    pub access_written: AtomicU64,
+    /// Access records dropped because the writer could not keep up or the disk failed.
+    pub access_dropped: AtomicU64,
+    /// Breach records written.
+    pub breach_written: AtomicU64,
+    /// Breach records lost (only when the disk stays unwritable past the in-memory bound).
+    pub breach_lost: AtomicU64,
+    /// Write errors (full disk, unwritable directory).
+    pub write_errors: AtomicU64,
+    /// Breach records held in memory waiting for the disk.
+    pub breach_pending: AtomicU64,
+    /// The last write error, for `/healthz` and logs.
+    pub last_error: Mutex<Option<String>>,
+}
+
+enum Msg {
+    Breach(Box<Event>),
+    Notice(Notice),
+    Flush(Sender<()>),
+}
+
+/// The handle the server holds. Cloning is cheap.
+#[derive(Clone)]
+pub struct Journal {
+    access: Sender<Box<Event>>,
+    priority: Sender<Msg>,
+    stats: Arc<Stats>,
+}
+
+impl Journal {
+    /// Starts the writer thread for `logs` in the school's time zone. The thread drains and
+    /// exits when every handle is dropped; [`Journal::flush`] is the way to wait for the disk.
+    pub fn start(logs: &Logs, tz: chrono_tz::Tz) -> std::io::Result<Journal> {
+        writer::prepare_dir(&logs.dir)?;
+        let (access, access_rx) = crossbeam_channel::bounded(logs.queue);
+        let (priority, priority_rx) = crossbeam_channel::unbounded();
+        let stats = Arc::new(Stats::default());
+        let w = writer::Writer::new(logs.clone(), tz, stats.clone());
+        std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || run(w, access_rx, priority_rx))?;
+        Ok(Journal {
+            access,
+            priority,
+            stats,
+        })
+    }
+
+    /// Logs a query. Never blocks; a breach is never dropped.
+    pub fn log(&self, event: Event) {
+        let event = Box::new(event);
+        if event.is_breach() {
+            // Unbounded: the writer keeps breaches even when it cannot write them yet.
+            let _ = self.priority.send(Msg::Breach(event));
+            return;
+        }
+        match self.access.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.access_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Records a notice (rate limiting, etc.) in the day's notice file.
+    pub fn notice(&self, notice: Notice) {
+        let _ = self.priority.send(Msg::Notice(notice));
+    }
+
+    /// Writes everything queued so far and waits (at most `timeout`) until it is on disk.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.priority.send(Msg::Flush(tx)).is_err() {
+            return false;
+        }
+        rx.recv_timeout(timeout).is_ok()
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+}
+
+fn run(mut w: writer::Writer, access: Receiver<Box<Event>>, priority: Receiver<Msg>) {
+    let tick = crossbeam_channel::tick(Duration::from_millis(250));
+    let mut access_open = true;
+    let mut priority_open = true;
+    while access_open || priority_open {
+        crossbeam_channel::select! {
+            recv(access) -> ev => match ev {
+                Ok(ev) => {
+                    w.access(&ev);
+                    // Drain what is already queued before looking at the clock again.
+                    for ev in access.try_iter().take(4096) {
+                        w.access(&ev);
+                    }
+                }
+                Err(_) => access_open = false,
+            },
+            recv(priority) -> msg => match msg {
+                Ok(Msg::Breach(ev)) => w.breach(&ev),
+                Ok(Msg::Notice(n)) => w.notice(&n),
+                Ok(Msg::Flush(done)) => {
+                    for ev in access.try_iter() {
+                        w.access(&ev);
+                    }
+                    drain_priority(&mut w, &priority);
+                    w.flush();
+                    let _ = done.send(());
+                }
+                Err(_) => priority_open = false,
+            },
+            recv(tick) -> _ => w.tick(),
+        }
+    }
+    w.flush();
+}
+
+fn drain_priority(w: &mut writer::Writer, priority: &Receiver<Msg>) {
+    for msg in priority.try_iter() {
+        match msg {
+            Msg::Breach(ev) => w.breach(&ev),
+            Msg::Notice(n) => w.notice(&n),
+            Msg::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}

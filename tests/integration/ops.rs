@@ -1,0 +1,167 @@
+//! Operations: Prometheus metrics that move with the traffic, health, rate limiting.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hickory_proto::rr::RecordType;
+
+use crate::fixture::{Fixture, Zone};
+use crate::harness::{Ask, Setup};
+
+/// A plain HTTP/1.0 GET; returns (status line, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// The value of one sample line (exact label set) in a Prometheus exposition.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_move_with_queries_and_health_reports_lists() {
+    let up = Fixture::start(Zone::standard());
+    let server = Setup::new().start(up.addr);
+    let admin = server.admin.expect("admin endpoint");
+    let block =
+        r#"schoolgate_queries_total{action="block",category="social_media",group="default"}"#;
+    let allow = r#"schoolgate_queries_total{action="allow",category="none",group="default"}"#;
+    let (_, before) = http_get(admin, "/metrics");
+    for _ in 0..3 {
+        server.query("www.tiktok.com", RecordType::A);
+    }
+    server.query("www.example.org", RecordType::A);
+    server.query("www.example.org", RecordType::A);
+    let (status, after) = http_get(admin, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(
+        sample(&after, block) - sample(&before, block),
+        3.0,
+        "{after}"
+    );
+    assert_eq!(sample(&after, allow) - sample(&before, allow), 2.0);
+    assert!(sample(&after, "schoolgate_cache_hits_total") >= 1.0);
+    assert!(sample(&after, "schoolgate_cache_misses_total") >= 1.0);
+    assert!(sample(&after, "schoolgate_answer_duration_seconds_count") >= 5.0);
+    assert_eq!(
+        sample(&after, r#"schoolgate_list_names{list="social_media"}"#),
+        2.0
+    );
+    assert!(after.contains(&format!(
+        "schoolgate_upstream_duration_seconds_count{{upstream=\"{}\"}}",
+        up.addr
+    )));
+    assert!(sample(&after, "schoolgate_last_good_load_timestamp_seconds") > 1.7e9);
+
+    let (status, health) = http_get(admin, "/healthz");
+    assert!(status.contains("200"));
+    let v: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["lists_loaded"], true);
+}
+
+#[test]
+fn a_flooding_client_is_limited_while_others_are_served() {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new().server("rate_limit_qps = 5\nrate_limit_burst = 10");
+    let server = setup.start(up.addr);
+    let quick = Duration::from_millis(300);
+    let answered = (0..40)
+        .filter(|_| {
+            Ask::new("pornhub.com", RecordType::A)
+                .from("127.0.0.4")
+                .timeout(quick)
+                .send(server.addr)
+                .is_some()
+        })
+        .count();
+    assert!(answered < 30, "flood not limited: {answered}/40 answered");
+    let other = Ask::new("pornhub.com", RecordType::A)
+        .from("127.0.0.5")
+        .send(server.addr);
+    assert!(other.is_some(), "another device is still served");
+    let (_, metrics) = http_get(server.admin.unwrap(), "/metrics");
+    assert!(
+        sample(&metrics, "schoolgate_rate_limited_total") >= 10.0,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn list_edits_and_sighup_reload_and_are_counted() {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new();
+    let server = setup.start(up.addr);
+    assert_eq!(
+        server
+            .query("newsite.example", RecordType::A)
+            .metadata
+            .response_code,
+        hickory_proto::op::ResponseCode::NXDomain
+    );
+    let path = setup.list_path("gambling.txt");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("newsite.example\n");
+    std::fs::write(&path, text).unwrap();
+    // The watcher sees the edit first; SIGHUP must then cause a reload of its own.
+    assert!(
+        server.wait_for_log("reloaded", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let m = server.query("newsite.example", RecordType::A);
+    assert_eq!(crate::harness::addresses(&m), vec!["0.0.0.0"]);
+    std::thread::sleep(Duration::from_millis(800));
+    let reloads = || server.log().matches("reloaded").count();
+    let before = reloads();
+    server.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while reloads() == before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(reloads(), before + 1, "SIGHUP reloads: {}", server.log());
+    let (_, metrics) = http_get(server.admin.unwrap(), "/metrics");
+    assert!(
+        sample(&metrics, r#"schoolgate_reloads_total{result="success"}"#) >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_port_in_use_is_one_clear_line_and_a_failure_exit() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let setup = Setup::new();
+    let out = std::process::Command::new(crate::harness::bin())
+        .arg("--config")
+        .arg(setup.config())
+        .args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.contains(&addr.to_string()) && last.contains("in use"),
+        "{err}"
+    );
+}

@@ -1,0 +1,435 @@
+//! Hostile input, every query type, CNAME cloaking, outages and a full log disk: the server
+//! keeps answering, never leaks a blocked name and never loses a breach.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
+
+use crate::fixture::{Fixture, Zone};
+use crate::harness::{addresses, cnames, ede_text, raw_tcp, raw_udp, Ask, Setup};
+
+#[test]
+fn blocked_names_are_blocked_for_every_query_type() {
+    let up = Fixture::start(Zone::standard());
+    let server = Setup::new().start(up.addr);
+    for t in [
+        RecordType::HTTPS,
+        RecordType::SVCB,
+        RecordType::TXT,
+        RecordType::MX,
+        RecordType::CNAME,
+        RecordType::NS,
+        RecordType::ANY,
+    ] {
+        let m = server.query("www.tiktok.com", t);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{t}");
+        assert!(m.answers.is_empty(), "{t} leaked: {:?}", m.answers);
+        assert!(
+            ede_text(&m).is_some_and(|e| e.contains("social_media")),
+            "{t}"
+        );
+    }
+    assert_eq!(up.queries(), 0);
+}
+
+#[test]
+fn cname_cloaking_is_blocked_and_logged_with_both_names() {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new();
+    let server = setup.start(up.addr);
+    let m = server.query("tracker.example.org", RecordType::A);
+    assert_eq!(addresses(&m), vec!["0.0.0.0"], "{m:?}");
+    assert!(cnames(&m).is_empty(), "the blocked target is not revealed");
+    let text = ede_text(&m).unwrap();
+    assert!(
+        text.contains("social_media") && text.contains("www.tiktok.com"),
+        "{text}"
+    );
+    // Two hops deep, and again from the cache.
+    for _ in 0..2 {
+        let deep = server.query("deep.example.org", RecordType::A);
+        assert_eq!(addresses(&deep), vec!["0.0.0.0"]);
+    }
+    let logs = setup.dir.path().join("state/logs");
+    let mut found = false;
+    for _ in 0..40 {
+        let text = std::fs::read_dir(&logs)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("breach-"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect::<String>();
+        if text.contains("\"name\":\"tracker.example.org\"")
+            && text.contains("\"via\":\"www.tiktok.com\"")
+        {
+            found = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(found, "breach names both the query and the CNAME target");
+}
+
+/// A well-formed query header for `a.b` type A, to be damaged by each case.
+fn good() -> Vec<u8> {
+    vec![
+        0xAB, 0xCD, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 1, b'b', 0, 0, 1, 0, 1,
+    ]
+}
+
+#[test]
+fn malformed_packets_get_formerr_notimp_or_silence_and_the_server_lives() {
+    let up = Fixture::start(Zone::standard());
+    let server = Setup::new().start(up.addr);
+    let mut cases: Vec<(&str, Vec<u8>, Option<u8>)> = vec![
+        ("empty", vec![], None),
+        ("truncated header", vec![0xAB, 0xCD, 0x01], None),
+        ("header only, no question", good()[..12].to_vec(), Some(1)),
+        (
+            "a response (QR set)",
+            {
+                let mut p = good();
+                p[2] |= 0x80;
+                p
+            },
+            None,
+        ),
+        (
+            "label runs past the end",
+            {
+                let mut p = good();
+                p[12] = 60;
+                p
+            },
+            Some(1),
+        ),
+        (
+            "compression loop",
+            vec![
+                0xAB, 0xCD, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 12, 0, 1, 0, 1,
+            ],
+            Some(1),
+        ),
+        (
+            "pointer out of range",
+            vec![
+                0xAB, 0xCD, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 0xFF, 0, 1, 0, 1,
+            ],
+            Some(1),
+        ),
+        (
+            "reserved label type",
+            {
+                let mut p = good();
+                p[12] = 0x81;
+                p
+            },
+            Some(1),
+        ),
+        (
+            "two questions",
+            {
+                let mut p = good();
+                p[5] = 2;
+                p
+            },
+            Some(1),
+        ),
+        (
+            "no question count but data",
+            {
+                let mut p = good();
+                p[5] = 0;
+                p
+            },
+            Some(1),
+        ),
+        (
+            "opcode NOTIFY",
+            {
+                let mut p = good();
+                p[2] = 0x20;
+                p
+            },
+            Some(4),
+        ),
+        (
+            "opcode UPDATE",
+            {
+                let mut p = good();
+                p[2] = 0x28;
+                p
+            },
+            Some(4),
+        ),
+        (
+            "class CHAOS",
+            {
+                let mut p = good();
+                p[20] = 3;
+                p
+            },
+            Some(5),
+        ),
+        (
+            "EDNS version 1",
+            {
+                let mut p = good();
+                p[11] = 1;
+                p.extend([0, 0, 41, 4, 0, 0, 1, 0, 0, 0, 0]);
+                p
+            },
+            Some(0),
+        ),
+        (
+            "two OPT records",
+            {
+                let mut p = good();
+                p[11] = 2;
+                for _ in 0..2 {
+                    p.extend([0, 0, 41, 4, 0, 0, 0, 0, 0, 0, 0]);
+                }
+                p
+            },
+            Some(1),
+        ),
+        (
+            "oversized EDNS payload",
+            {
+                let mut p = good();
+                p[11] = 1;
+                p.extend([0, 0, 41, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0]);
+                p
+            },
+            Some(3),
+        ),
+        ("question missing type", good()[..17].to_vec(), Some(1)),
+        (
+            "garbage",
+            (0..300u32).map(|i| (i * 7919 % 251) as u8).collect(),
+            None,
+        ),
+    ];
+    let name_too_long = {
+        let mut p = good()[..12].to_vec();
+        for _ in 0..5 {
+            p.push(63);
+            p.extend(std::iter::repeat_n(b'x', 63));
+        }
+        p.extend([0, 0, 1, 0, 1]);
+        p
+    };
+    cases.push(("name over 255 bytes", name_too_long, Some(1)));
+    for (what, packet, expect) in cases {
+        let reply = raw_udp(server.addr, &packet, Duration::from_millis(300));
+        match (expect, &reply) {
+            (None, None) => {}
+            (None, Some(r)) if what == "garbage" => {
+                // Random bytes may happen to parse as a header; any answer must be an error.
+                assert!(r[3] & 0x0F != 0, "{what}: {r:?}");
+            }
+            (Some(code), Some(r)) => {
+                assert_eq!(r[..2], [0xAB, 0xCD], "{what}: ID echoed");
+                assert!(r[2] & 0x80 != 0, "{what}: is a response");
+                assert_eq!(r[3] & 0x0F, code, "{what}: rcode");
+                if what == "EDNS version 1" {
+                    let m = Message::from_vec(r).unwrap();
+                    assert_eq!(u16::from(m.metadata.response_code), 16, "{what}: BADVERS");
+                }
+            }
+            _ => panic!("{what}: expected {expect:?}, got {reply:?}"),
+        }
+        let alive = Ask::new("pornhub.com", RecordType::A).send(server.addr);
+        assert!(alive.is_some(), "server stopped answering after {what}");
+    }
+    let tcp =
+        raw_tcp(server.addr, &good()[..12], Duration::from_secs(1)).expect("FORMERR over TCP");
+    assert_eq!(tcp[3] & 0x0F, 1);
+}
+
+#[test]
+fn any_is_minimal_and_big_answers_truncate_to_tcp() {
+    let up = Fixture::start(Zone::standard());
+    let server = Setup::new().start(up.addr);
+    let any = server.query("example.org", RecordType::ANY);
+    assert_eq!(any.answers.len(), 1);
+    assert_eq!(any.answers[0].record_type(), RecordType::HINFO);
+
+    let small = Ask::new("big.example.org", RecordType::A)
+        .no_edns()
+        .send(server.addr)
+        .unwrap();
+    assert!(
+        small.metadata.truncation,
+        "over 512 bytes without EDNS must set TC"
+    );
+    assert!(small.answers.is_empty());
+    let full = Ask::new("big.example.org", RecordType::A)
+        .tcp()
+        .send(server.addr)
+        .unwrap();
+    assert_eq!(full.answers.len(), 60);
+    let edns = Ask::new("big.example.org", RecordType::A)
+        .send(server.addr)
+        .unwrap();
+    assert!(
+        !edns.metadata.truncation,
+        "fits in the client's 1232-byte EDNS buffer"
+    );
+}
+
+#[test]
+fn tcp_answers_pipelined_queries_in_order() {
+    use std::io::{Read, Write};
+    let up = Fixture::start(Zone::standard());
+    let server = Setup::new().start(up.addr);
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let names = ["pornhub.com", "www.example.org", "bet365.com"];
+    let mut out = Vec::new();
+    for n in names {
+        let q = Ask::new(n, RecordType::A).bytes();
+        out.extend((q.len() as u16).to_be_bytes());
+        out.extend(q);
+    }
+    s.write_all(&out).unwrap();
+    for n in names {
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).unwrap();
+        let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut buf).unwrap();
+        let m = Message::from_vec(&buf).unwrap();
+        assert_eq!(m.queries[0].name().to_ascii(), format!("{n}."));
+    }
+}
+
+#[test]
+fn upstream_outage_keeps_blocked_and_cached_names_answered() {
+    let mut up = Fixture::start(Zone::standard());
+    let server = Setup::new().start(up.addr);
+    assert_eq!(
+        addresses(&server.query("short.example.org", RecordType::A)),
+        vec!["192.0.2.50"]
+    );
+    assert_eq!(
+        addresses(&server.query("www.example.org", RecordType::A)),
+        vec!["192.0.2.11"]
+    );
+    up.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+
+    assert_eq!(
+        addresses(&server.query("pornhub.com", RecordType::A)),
+        vec!["0.0.0.0"]
+    );
+    assert_eq!(
+        addresses(&server.query("www.example.org", RecordType::A)),
+        vec!["192.0.2.11"]
+    );
+    let stale = Ask::new("short.example.org", RecordType::A)
+        .timeout(Duration::from_secs(5))
+        .send(server.addr)
+        .unwrap();
+    assert_eq!(
+        addresses(&stale),
+        vec!["192.0.2.50"],
+        "expired answer served stale"
+    );
+    assert_eq!(stale.answers[0].ttl, 30);
+    let started = Instant::now();
+    let other = Ask::new("example.org", RecordType::TXT)
+        .timeout(Duration::from_secs(5))
+        .send(server.addr)
+        .unwrap();
+    assert_eq!(other.metadata.response_code, ResponseCode::ServFail);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "SERVFAIL within the timeout"
+    );
+}
+
+/// A tiny tmpfs mounted over the log directory, so the disk can really fill up.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k,mode=0750", "tmpfs"])
+            .arg(dir)
+            .status()
+            .ok()?
+            .success();
+        ok.then(|| SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_log_disk_never_stops_dns_and_breaches_are_written_when_space_returns() {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new();
+    let logs = setup.dir.path().join("state/logs");
+    let Some(_disk) = SmallDisk::mount(&logs) else {
+        panic!("this test needs `mount -t tmpfs` (root); .ci/run runs as root");
+    };
+    let server = setup.start(up.addr);
+    let filler = logs.join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k"])
+        .arg(format!("of={}", filler.display()))
+        .output();
+    for _ in 0..30 {
+        let m = Ask::new("pornhub.com", RecordType::A)
+            .send(server.addr)
+            .expect("DNS keeps answering");
+        assert_eq!(addresses(&m), vec!["0.0.0.0"]);
+    }
+    let admin = server.admin.unwrap();
+    let mut errors = 0.0;
+    for _ in 0..40 {
+        let (_, metrics) = crate::ops::http_get(admin, "/metrics");
+        errors = crate::ops::sample(&metrics, "schoolgate_log_write_errors_total");
+        if errors > 0.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(errors > 0.0, "the full disk is reported in metrics");
+    std::fs::remove_file(&filler).unwrap();
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Europe::London)
+        .format("%Y-%m-%d");
+    let breach = logs.join(format!("breach-{today}.jsonl"));
+    let mut n = 0;
+    for _ in 0..60 {
+        // A write cut short by the full disk can leave one torn line; it is skipped by readers.
+        n = std::fs::read_to_string(&breach)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .is_ok_and(|v| v["name"] == "pornhub.com")
+            })
+            .count();
+        if n >= 30 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        n >= 30,
+        "every breach held in memory is written once space returns ({n}/30)"
+    );
+    assert!(
+        server.log().contains("cannot write"),
+        "the failure is logged"
+    );
+}
