@@ -4,12 +4,14 @@
 //! - `core`: serving, sinkhole answers, forwarding, access control, `check`, config errors.
 //! - `logs`: access and breach logs, permissions, SIGTERM flush, retention.
 //! - `ops`: metrics, health, rate limiting.
+//! - `fuzz`: property-driven fuzzing of decoding, normalisation and decision.
 //! - `reliability`: hostile packets, every query type, CNAME cloaking, outages, full disk.
 
 mod fixture;
 mod harness;
 
 mod core;
+mod fuzz;
 mod logs;
 mod ops;
 mod reliability;
