@@ -244,3 +244,54 @@ fn systemd_units_verify() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.trim().is_empty(), "{err}");
 }
+
+#[test]
+fn binding_port_53_without_privilege_is_one_clear_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = Setup::new();
+    let config = setup.config();
+    // Let an unprivileged user read the config and lists, and write its state.
+    for entry in walk(setup.dir.path()) {
+        let mode = if entry.is_dir() { 0o777 } else { 0o644 };
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(crate::harness::bin())
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:53",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("setpriv (util-linux) is installed");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.contains("127.0.0.1:53") && last.contains("ermission denied"),
+        "{err}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
