@@ -162,6 +162,9 @@ impl Handler {
             verdict => {
                 self.metrics.rate_limited.inc();
                 snap.counters.count("ratelimited", None, client.group);
+                if let Verdict::Report(_) = verdict {
+                    self.metrics.rate_limited_clients.inc();
+                }
                 if let (Verdict::Report(n), Some(j)) = (verdict, &self.journal) {
                     j.notice(Notice {
                         time: journal_time(engine),
@@ -252,6 +255,19 @@ impl Handler {
             Action::Allow => {
                 if q.qtype == rtype::ANY {
                     self.minimal_any(&q, buf);
+                    return self.done(
+                        &snap,
+                        &client,
+                        &q,
+                        transport,
+                        received,
+                        buf,
+                        Done::decided(decision, None),
+                    );
+                }
+                if is_resolver_arpa(&q.name) {
+                    // RFC 9462 discovery: advertise no encrypted resolver, so devices stay here.
+                    self.error(&q, buf, rcode::NOERROR, None);
                     return self.done(
                         &snap,
                         &client,
@@ -663,6 +679,12 @@ impl Done<'_> {
             via: None,
         }
     }
+}
+
+/// `resolver.arpa` and names below it (`_dns.resolver.arpa`): answered here, never forwarded.
+fn is_resolver_arpa(name: &crate::domain::QueryName) -> bool {
+    let key = name.key();
+    key.starts_with(b"arpa.resolver") && (key.len() == 13 || key[13] == b'.')
 }
 
 fn journal_time(engine: &Engine) -> String {

@@ -6,12 +6,14 @@
 //! - `safesearch`: safe search rewrites per group, bypass canaries, circumvention blocking.
 //! - `logs`: access and breach logs, permissions, SIGTERM flush, retention.
 //! - `ops`: metrics, health, rate limiting.
+//! - `fuzz`: property-driven fuzzing of decoding, normalisation and decision.
 //! - `reliability`: hostile packets, every query type, CNAME cloaking, outages, full disk.
 
 mod fixture;
 mod harness;
 
 mod core;
+mod fuzz;
 mod logs;
 mod ops;
 mod reliability;
