@@ -376,4 +376,56 @@ mod tests {
             bad[2].reason
         );
     }
+
+    #[test]
+    fn shipped_starter_rules_spare_uk_places_and_words() {
+        let files = [
+            (include_str!("../blocklists/adult.keywords"), 1),
+            (include_str!("../blocklists/gambling.keywords"), 2),
+            (include_str!("../blocklists/violence.keywords"), 3),
+            (include_str!("../blocklists/circumvention.keywords"), 4),
+        ];
+        let rules: Vec<(&str, u8)> = files
+            .iter()
+            .flat_map(|(text, list)| {
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(move |l| (l, *list))
+            })
+            .collect();
+        let (k, bad) = build(&rules);
+        assert!(bad.is_empty(), "{bad:?}");
+        for innocent in [
+            "essex.gov.uk",
+            "www.sussex.ac.uk",
+            "middlesex.gov.uk",
+            "www.wessexwater.co.uk",
+            "www.scunthorpe-united.co.uk",
+            "penistone-gs.uk",
+            "www.clitheroe.gov.uk",
+            "analytics.google.com",
+            "findatherapist.example",
+            "www.sexualhealth.example",
+            "sex-education-forum.org.uk",
+            "milford-haven.example",
+            "www.gore-tex.co.uk",
+            "www.bbc.co.uk",
+            "login.microsoftonline.com",
+        ] {
+            assert_eq!(word(&k, innocent), None, "{innocent}");
+        }
+        for (name, expected) in [
+            ("www.sexshop.example", "sex"),
+            ("hot-xxx.example", "xxx"),
+            ("bestcasino.example", "casino"),
+            ("unblocked-games.example", "unblocked-games"),
+        ] {
+            assert_eq!(
+                word(&k, name).map(|(w, _)| w).as_deref(),
+                Some(expected),
+                "{name}"
+            );
+        }
+    }
 }

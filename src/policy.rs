@@ -610,3 +610,135 @@ impl Origin {
 fn display_path(p: &Path) -> String {
     p.display().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An engine over a temporary school: pupils (127.0.0.2) strict, staff (127.0.0.3) moderate
+    /// with social media allowed, a lab (127.0.0.4) with safe search off.
+    fn engine() -> (tempfile::TempDir, Engine) {
+        let dir = tempfile::tempdir().unwrap();
+        let lists = dir.path().join("lists");
+        std::fs::create_dir_all(&lists).unwrap();
+        std::fs::write(lists.join("illegal.txt"), "bad.example\n").unwrap();
+        std::fs::write(lists.join("social.txt"), "www.youtube.com\n").unwrap();
+        std::fs::write(lists.join("adult.txt"), "pornhub.com\nkeyword:porn\n").unwrap();
+        std::fs::write(lists.join("adult.keywords"), "sex except=essex\n").unwrap();
+        std::fs::write(
+            lists.join("allow.txt"),
+            "www.bing.com\nporn-research.example\nstartpage.com\n",
+        )
+        .unwrap();
+        let text = r#"
+[lists]
+dir = "lists"
+cache_dir = "cache"
+allow = "allow.txt"
+[[category]]
+name = "illegal"
+files = ["illegal.txt"]
+locked = true
+[[category]]
+name = "social"
+files = ["social.txt"]
+[[category]]
+name = "adult"
+files = ["adult.txt"]
+[groups.pupils]
+block = ["illegal", "social", "adult"]
+block_unsafe_search = true
+[groups.staff]
+block = ["illegal", "adult"]
+safesearch = "moderate"
+[groups.lab]
+block = ["illegal"]
+safesearch = "off"
+[[client]]
+name = "pupil"
+addr = "127.0.0.2"
+group = "pupils"
+[[client]]
+name = "staff"
+addr = "127.0.0.3"
+group = "staff"
+[[client]]
+name = "lab"
+addr = "127.0.0.4"
+group = "lab"
+"#;
+        let config = Config::from_toml(&dir.path().join("schoolgate.toml"), text).unwrap();
+        let engine = Engine::load(Arc::new(config)).unwrap().engine;
+        (dir, engine)
+    }
+
+    fn decide(e: &Engine, from: &str, name: &str) -> Decision {
+        let client = e.identify(from.parse().unwrap());
+        e.decide(&client, &QueryName::parse(name).unwrap(), Utc::now())
+    }
+
+    #[test]
+    fn precedence_canary_block_rewrite_unsafe_keyword() {
+        let (_dir, e) = engine();
+        let (pupil, staff, lab) = ("127.0.0.2", "127.0.0.3", "127.0.0.4");
+
+        let canary = decide(&e, lab, "use-application-dns.net");
+        assert_eq!(
+            (canary.action, canary.rule),
+            (Action::Nxdomain, Rule::Canary)
+        );
+
+        // A category that blocks the name beats the rewrite; where it is lifted, the rewrite
+        // applies in the group's mode.
+        assert_eq!(decide(&e, pupil, "www.youtube.com").action, Action::Block);
+        let staff_yt = decide(&e, staff, "www.youtube.com");
+        assert_eq!(staff_yt.action, Action::Rewrite);
+        assert_eq!(
+            e.rewrite_target(&staff_yt.rule),
+            Some("restrictmoderate.youtube.com")
+        );
+        assert_eq!(
+            e.rule_label(&staff_yt.rule).as_deref(),
+            Some("safesearch:youtube")
+        );
+        assert_eq!(decide(&e, lab, "www.google.co.uk").action, Action::Allow);
+
+        // An allow entry does not exempt a search name from safe search.
+        let bing = decide(&e, pupil, "www.bing.com");
+        assert_eq!(e.rewrite_target(&bing.rule), Some("strict.bing.com"));
+
+        // Unsafe engines: blocked for groups that ask, unless the school allowed them.
+        let yahoo = decide(&e, pupil, "search.yahoo.com");
+        assert_eq!(
+            (yahoo.action, yahoo.rule),
+            (Action::Block, Rule::UnsafeSearch)
+        );
+        assert_eq!(e.block_reason(&yahoo), "unsafe_search");
+        assert_eq!(decide(&e, staff, "search.yahoo.com").action, Action::Allow);
+        assert_eq!(decide(&e, pupil, "www.startpage.com").action, Action::Allow);
+
+        // Keywords: list-file prefix and .keywords file both load; the allow list and the lists
+        // decide first; exceptions hold.
+        let kw = decide(&e, pupil, "freeporn.example");
+        assert!(matches!(kw.rule, Rule::Keyword { at: 4, .. }), "{kw:?}");
+        assert_eq!(e.categories()[kw.category.unwrap() as usize].name, "adult");
+        let origin = e
+            .origin(&QueryName::parse("freeporn.example").unwrap(), &kw.rule)
+            .unwrap();
+        assert_eq!((origin.entry.as_str(), origin.line), ("keyword:porn", 2));
+        assert!(matches!(
+            decide(&e, pupil, "sexshop.example").rule,
+            Rule::Keyword { .. }
+        ));
+        assert_eq!(decide(&e, pupil, "essex.gov.uk").action, Action::Allow);
+        assert_eq!(
+            decide(&e, pupil, "porn-research.example").action,
+            Action::Allow
+        );
+        assert!(matches!(
+            decide(&e, pupil, "pornhub.com").rule,
+            Rule::Listed { .. }
+        ));
+        assert_eq!(decide(&e, lab, "freeporn.example").action, Action::Allow);
+    }
+}
