@@ -54,7 +54,8 @@ fn bench(c: &mut Criterion) {
         list: (i % 4) as u8 + 1,
         file: PathBuf::from("bench.keywords"),
         line: i as u32 + 1,
-    }));
+    }))
+    .expect("1,000 rules compile");
     assert!(
         keywords.len() >= 990,
         "{} rules, {} bad",

@@ -18,9 +18,15 @@
 
 use std::path::PathBuf;
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, BuildError, MatchKind};
+use thiserror::Error;
 
 use crate::lists::BadLine;
+
+/// The rules could not be compiled at all (too many or too long for an automaton).
+#[derive(Debug, Error)]
+#[error("keyword rules could not be compiled ({0}); remove some rules and reload")]
+pub struct KeywordError(#[from] BuildError);
 
 /// Shorter keywords would fire inside ordinary names; they are refused.
 pub const MIN_KEYWORD_LEN: usize = 3;
@@ -115,7 +121,9 @@ pub struct Keywords {
 
 impl Keywords {
     /// Compiles rules; bad ones are reported with file and line and skipped.
-    pub fn build<'a>(sources: impl IntoIterator<Item = RuleSource<'a>>) -> (Self, Vec<BadLine>) {
+    pub fn build<'a>(
+        sources: impl IntoIterator<Item = RuleSource<'a>>,
+    ) -> Result<(Self, Vec<BadLine>), KeywordError> {
         let mut rules: Vec<KeywordRule> = Vec::new();
         let mut bad = Vec::new();
         for s in sources {
@@ -160,26 +168,27 @@ impl Keywords {
         let automaton = if patterns.is_empty() {
             None
         } else {
-            // A DFA is the fastest search; a few thousand short words keep it small.
-            AhoCorasick::builder()
+            // A DFA is the fastest search; a few thousand short words keep it small. Should it
+            // grow too big, the crate's own choice is a compact NFA.
+            let dfa = AhoCorasick::builder()
                 .match_kind(MatchKind::Standard)
                 .kind(Some(AhoCorasickKind::DFA))
-                .build(&patterns)
-                .or_else(|_| {
-                    AhoCorasick::builder()
-                        .match_kind(MatchKind::Standard)
-                        .build(&patterns)
-                })
-                .ok()
+                .build(&patterns);
+            Some(match dfa {
+                Ok(ac) => ac,
+                Err(_) => AhoCorasick::builder()
+                    .match_kind(MatchKind::Standard)
+                    .build(&patterns)?,
+            })
         };
-        (
+        Ok((
             Keywords {
                 automaton,
                 by_pattern,
                 rules,
             },
             bad,
-        )
+        ))
     }
 
     /// The compiled rules, indexed by [`KeywordHit::rule`].
@@ -299,6 +308,7 @@ mod tests {
                     line: i as u32 + 1,
                 }),
         )
+        .expect("a few rules always compile")
     }
 
     fn word(k: &Keywords, name: &str) -> Option<(String, u8)> {

@@ -24,7 +24,7 @@ use thiserror::Error;
 use crate::clients::{ClientId, Clients};
 use crate::config::{Config, DEFAULT_GROUP};
 use crate::domain::QueryName;
-use crate::keywords::{KeywordRule, Keywords, RuleSource};
+use crate::keywords::{KeywordError, KeywordRule, Keywords, RuleSource};
 use crate::lists::{compile_list, BadLine, CompiledList, DomainIndex, ListError, Matches};
 use crate::safesearch::{SafeSearchMode, SearchEngine, Special};
 
@@ -37,6 +37,9 @@ pub enum LoadError {
     /// Nothing to filter with, and the config does not allow starting open.
     #[error("no block list could be loaded; refusing to run unfiltered (set server.start_unfiltered = true to override)")]
     NoLists,
+    /// The keyword rules could not be compiled.
+    #[error(transparent)]
+    Keywords(#[from] KeywordError),
 }
 
 /// What happens to a query.
@@ -252,7 +255,7 @@ impl Engine {
             group_index(g).map_or(default_group, |i| i as u16)
         });
 
-        let (keywords, keyword_bad) = build_keywords(&lists, allow_lists);
+        let (keywords, keyword_bad) = build_keywords(&lists, allow_lists)?;
         let mut bad: Vec<BadLine> = lists.iter().flat_map(|l| l.bad.iter().cloned()).collect();
         let bad_count = lists.iter().map(|l| l.bad_count).sum::<usize>() + keyword_bad.len();
         bad.extend(keyword_bad);
@@ -560,7 +563,10 @@ impl Engine {
 }
 
 /// Keyword rules of every category list (the allow list's are reported: they would block).
-fn build_keywords(lists: &[CompiledList], allow_lists: u32) -> (Keywords, Vec<BadLine>) {
+fn build_keywords(
+    lists: &[CompiledList],
+    allow_lists: u32,
+) -> Result<(Keywords, Vec<BadLine>), KeywordError> {
     let mut misplaced = Vec::new();
     let mut sources = Vec::new();
     for (i, l) in lists.iter().enumerate() {
@@ -582,9 +588,9 @@ fn build_keywords(lists: &[CompiledList], allow_lists: u32) -> (Keywords, Vec<Ba
             });
         }
     }
-    let (keywords, mut bad) = Keywords::build(sources);
+    let (keywords, mut bad) = Keywords::build(sources)?;
     bad.extend(misplaced);
-    (keywords, bad)
+    Ok((keywords, bad))
 }
 
 /// Where a rule came from.
