@@ -361,8 +361,15 @@ mod tests {
         let text = "# adult keywords\nporn\nkeyword:=xxx\n\nsex except=essex\n";
         let p = parse_keywords(Path::new("adult.keywords"), text.as_bytes());
         assert!(p.entries.is_empty());
-        let rules: Vec<(&str, u32)> = p.keywords.iter().map(|k| (k.text.as_str(), k.line)).collect();
-        assert_eq!(rules, vec![("porn", 2), ("=xxx", 3), ("sex except=essex", 5)]);
+        let rules: Vec<(&str, u32)> = p
+            .keywords
+            .iter()
+            .map(|k| (k.text.as_str(), k.line))
+            .collect();
+        assert_eq!(
+            rules,
+            vec![("porn", 2), ("=xxx", 3), ("sex except=essex", 5)]
+        );
     }
 
     #[test]

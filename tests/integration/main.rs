@@ -14,8 +14,8 @@ mod harness;
 
 mod core;
 mod fuzz;
+mod keywords;
 mod logs;
 mod ops;
 mod reliability;
-mod keywords;
 mod safesearch;
