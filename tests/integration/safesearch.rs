@@ -291,3 +291,20 @@ fn rewrites_canaries_and_circumvention_are_logged() {
     assert_eq!(breaches[0]["category"], "circumvention");
     assert_eq!(breaches[0]["client_name"], "Year 6 laptop");
 }
+
+#[test]
+fn rewrite_with_upstream_down_fails_safe_and_recovers_from_cache() {
+    let mut up = Fixture::start(Zone::standard());
+    let server = Setup::new().start(up.addr);
+    let first = server.query("www.google.com", RecordType::A);
+    assert_eq!(addresses(&first), vec!["216.239.38.120"]);
+    up.stop();
+    // The safe host's answer is cached: other Google domains still get it with no upstream.
+    let cached = server.query("www.google.de", RecordType::A);
+    assert_eq!(cnames(&cached), vec!["forcesafesearch.google.com"]);
+    assert_eq!(addresses(&cached), vec!["216.239.38.120"]);
+    // A safe host never resolved: SERVFAIL, never the unsafe host's own address.
+    let bing = server.query("www.bing.com", RecordType::A);
+    assert_eq!(bing.metadata.response_code, ResponseCode::ServFail);
+    assert!(addresses(&bing).is_empty());
+}
