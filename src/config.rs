@@ -65,6 +65,27 @@ struct Raw {
     logs: RawLogs,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    dhcp: RawDhcp,
+    #[serde(default)]
+    exemptions: RawExemptions,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDhcp {
+    #[serde(default)]
+    leases: Vec<Spanned<String>>,
+    #[serde(default)]
+    format: LeaseFormat,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawExemptions {
+    #[serde(default)]
+    approvers: Vec<String>,
+    file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +131,8 @@ struct RawServer {
     rate_limit_burst: u32,
     #[serde(default)]
     start_unfiltered: bool,
+    #[serde(default)]
+    trusted_forwarders: Vec<IpNet>,
 }
 
 impl Default for RawServer {
@@ -124,6 +147,7 @@ impl Default for RawServer {
             rate_limit_qps: default_rate_limit_qps(),
             rate_limit_burst: default_rate_limit_burst(),
             start_unfiltered: false,
+            trusted_forwarders: Vec::new(),
         }
     }
 }
@@ -241,6 +265,10 @@ struct RawGroup {
     description: String,
     #[serde(default, rename = "schedule")]
     schedules: Vec<RawSchedule>,
+    #[serde(default)]
+    allow_files: Vec<Spanned<String>>,
+    #[serde(default)]
+    block_files: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -259,8 +287,10 @@ struct RawSchedule {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawClient {
-    name: String,
-    addr: Spanned<String>,
+    name: Option<String>,
+    addr: Option<Spanned<String>>,
+    mac: Option<Spanned<String>>,
+    hostname: Option<Spanned<String>>,
     group: Spanned<String>,
 }
 
@@ -353,17 +383,46 @@ pub struct Group {
     pub description: String,
     /// Time-of-day variations, first match wins.
     pub schedules: Vec<Schedule>,
+    /// The group's own allow-list files (resolved), on top of the school's allow list.
+    pub allow_files: Vec<PathBuf>,
+    /// The group's own block-list files (resolved), blocked for this group at all times.
+    pub block_files: Vec<PathBuf>,
 }
 
-/// A named client (one address or a range).
+/// A named client: an address or range, or (because DHCP addresses move) a device's MAC or a
+/// DHCP hostname pattern.
 #[derive(Debug, Clone)]
 pub struct Client {
-    /// What the coordinator reads.
-    pub name: String,
-    /// Its addresses.
-    pub net: IpNet,
+    /// What the coordinator reads; for MAC and hostname entries the lease's hostname if unset.
+    pub name: Option<String>,
+    /// How the client is recognised.
+    pub matcher: ClientMatch,
     /// Its group.
     pub group: String,
+}
+
+/// How a configured client is recognised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMatch {
+    /// Source address in this range (a single address is a /32 or /128).
+    Net(IpNet),
+    /// The device's MAC address, from a DHCP lease or a forwarder's `add-mac`.
+    Mac([u8; 6]),
+    /// DHCP hostname, case-insensitive; `*` matches any run of characters (`LIB-PC-*`).
+    Hostname(String),
+}
+
+/// Lease file formats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseFormat {
+    /// Decide per file from its contents.
+    #[default]
+    Auto,
+    /// dnsmasq: `expiry mac ip hostname client-id` per line.
+    Dnsmasq,
+    /// ISC dhcpd: `lease IP { ... }` blocks.
+    Isc,
 }
 
 /// The validated configuration.
@@ -407,6 +466,17 @@ pub struct Config {
     pub logs: Logs,
     /// Address of the metrics and health endpoint; `None` turns it off.
     pub admin: Option<SocketAddr>,
+    /// Forwarders (the school's router) whose EDNS Client Subnet and `add-mac` options name the
+    /// real client; anyone else's are ignored, so a device cannot claim to be staff.
+    pub trusted_forwarders: Vec<IpNet>,
+    /// DHCP lease files that name clients by hostname and MAC.
+    pub dhcp_leases: Vec<PathBuf>,
+    /// Their format.
+    pub dhcp_format: LeaseFormat,
+    /// Who may approve an exemption (compared case-insensitively).
+    pub approvers: Vec<String>,
+    /// Where exemptions are kept (the state directory).
+    pub exemptions_file: PathBuf,
 }
 
 /// Name of the group unknown clients fall into.
@@ -579,6 +649,24 @@ impl Validator<'_> {
             for s in &g.schedules {
                 schedules.push(self.schedule(name, s, &known));
             }
+            if !is_identifier(&name.replace('-', "_")) {
+                self.problems.push(Problem {
+                    file: self.file.clone(),
+                    line: None,
+                    field: format!("groups.{name}"),
+                    message: "group names are letters, digits, - and _".into(),
+                });
+            }
+            let allow_files = self.list_files(
+                &lists_dir,
+                &g.allow_files,
+                &format!("groups.{name}.allow_files"),
+            );
+            let block_files = self.list_files(
+                &lists_dir,
+                &g.block_files,
+                &format!("groups.{name}.block_files"),
+            );
             groups.insert(
                 name.clone(),
                 Group {
@@ -586,6 +674,8 @@ impl Validator<'_> {
                     block,
                     description: g.description.clone(),
                     schedules,
+                    allow_files,
+                    block_files,
                 },
             );
         }
@@ -596,21 +686,12 @@ impl Validator<'_> {
                 block: categories.iter().map(|c| c.name.clone()).collect(),
                 description: "Devices not named in the config: everything blocked".into(),
                 schedules: Vec::new(),
+                allow_files: Vec::new(),
+                block_files: Vec::new(),
             });
 
         let mut clients = Vec::new();
         for c in &raw.clients {
-            let net = match parse_net(c.addr.get_ref()) {
-                Some(n) => n,
-                None => {
-                    self.problem(
-                        &c.addr,
-                        "client.addr",
-                        format!("{:?} is not an IP address or CIDR range", c.addr.get_ref()),
-                    );
-                    continue;
-                }
-            };
             if !groups.contains_key(c.group.get_ref()) {
                 self.problem(
                     &c.group,
@@ -618,12 +699,21 @@ impl Validator<'_> {
                     format!("no group named {:?}", c.group.get_ref()),
                 );
             }
+            let Some(matcher) = self.client_match(c) else {
+                continue;
+            };
             clients.push(Client {
                 name: c.name.clone(),
-                net,
+                matcher,
                 group: c.group.get_ref().clone(),
             });
         }
+        let dhcp_leases = raw
+            .dhcp
+            .leases
+            .iter()
+            .map(|l| base.join(l.get_ref()))
+            .collect();
 
         if let Some(a) = &raw.admin.listen {
             if !a.get_ref().ip().is_loopback() && !raw.admin.allow_remote {
@@ -664,7 +754,86 @@ impl Validator<'_> {
                 queue: raw.logs.queue.max(1024),
             },
             admin: raw.admin.listen.map(Spanned::into_inner),
+            trusted_forwarders: raw.server.trusted_forwarders,
+            dhcp_leases,
+            dhcp_format: raw.dhcp.format,
+            approvers: raw.exemptions.approvers,
+            exemptions_file: base.join(
+                raw.exemptions
+                    .file
+                    .unwrap_or_else(|| PathBuf::from("../state/exemptions.json")),
+            ),
         }
+    }
+
+    /// A client's one way of being recognised: exactly one of `addr`, `mac`, `hostname`.
+    fn client_match(&mut self, c: &RawClient) -> Option<ClientMatch> {
+        let given = [c.addr.is_some(), c.mac.is_some(), c.hostname.is_some()];
+        if given.iter().filter(|g| **g).count() != 1 {
+            self.problem(
+                &c.group,
+                "client",
+                "give exactly one of addr, mac or hostname for each [[client]]",
+            );
+            return None;
+        }
+        if let Some(addr) = &c.addr {
+            if c.name.is_none() {
+                self.problem(addr, "client.name", "an address client needs a name");
+            }
+            return match parse_net(addr.get_ref()) {
+                Some(n) => Some(ClientMatch::Net(n)),
+                None => {
+                    self.problem(
+                        addr,
+                        "client.addr",
+                        format!("{:?} is not an IP address or CIDR range", addr.get_ref()),
+                    );
+                    None
+                }
+            };
+        }
+        if let Some(mac) = &c.mac {
+            return match parse_mac(mac.get_ref()) {
+                Some(m) => Some(ClientMatch::Mac(m)),
+                None => {
+                    self.problem(
+                        mac,
+                        "client.mac",
+                        format!(
+                            "{:?} is not a MAC address like \"aa:bb:cc:dd:ee:ff\"",
+                            mac.get_ref()
+                        ),
+                    );
+                    None
+                }
+            };
+        }
+        let host = c.hostname.as_ref()?;
+        if host.get_ref().trim().is_empty() {
+            self.problem(host, "client.hostname", "hostname pattern is empty");
+            return None;
+        }
+        Some(ClientMatch::Hostname(host.get_ref().trim().to_string()))
+    }
+
+    fn list_files(&mut self, dir: &Path, files: &[Spanned<String>], field: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for f in files {
+            let p = dir.join(f.get_ref());
+            if !p.is_file() {
+                self.problem(
+                    f,
+                    field,
+                    format!(
+                        "list file {} does not exist; create it (it may be empty) or remove it",
+                        p.display()
+                    ),
+                );
+            }
+            out.push(p);
+        }
+        out
     }
 
     fn category_names(
@@ -732,6 +901,20 @@ pub fn parse_net(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
         .ok()
         .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// A MAC address in the usual notations (`aa:bb:cc:dd:ee:ff`, `AA-BB-...`).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.trim().split([':', '-']);
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 fn parse_days(s: &str) -> Option<Vec<Weekday>> {

@@ -5,6 +5,12 @@
 //! miss. Events are debounced so a burst of writes becomes one reload. A reload that fails for
 //! any reason (bad config, unreadable list) leaves the running engine in force: the server never
 //! drops to "no filtering" because of an edit.
+//!
+//! DHCP lease files and the exemptions file are watched too, but only those files: their
+//! directories (`/var/lib/misc`, the state directory) hold other busy files. A lease change
+//! rebuilds the snapshot like any edit, because a client's name and group must come from the same
+//! snapshot as the decision that is logged with them; the lists are mapped from the compile cache
+//! (nothing is recompiled), so this costs milliseconds.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -72,16 +78,23 @@ pub struct Watch {
     _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
 }
 
-/// Watches the config's directory and the list directory; sends `()` on relevant changes.
+/// Watches the config's directory, the list directories, the lease files and the exemptions
+/// file; sends `()` on relevant changes.
 pub fn watch(config: &Config, tx: mpsc::Sender<()>) -> Result<Watch, notify::Error> {
+    let files = Files::of(config);
+    let dirs_of_files = files.dirs();
     let mut debouncer = new_debouncer(
         Duration::from_millis(300),
         None,
         move |res: DebounceEventResult| {
             let relevant = match res {
-                Ok(events) => events
-                    .iter()
-                    .any(|e| e.paths.iter().any(|p| is_relevant(p))),
+                // Reading a file is not an edit: without this, every reload's own reads (an
+                // inotify OPEN) would trigger the next reload, forever.
+                Ok(events) => events.iter().filter(|e| !e.kind.is_access()).any(|e| {
+                    e.paths
+                        .iter()
+                        .any(|p| files.contains(p) || (files.is_other_dir(p) && is_relevant(p)))
+                }),
                 // Overflow or watcher errors: safest is to reload everything.
                 Err(_) => true,
             };
@@ -101,6 +114,13 @@ pub fn watch(config: &Config, tx: mpsc::Sender<()>) -> Result<Watch, notify::Err
             }
         }
     }
+    for g in config.groups.values() {
+        for f in g.allow_files.iter().chain(&g.block_files) {
+            if let Some(d) = f.parent() {
+                dirs.push(d.to_path_buf());
+            }
+        }
+    }
     dirs.sort();
     dirs.dedup();
     for d in dirs {
@@ -111,9 +131,88 @@ pub fn watch(config: &Config, tx: mpsc::Sender<()>) -> Result<Watch, notify::Err
         };
         debouncer.watch(&d, RecursiveMode::NonRecursive)?;
     }
+    for d in dirs_of_files {
+        if let Err(e) = debouncer.watch(&d, RecursiveMode::NonRecursive) {
+            tracing::warn!(
+                "cannot watch {} ({e}); reload with SIGHUP after changes there",
+                d.display()
+            );
+        }
+    }
     Ok(Watch {
         _debouncer: debouncer,
     })
+}
+
+/// Single files watched in directories that are otherwise none of our business.
+struct Files {
+    files: Vec<PathBuf>,
+    /// Directories watched for any edit (config, lists), to tell their events apart.
+    other_dirs: Vec<PathBuf>,
+}
+
+impl Files {
+    fn of(config: &Config) -> Self {
+        if let Some(dir) = config.exemptions_file.parent() {
+            // The state directory may not exist before the first exemption; watch it anyway.
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let files = config
+            .dhcp_leases
+            .iter()
+            .chain(std::iter::once(&config.exemptions_file))
+            .filter_map(|f| Some(canonical_dir(f.parent()?)?.join(f.file_name()?)))
+            .collect();
+        let mut other_dirs = vec![config.lists_dir.clone()];
+        other_dirs.extend(config.path.parent().map(Path::to_path_buf));
+        for f in config.categories.iter().flat_map(|c| &c.files).chain(
+            config
+                .groups
+                .values()
+                .flat_map(|g| g.allow_files.iter().chain(&g.block_files)),
+        ) {
+            other_dirs.extend(f.parent().map(Path::to_path_buf));
+        }
+        Files {
+            files,
+            other_dirs: other_dirs.iter().filter_map(|d| canonical_dir(d)).collect(),
+        }
+    }
+
+    fn dirs(&self) -> Vec<PathBuf> {
+        let mut d: Vec<PathBuf> = self
+            .files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        d.sort();
+        d.dedup();
+        d
+    }
+
+    fn contains(&self, p: &Path) -> bool {
+        self.files.iter().any(|f| f == p)
+            || self.canonical(p).is_some_and(|c| self.files.contains(&c))
+    }
+
+    fn is_other_dir(&self, p: &Path) -> bool {
+        self.canonical(p)
+            .and_then(|c| c.parent().map(|d| self.other_dirs.iter().any(|o| o == d)))
+            .unwrap_or(false)
+    }
+
+    fn canonical(&self, p: &Path) -> Option<PathBuf> {
+        Some(canonical_dir(p.parent()?)?.join(p.file_name()?))
+    }
+}
+
+fn canonical_dir(d: &Path) -> Option<PathBuf> {
+    let d = if d.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        d
+    };
+    d.canonicalize().ok()
 }
 
 /// Editor droppings and our own temporary files are not edits.

@@ -127,7 +127,7 @@ impl Handler {
         let snap = self.snapshot.load();
         let engine = &snap.engine;
         let addr = crate::clients::canonical(src.ip());
-        let client = engine.identify(addr);
+        let client = engine.identify_query(addr, q.edns.and_then(|e| e.hint));
         if !engine
             .config()
             .client_networks
@@ -279,7 +279,7 @@ impl Handler {
             .await;
         let snap = self.snapshot.load_full();
         let engine = &snap.engine;
-        let client = engine.identify(crate::clients::canonical(src.ip()));
+        let client = engine.identify_query(src.ip(), q.edns.and_then(|e| e.hint));
         let decision = engine.decide(&client, &q.name, Utc::now());
         let done = match result {
             Ok(answer) => {
