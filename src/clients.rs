@@ -45,7 +45,9 @@ pub struct Clients {
     matchers: Vec<ClientMatch>,
     groups: Vec<u16>,
     exact: FxHashMap<IpAddr, u32>,
-    ranges: Vec<(IpNet, u32)>,
+    /// Ranges by prefix length, longest first: one hash lookup per distinct length (a school
+    /// has a handful) rather than a scan of every range.
+    ranges: Vec<(u8, bool, FxHashMap<IpAddr, u32>)>,
     macs: FxHashMap<[u8; 6], u32>,
     leases: Vec<LeaseEntry>,
     lease_by_ip: FxHashMap<IpAddr, u32>,
@@ -85,15 +87,24 @@ impl Clients {
                 ClientMatch::Net(net) if net.prefix_len() == net.max_prefix_len() => {
                     t.exact.entry(canonical(net.addr())).or_insert(idx);
                 }
-                ClientMatch::Net(net) => t.ranges.push((*net, idx)),
+                ClientMatch::Net(net) => {
+                    let (len, v4) = (net.prefix_len(), net.addr().is_ipv4());
+                    let at = match t.ranges.iter().position(|r| (r.0, r.1) == (len, v4)) {
+                        Some(at) => at,
+                        None => {
+                            t.ranges.push((len, v4, FxHashMap::default()));
+                            t.ranges.len() - 1
+                        }
+                    };
+                    t.ranges[at].2.entry(net.trunc().addr()).or_insert(idx);
+                }
                 ClientMatch::Mac(mac) => {
                     t.macs.entry(*mac).or_insert(idx);
                 }
                 ClientMatch::Hostname(h) => hostnames.push((h.to_ascii_lowercase(), idx)),
             }
         }
-        t.ranges
-            .sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
+        t.ranges.sort_by_key(|(len, _, _)| std::cmp::Reverse(*len));
 
         for lease in leases {
             let ip = canonical(lease.ip);
@@ -136,18 +147,24 @@ impl Clients {
             .get(&addr)
             .copied()
             .or_else(|| lease.and_then(|l| self.leases[l as usize].named))
-            .or_else(|| {
-                self.ranges
-                    .iter()
-                    .find(|(n, _)| n.contains(&addr))
-                    .map(|(_, i)| *i)
-            });
+            .or_else(|| self.in_range(addr));
         ClientId {
             addr,
             named,
             group: named.map_or(default_group, |i| self.groups[i as usize]),
             lease,
         }
+    }
+
+    fn in_range(&self, addr: IpAddr) -> Option<u32> {
+        let v4 = addr.is_ipv4();
+        self.ranges
+            .iter()
+            .filter(|(_, f, _)| *f == v4)
+            .find_map(|(len, _, nets)| {
+                let net = IpNet::new(addr, *len).ok()?.trunc();
+                nets.get(&net.addr()).copied()
+            })
     }
 
     /// Identifies a device by MAC (a forwarder's `add-mac`): through its lease if it has one,

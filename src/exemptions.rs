@@ -324,9 +324,15 @@ impl Table {
         }
         let (mut first, mut lifted) = (None, 0u32);
         let candidates = [
-            self.by_addr.get(&client.addr),
-            client.named.and_then(|n| self.by_named.get(&n)),
-            mac.and_then(|m| self.by_mac.get(&m)),
+            (!self.by_addr.is_empty())
+                .then(|| self.by_addr.get(&client.addr))
+                .flatten(),
+            client
+                .named
+                .filter(|_| !self.by_named.is_empty())
+                .and_then(|n| self.by_named.get(&n)),
+            mac.filter(|_| !self.by_mac.is_empty())
+                .and_then(|m| self.by_mac.get(&m)),
         ];
         for i in candidates.into_iter().flatten().flatten() {
             let (bits, until) = self.lifts[*i as usize];
