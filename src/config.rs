@@ -966,6 +966,31 @@ mod tests {
     }
 
     #[test]
+    fn clients_by_mac_or_hostname_are_validated() {
+        let base = "[lists]\ndir = \".\"\n[groups.staff]\n";
+        let err = cfg(&format!("{base}[[client]]\nname = \"x\"\naddr = \"10.0.0.1\"\nmac = \"aa:bb:cc:dd:ee:ff\"\ngroup = \"staff\"\n[[client]]\nmac = \"aa:bb:cc:dd:ee\"\ngroup = \"staff\"\n"))
+            .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("exactly one of addr, mac or hostname"),
+            "{text}"
+        );
+        assert!(text.contains(":10: field `client.mac`"), "{text}");
+        let c = cfg(&format!("{base}[[client]]\nmac = \"AA-BB-CC-DD-EE-FF\"\ngroup = \"staff\"\n[[client]]\nhostname = \"LIB-PC-*\"\ngroup = \"staff\"\n[server]\ntrusted_forwarders = [\"192.168.1.1/32\"]\n"))
+            .unwrap();
+        assert_eq!(
+            c.clients[0].matcher,
+            ClientMatch::Mac([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff])
+        );
+        assert_eq!(
+            c.clients[1].matcher,
+            ClientMatch::Hostname("LIB-PC-*".into())
+        );
+        assert_eq!(c.trusted_forwarders.len(), 1);
+    }
+
+    #[test]
     fn defaults_and_locked_first() {
         let c = cfg("[lists]\ndir = \".\"\n[[category]]\nname = \"adult\"\nfiles = [\"adult.txt\"]\n[[category]]\nname = \"illegal\"\nlocked = true\n")
             .unwrap();

@@ -150,7 +150,7 @@ impl Handler {
                 Done::refused(),
             );
         }
-        match self.limiter.check(addr, received) {
+        match self.limiter.check(client.addr, received) {
             Verdict::Pass => {}
             verdict => {
                 self.metrics.rate_limited.inc();
@@ -160,7 +160,7 @@ impl Handler {
                         time: journal_time(engine),
                         kind: "rate_limited".into(),
                         count: n,
-                        client: Some(addr.to_string()),
+                        client: Some(client.addr.to_string()),
                         detail: engine.client_name(&client).map(str::to_string),
                     });
                 }

@@ -468,3 +468,30 @@ fn only_trusted_forwarders_may_name_the_real_client() {
         .filter(|r| r["client"] == "127.0.0.6")
         .all(|r| r["group"] == "default"));
 }
+
+#[test]
+fn devices_behind_a_trusted_forwarder_are_rate_limited_one_by_one() {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new().toml(PUPILS_AND_STAFF).server(
+        "trusted_forwarders = [\"127.0.0.5/32\"]\nrate_limit_qps = 1\nrate_limit_burst = 5",
+    );
+    let server = setup.start(up.addr);
+    let via_router = |device: &str, timeout: Duration| {
+        Ask::new("pornhub.com", RecordType::A)
+            .from("127.0.0.5")
+            .edns_option(EdnsOption::Subnet(ClientSubnet::new(
+                device.parse().unwrap(),
+                32,
+                0,
+            )))
+            .timeout(timeout)
+            .send(server.addr)
+            .is_some()
+    };
+    let answered = (0..12)
+        .filter(|_| via_router("127.0.0.20", Duration::from_millis(40)))
+        .count();
+    assert!(answered < 9, "flood not limited: {answered}/12 answered");
+    // The router is not throttled as a whole: the next device behind it is served at once.
+    assert!(via_router("127.0.0.21", Duration::from_millis(500)));
+}
