@@ -206,11 +206,6 @@ impl Clients {
         id.lease.map(|l| &self.leases[l as usize].lease)
     }
 
-    /// The configured client's matcher, for explanations and exemption keys.
-    pub fn matcher(&self, named: u32) -> Option<&ClientMatch> {
-        self.matchers.get(named as usize)
-    }
-
     /// Finds a client by configured name, DHCP hostname or MAC (for `--client NAME`).
     pub fn find(&self, name: &str, default_group: u16) -> Option<ClientId> {
         if let Some(mac) = crate::config::parse_mac(name) {

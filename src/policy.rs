@@ -344,11 +344,6 @@ impl Engine {
         self.clients.name(id)
     }
 
-    /// The DHCP lease behind a client, if any.
-    pub fn client_lease(&self, id: &ClientId) -> Option<&Lease> {
-        self.clients.lease(id)
-    }
-
     /// A client given as an address, a configured name, a DHCP hostname or a MAC.
     pub fn find_client(&self, client: &str) -> Option<ClientId> {
         match client.parse::<IpAddr>() {

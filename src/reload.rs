@@ -81,8 +81,9 @@ pub struct Watch {
 /// Watches the config's directory, the list directories, the lease files and the exemptions
 /// file; sends `()` on relevant changes.
 pub fn watch(config: &Config, tx: mpsc::Sender<()>) -> Result<Watch, notify::Error> {
-    let files = Files::of(config);
+    let files = Watched::of(config);
     let dirs_of_files = files.dirs();
+    let edit_dirs = files.other_dirs.clone();
     let mut debouncer = new_debouncer(
         Duration::from_millis(300),
         None,
@@ -103,36 +104,11 @@ pub fn watch(config: &Config, tx: mpsc::Sender<()>) -> Result<Watch, notify::Err
             }
         },
     )?;
-    let mut dirs: Vec<PathBuf> = vec![config.lists_dir.clone()];
-    if let Some(dir) = config.path.parent() {
-        dirs.push(dir.to_path_buf());
+    for d in &edit_dirs {
+        debouncer.watch(d, RecursiveMode::NonRecursive)?;
     }
-    for c in &config.categories {
-        for f in &c.files {
-            if let Some(d) = f.parent() {
-                dirs.push(d.to_path_buf());
-            }
-        }
-    }
-    for g in config.groups.values() {
-        for f in g.allow_files.iter().chain(&g.block_files) {
-            if let Some(d) = f.parent() {
-                dirs.push(d.to_path_buf());
-            }
-        }
-    }
-    dirs.sort();
-    dirs.dedup();
-    for d in dirs {
-        let d = if d.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            d
-        };
-        debouncer.watch(&d, RecursiveMode::NonRecursive)?;
-    }
-    for d in dirs_of_files {
-        if let Err(e) = debouncer.watch(&d, RecursiveMode::NonRecursive) {
+    for d in dirs_of_files.iter().filter(|d| !edit_dirs.contains(d)) {
+        if let Err(e) = debouncer.watch(d, RecursiveMode::NonRecursive) {
             tracing::warn!(
                 "cannot watch {} ({e}); reload with SIGHUP after changes there",
                 d.display()
@@ -144,14 +120,14 @@ pub fn watch(config: &Config, tx: mpsc::Sender<()>) -> Result<Watch, notify::Err
     })
 }
 
-/// Single files watched in directories that are otherwise none of our business.
-struct Files {
+/// What is watched, canonicalised so event paths compare: directories where any edit counts
+/// (config, lists), and single files in directories that are otherwise none of our business.
+struct Watched {
     files: Vec<PathBuf>,
-    /// Directories watched for any edit (config, lists), to tell their events apart.
     other_dirs: Vec<PathBuf>,
 }
 
-impl Files {
+impl Watched {
     fn of(config: &Config) -> Self {
         if let Some(dir) = config.exemptions_file.parent() {
             // The state directory may not exist before the first exemption; watch it anyway.
@@ -173,10 +149,11 @@ impl Files {
         ) {
             other_dirs.extend(f.parent().map(Path::to_path_buf));
         }
-        Files {
-            files,
-            other_dirs: other_dirs.iter().filter_map(|d| canonical_dir(d)).collect(),
-        }
+        let mut other_dirs: Vec<PathBuf> =
+            other_dirs.iter().filter_map(|d| canonical_dir(d)).collect();
+        other_dirs.sort();
+        other_dirs.dedup();
+        Watched { files, other_dirs }
     }
 
     fn dirs(&self) -> Vec<PathBuf> {
@@ -234,6 +211,30 @@ fn is_relevant(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_and_exemption_files_are_watched_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in ["config", "lists", "dhcp", "state"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("lists/adult.txt"), "").unwrap();
+        let text = "[lists]\ndir = \"../lists\"\n[dhcp]\nleases = [\"../dhcp/dnsmasq.leases\"]\n\
+                    [[category]]\nname = \"adult\"\nfiles = [\"adult.txt\"]\n";
+        let config = Config::from_toml(&root.join("config/schoolgate.toml"), text).unwrap();
+        let w = Watched::of(&config);
+        let relevant = |p: &str| {
+            w.contains(&root.join(p))
+                || (w.is_other_dir(&root.join(p)) && is_relevant(&root.join(p)))
+        };
+        assert!(relevant("dhcp/dnsmasq.leases"));
+        assert!(!relevant("dhcp/dhcpd.pid"));
+        assert!(relevant("state/exemptions.json"));
+        assert!(!relevant("state/exemptions.lock"));
+        assert!(relevant("lists/adult.txt"));
+        assert!(relevant("config/schoolgate.toml"));
+    }
 
     #[test]
     fn ignores_editor_and_cache_files() {
