@@ -4,12 +4,14 @@
 //!
 //! Two formats are read: dnsmasq's one-line-per-lease file and ISC dhcpd's `lease { ... }`
 //! blocks (where the file is a journal: the last block for an address is the one in force).
-//! Leases are names, not filtering: an unreadable file is reported and skipped.
+//! Leases that had already ended when the file was read name nobody. Leases are names, not
+//! filtering: an unreadable file is reported and skipped.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, NaiveDateTime, Utc};
 use thiserror::Error;
 
 use crate::config::{parse_mac, Config, LeaseFormat};
@@ -41,7 +43,7 @@ pub fn read(path: &Path, format: LeaseFormat) -> Result<Vec<Lease>, LeaseError> 
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(parse(&text, format))
+    Ok(parse(&text, format, Utc::now()))
 }
 
 /// Every lease file a config names; unreadable ones are returned as errors beside the rest.
@@ -56,8 +58,8 @@ pub fn read_all(config: &Config) -> (Vec<Lease>, Vec<LeaseError>) {
     (all, errors)
 }
 
-/// Parses lease file text; `Auto` looks for ISC `lease ... {` blocks.
-pub fn parse(text: &str, format: LeaseFormat) -> Vec<Lease> {
+/// Parses lease file text as at `now`; `Auto` looks for ISC `lease ... {` blocks.
+pub fn parse(text: &str, format: LeaseFormat, now: DateTime<Utc>) -> Vec<Lease> {
     let isc = match format {
         LeaseFormat::Isc => true,
         LeaseFormat::Dnsmasq => false,
@@ -67,19 +69,23 @@ pub fn parse(text: &str, format: LeaseFormat) -> Vec<Lease> {
         }),
     };
     if isc {
-        parse_isc(text)
+        parse_isc(text, now)
     } else {
-        parse_dnsmasq(text)
+        parse_dnsmasq(text, now)
     }
 }
 
-/// `expiry mac ip hostname client-id`; `*` is an unknown hostname. DHCPv6 lines carry an IAID
-/// where the MAC would be, and the `duid` line is the server's own.
-fn parse_dnsmasq(text: &str) -> Vec<Lease> {
+/// `expiry mac ip hostname client-id`; expiry is Unix time, 0 for never; `*` is an unknown
+/// hostname. DHCPv6 lines carry an IAID where the MAC would be, and the `duid` line is the
+/// server's own.
+fn parse_dnsmasq(text: &str, now: DateTime<Utc>) -> Vec<Lease> {
     text.lines()
         .filter_map(|line| {
             let mut f = line.split_whitespace();
-            let _expiry = f.next()?;
+            let expiry: i64 = f.next()?.parse().ok()?;
+            if expiry != 0 && expiry < now.timestamp() {
+                return None;
+            }
             let hw = f.next()?;
             let ip = f.next()?.parse().ok()?;
             let hostname = f.next().filter(|h| *h != "*").map(str::to_string);
@@ -147,8 +153,8 @@ fn tokens(text: &str) -> Vec<Token<'_>> {
 
 /// `lease IP { hardware ethernet MAC; client-hostname "NAME"; binding state active; ... }`.
 /// Later blocks for the same address replace earlier ones; a lease whose binding state is not
-/// active (free, abandoned, expired) names nobody.
-fn parse_isc(text: &str) -> Vec<Lease> {
+/// active (free, abandoned, expired), or whose `ends` (UTC) has passed, names nobody.
+fn parse_isc(text: &str, now: DateTime<Utc>) -> Vec<Lease> {
     let toks = tokens(text);
     let mut by_ip: HashMap<IpAddr, usize> = HashMap::new();
     let mut out: Vec<Option<Lease>> = Vec::new();
@@ -177,7 +183,16 @@ fn parse_isc(text: &str) -> Vec<Lease> {
                     match stmt.as_slice() {
                         ["hardware", "ethernet", mac] => lease.mac = parse_mac(mac),
                         ["client-hostname", name] => lease.hostname = Some(name.to_string()),
-                        ["binding", "state", state] => active = *state == "active",
+                        ["binding", "state", state] => active &= *state == "active",
+                        ["ends", _weekday, date, time] => {
+                            let ends = NaiveDateTime::parse_from_str(
+                                &format!("{date} {time}"),
+                                "%Y/%m/%d %H:%M:%S",
+                            );
+                            if ends.is_ok_and(|e| e.and_utc() < now) {
+                                active = false;
+                            }
+                        }
                         _ => {}
                     }
                     stmt.clear();
@@ -235,14 +250,20 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 mod tests {
     use super::*;
 
+    /// Thursday 26 November 2026, 12:00 UTC.
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_795_694_400, 0).unwrap()
+    }
+
     #[test]
     fn dnsmasq_lines_including_unknown_names_and_v6() {
-        let text = "1764200000 aa:bb:cc:dd:ee:07 10.0.1.7 LIB-PC-07 01:aa:bb:cc:dd:ee:07\n\
+        let text = "1795780800 aa:bb:cc:dd:ee:07 10.0.1.7 LIB-PC-07 01:aa:bb:cc:dd:ee:07\n\
                     0 AA:BB:CC:DD:EE:08 10.0.1.8 * *\n\
                     duid 00:01:00:01:2a:2b:2c:2d:aa:bb:cc:dd:ee:ff\n\
-                    1764200000 12345 2001:db8::9 ipad-9 00:01:00:01\n\
+                    1795780800 12345 2001:db8::9 ipad-9 00:01:00:01\n\
+                    1795690800 aa:bb:cc:dd:ee:10 10.0.1.10 LEFT-AT-11 *\n\
                     garbage\n";
-        let l = parse(text, LeaseFormat::Auto);
+        let l = parse(text, LeaseFormat::Auto, now());
         assert_eq!(l.len(), 3, "{l:?}");
         assert_eq!(l[0].hostname.as_deref(), Some("LIB-PC-07"));
         assert_eq!(format_mac(&l[0].mac.unwrap()), "aa:bb:cc:dd:ee:07");
@@ -281,9 +302,22 @@ lease 10.0.1.9 {
   binding state free;
   hardware ethernet aa:bb:cc:dd:ee:09;
 }
+lease 10.0.1.11 {
+  ends 4 2026/11/26 11:59:59;
+  binding state active;
+  hardware ethernet aa:bb:cc:dd:ee:11;
+  client-hostname "ENDED";
+}
+lease 10.0.1.12 {
+  ends never;
+  binding state active;
+  hardware ethernet aa:bb:cc:dd:ee:12;
+  client-hostname "SERVER-12";
+}
 "#;
-        let l = parse(text, LeaseFormat::Auto);
-        assert_eq!(l.len(), 1, "{l:?}");
+        let l = parse(text, LeaseFormat::Auto, now());
+        assert_eq!(l.len(), 2, "{l:?}");
+        assert_eq!(l[1].hostname.as_deref(), Some("SERVER-12"));
         assert_eq!(l[0].ip, "10.0.1.7".parse::<IpAddr>().unwrap());
         assert_eq!(l[0].hostname.as_deref(), Some("LIB-PC-07"));
         assert_eq!(format_mac(&l[0].mac.unwrap()), "aa:bb:cc:dd:ee:07");
