@@ -317,7 +317,24 @@ mod tests {
                 "pupils",
             ),
         ];
+        let mut clients = clients;
+        clients.push(client(
+            Some("Library wifi"),
+            ClientMatch::Net("10.0.9.0/24".parse().unwrap()),
+            "library",
+        ));
+        clients.push(client(
+            Some("Staff v6"),
+            ClientMatch::Net("fd00:5::/64".parse().unwrap()),
+            "staff",
+        ));
         let t = Clients::new(&clients, Vec::new(), group_of);
+        let lib = t.identify("10.0.9.200".parse().unwrap(), 0);
+        assert_eq!((t.name(&lib), lib.group), (Some("Library wifi"), 3));
+        let v6 = t.identify("fd00:5::1234".parse().unwrap(), 0);
+        assert_eq!((t.name(&v6), v6.group), (Some("Staff v6"), 1));
+        let other_v6 = t.identify("fd00:6::1".parse().unwrap(), 0);
+        assert_eq!(other_v6.group, 0);
         let a = t.identify("10.0.1.7".parse().unwrap(), 0);
         assert_eq!((t.name(&a), a.group), (Some("LIB-PC-07"), 1));
         let b = t.identify("::ffff:10.0.3.3".parse().unwrap(), 0);
