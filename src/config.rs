@@ -70,6 +70,10 @@ struct Raw {
     admin: RawAdmin,
     #[serde(default)]
     safesearch: RawSafeSearch,
+    #[serde(default)]
+    dhcp: RawDhcp,
+    #[serde(default)]
+    exemptions: RawExemptions,
 }
 
 #[derive(Deserialize, Default)]
@@ -77,6 +81,23 @@ struct Raw {
 struct RawSafeSearch {
     /// The vendors' data file, relative to the config file; the built-in copy when absent.
     file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDhcp {
+    #[serde(default)]
+    leases: Vec<Spanned<String>>,
+    #[serde(default)]
+    format: LeaseFormat,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawExemptions {
+    #[serde(default)]
+    approvers: Vec<String>,
+    file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -122,6 +143,8 @@ struct RawServer {
     rate_limit_burst: u32,
     #[serde(default)]
     start_unfiltered: bool,
+    #[serde(default)]
+    trusted_forwarders: Vec<IpNet>,
 }
 
 impl Default for RawServer {
@@ -136,6 +159,7 @@ impl Default for RawServer {
             rate_limit_qps: default_rate_limit_qps(),
             rate_limit_burst: default_rate_limit_burst(),
             start_unfiltered: false,
+            trusted_forwarders: Vec::new(),
         }
     }
 }
@@ -257,6 +281,10 @@ struct RawGroup {
     safesearch: SafeSearchMode,
     #[serde(default)]
     block_unsafe_search: bool,
+    #[serde(default)]
+    allow_files: Vec<Spanned<String>>,
+    #[serde(default)]
+    block_files: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -275,8 +303,10 @@ struct RawSchedule {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawClient {
-    name: String,
-    addr: Spanned<String>,
+    name: Option<String>,
+    addr: Option<Spanned<String>>,
+    mac: Option<Spanned<String>>,
+    hostname: Option<Spanned<String>>,
     group: Spanned<String>,
 }
 
@@ -373,17 +403,46 @@ pub struct Group {
     pub safesearch: SafeSearchMode,
     /// Block search engines with no enforceable safe mode.
     pub block_unsafe_search: bool,
+    /// The group's own allow-list files (resolved), on top of the school's allow list.
+    pub allow_files: Vec<PathBuf>,
+    /// The group's own block-list files (resolved), blocked for this group at all times.
+    pub block_files: Vec<PathBuf>,
 }
 
-/// A named client (one address or a range).
+/// A named client: an address or range, or (because DHCP addresses move) a device's MAC or a
+/// DHCP hostname pattern.
 #[derive(Debug, Clone)]
 pub struct Client {
-    /// What the coordinator reads.
-    pub name: String,
-    /// Its addresses.
-    pub net: IpNet,
+    /// What the coordinator reads; for MAC and hostname entries the lease's hostname if unset.
+    pub name: Option<String>,
+    /// How the client is recognised.
+    pub matcher: ClientMatch,
     /// Its group.
     pub group: String,
+}
+
+/// How a configured client is recognised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMatch {
+    /// Source address in this range (a single address is a /32 or /128).
+    Net(IpNet),
+    /// The device's MAC address, from a DHCP lease or a forwarder's `add-mac`.
+    Mac([u8; 6]),
+    /// DHCP hostname, case-insensitive; `*` matches any run of characters (`LIB-PC-*`).
+    Hostname(String),
+}
+
+/// Lease file formats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseFormat {
+    /// Decide per file from its contents.
+    #[default]
+    Auto,
+    /// dnsmasq: `expiry mac ip hostname client-id` per line.
+    Dnsmasq,
+    /// ISC dhcpd: `lease IP { ... }` blocks.
+    Isc,
 }
 
 /// The validated configuration.
@@ -429,6 +488,17 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// The search engines' safe hosts and the bypass canaries.
     pub safesearch: SafeSearch,
+    /// Forwarders (the school's router) whose EDNS Client Subnet and `add-mac` options name the
+    /// real client; anyone else's are ignored, so a device cannot claim to be staff.
+    pub trusted_forwarders: Vec<IpNet>,
+    /// DHCP lease files that name clients by hostname and MAC.
+    pub dhcp_leases: Vec<PathBuf>,
+    /// Their format.
+    pub dhcp_format: LeaseFormat,
+    /// Who may approve an exemption (compared case-insensitively).
+    pub approvers: Vec<String>,
+    /// Where exemptions are kept (the state directory).
+    pub exemptions_file: PathBuf,
 }
 
 /// Name of the group unknown clients fall into.
@@ -606,6 +676,24 @@ impl Validator<'_> {
             for s in &g.schedules {
                 schedules.push(self.schedule(name, s, &known));
             }
+            if !is_identifier(&name.replace('-', "_")) {
+                self.problems.push(Problem {
+                    file: self.file.clone(),
+                    line: None,
+                    field: format!("groups.{name}"),
+                    message: "group names are letters, digits, - and _".into(),
+                });
+            }
+            let allow_files = self.list_files(
+                &lists_dir,
+                &g.allow_files,
+                &format!("groups.{name}.allow_files"),
+            );
+            let block_files = self.list_files(
+                &lists_dir,
+                &g.block_files,
+                &format!("groups.{name}.block_files"),
+            );
             groups.insert(
                 name.clone(),
                 Group {
@@ -615,6 +703,8 @@ impl Validator<'_> {
                     schedules,
                     safesearch: g.safesearch,
                     block_unsafe_search: g.block_unsafe_search,
+                    allow_files,
+                    block_files,
                 },
             );
         }
@@ -627,21 +717,12 @@ impl Validator<'_> {
                 schedules: Vec::new(),
                 safesearch: SafeSearchMode::Strict,
                 block_unsafe_search: true,
+                allow_files: Vec::new(),
+                block_files: Vec::new(),
             });
 
         let mut clients = Vec::new();
         for c in &raw.clients {
-            let net = match parse_net(c.addr.get_ref()) {
-                Some(n) => n,
-                None => {
-                    self.problem(
-                        &c.addr,
-                        "client.addr",
-                        format!("{:?} is not an IP address or CIDR range", c.addr.get_ref()),
-                    );
-                    continue;
-                }
-            };
             if !groups.contains_key(c.group.get_ref()) {
                 self.problem(
                     &c.group,
@@ -649,12 +730,21 @@ impl Validator<'_> {
                     format!("no group named {:?}", c.group.get_ref()),
                 );
             }
+            let Some(matcher) = self.client_match(c) else {
+                continue;
+            };
             clients.push(Client {
                 name: c.name.clone(),
-                net,
+                matcher,
                 group: c.group.get_ref().clone(),
             });
         }
+        let dhcp_leases = raw
+            .dhcp
+            .leases
+            .iter()
+            .map(|l| base.join(l.get_ref()))
+            .collect();
 
         if let Some(a) = &raw.admin.listen {
             if !a.get_ref().ip().is_loopback() && !raw.admin.allow_remote {
@@ -698,7 +788,86 @@ impl Validator<'_> {
             },
             admin: raw.admin.listen.map(Spanned::into_inner),
             safesearch,
+            trusted_forwarders: raw.server.trusted_forwarders,
+            dhcp_leases,
+            dhcp_format: raw.dhcp.format,
+            approvers: raw.exemptions.approvers,
+            exemptions_file: base.join(
+                raw.exemptions
+                    .file
+                    .unwrap_or_else(|| PathBuf::from("../state/exemptions.json")),
+            ),
         }
+    }
+
+    /// A client's one way of being recognised: exactly one of `addr`, `mac`, `hostname`.
+    fn client_match(&mut self, c: &RawClient) -> Option<ClientMatch> {
+        let given = [c.addr.is_some(), c.mac.is_some(), c.hostname.is_some()];
+        if given.iter().filter(|g| **g).count() != 1 {
+            self.problem(
+                &c.group,
+                "client",
+                "give exactly one of addr, mac or hostname for each [[client]]",
+            );
+            return None;
+        }
+        if let Some(addr) = &c.addr {
+            if c.name.is_none() {
+                self.problem(addr, "client.name", "an address client needs a name");
+            }
+            return match parse_net(addr.get_ref()) {
+                Some(n) => Some(ClientMatch::Net(n)),
+                None => {
+                    self.problem(
+                        addr,
+                        "client.addr",
+                        format!("{:?} is not an IP address or CIDR range", addr.get_ref()),
+                    );
+                    None
+                }
+            };
+        }
+        if let Some(mac) = &c.mac {
+            return match parse_mac(mac.get_ref()) {
+                Some(m) => Some(ClientMatch::Mac(m)),
+                None => {
+                    self.problem(
+                        mac,
+                        "client.mac",
+                        format!(
+                            "{:?} is not a MAC address like \"aa:bb:cc:dd:ee:ff\"",
+                            mac.get_ref()
+                        ),
+                    );
+                    None
+                }
+            };
+        }
+        let host = c.hostname.as_ref()?;
+        if host.get_ref().trim().is_empty() {
+            self.problem(host, "client.hostname", "hostname pattern is empty");
+            return None;
+        }
+        Some(ClientMatch::Hostname(host.get_ref().trim().to_string()))
+    }
+
+    fn list_files(&mut self, dir: &Path, files: &[Spanned<String>], field: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for f in files {
+            let p = dir.join(f.get_ref());
+            if !p.is_file() {
+                self.problem(
+                    f,
+                    field,
+                    format!(
+                        "list file {} does not exist; create it (it may be empty) or remove it",
+                        p.display()
+                    ),
+                );
+            }
+            out.push(p);
+        }
+        out
     }
 
     /// The vendors' safe search data: the named file, or the built-in copy.
@@ -791,6 +960,20 @@ pub fn parse_net(s: &str) -> Option<IpNet> {
         .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
+/// A MAC address in the usual notations (`aa:bb:cc:dd:ee:ff`, `AA-BB-...`).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.trim().split([':', '-']);
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 fn parse_days(s: &str) -> Option<Vec<Weekday>> {
     use Weekday::*;
     Some(match s.to_ascii_lowercase().as_str() {
@@ -837,6 +1020,31 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains(":8: field `category.files`"), "{text}");
         assert!(text.contains(":10: field `groups.pupils.block`"), "{text}");
+    }
+
+    #[test]
+    fn clients_by_mac_or_hostname_are_validated() {
+        let base = "[lists]\ndir = \".\"\n[groups.staff]\n";
+        let err = cfg(&format!("{base}[[client]]\nname = \"x\"\naddr = \"10.0.0.1\"\nmac = \"aa:bb:cc:dd:ee:ff\"\ngroup = \"staff\"\n[[client]]\nmac = \"aa:bb:cc:dd:ee\"\ngroup = \"staff\"\n"))
+            .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("exactly one of addr, mac or hostname"),
+            "{text}"
+        );
+        assert!(text.contains(":10: field `client.mac`"), "{text}");
+        let c = cfg(&format!("{base}[[client]]\nmac = \"AA-BB-CC-DD-EE-FF\"\ngroup = \"staff\"\n[[client]]\nhostname = \"LIB-PC-*\"\ngroup = \"staff\"\n[server]\ntrusted_forwarders = [\"192.168.1.1/32\"]\n"))
+            .unwrap();
+        assert_eq!(
+            c.clients[0].matcher,
+            ClientMatch::Mac([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff])
+        );
+        assert_eq!(
+            c.clients[1].matcher,
+            ClientMatch::Hostname("LIB-PC-*".into())
+        );
+        assert_eq!(c.trusted_forwarders.len(), 1);
     }
 
     #[test]

@@ -9,10 +9,15 @@
 //! 1. bypass canaries (`use-application-dns.net`, iCloud Private Relay): NXDOMAIN for everyone;
 //! 2. locked categories (illegal content): blocked for everyone, always;
 //! 3. the allow list (and `@@` exceptions);
-//! 4. the group's blocked categories, as varied by its active schedule;
+//! 4. the group's blocked categories, as varied by its active schedule and lifted by an
+//!    approved exemption for the client;
 //! 5. safe search: a search name not blocked above is rewritten to the vendor's safe host, and
 //!    an engine with no enforceable safe mode is blocked for groups that ask (unless allowed);
 //! 6. keyword rules, for names no list matched.
+//!
+//! A group's own allow and block lists (`allow_files`, `block_files`) are lists in the same
+//! index whose bits count only for that group: its allow lists beside the school's, its block
+//! lists beside its categories.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -24,9 +29,12 @@ use thiserror::Error;
 use crate::clients::{ClientId, Clients};
 use crate::config::{Config, DEFAULT_GROUP};
 use crate::domain::QueryName;
+use crate::exemptions::{self, Exemption};
 use crate::keywords::{KeywordError, KeywordRule, Keywords, RuleSource};
+use crate::leases::{self, Lease};
 use crate::lists::{compile_list, BadLine, CompiledList, DomainIndex, ListError, Matches};
 use crate::safesearch::{SafeSearchMode, SearchEngine, Special};
+use crate::wire::ClientHint;
 
 /// Why an engine could not be built.
 #[derive(Debug, Error)]
@@ -119,6 +127,8 @@ pub struct Decision {
     pub group: u16,
     /// The schedule in force, if any (index into the group's schedules).
     pub schedule: Option<u8>,
+    /// The exemption that allowed it, if one did (index into [`Engine::exemptions`]).
+    pub exemption: Option<u16>,
 }
 
 /// A category as the engine sees it.
@@ -149,6 +159,8 @@ struct GroupPolicy {
     schedules: Vec<SchedulePolicy>,
     safesearch: SafeSearchMode,
     block_unsafe_search: bool,
+    /// The group's own lists, allow and block.
+    lists: u32,
 }
 
 /// An immutable snapshot of everything a decision needs.
@@ -162,9 +174,14 @@ pub struct Engine {
     /// Block bits that mean "allowed" (the allow list's own bit).
     allow_lists: u32,
     groups: Vec<GroupPolicy>,
+    /// Lists that belong to one group; other groups ignore their bits.
+    group_lists: u32,
     default_group: u16,
     clients: Clients,
     keywords: Keywords,
+    trusted_forwarders: Vec<ipnet::IpNet>,
+    exemptions: Vec<Exemption>,
+    exempt: exemptions::Table,
 }
 
 /// A loaded engine and what loading it noticed.
@@ -207,6 +224,27 @@ impl Engine {
                 list,
             });
         }
+        // Each group's own lists, after the categories so category bits stay the same.
+        let mut group_bits = Vec::new();
+        let mut group_lists = 0u32;
+        for g in config.groups.values() {
+            let (mut allow, mut block) = (0u32, 0u32);
+            if !g.allow_files.is_empty() {
+                let bit = 1 << lists.len();
+                let name = format!("group:{}:allow", g.name);
+                lists.push(compile_list(&name, &g.allow_files, &config.cache_dir)?);
+                allow_lists |= bit;
+                allow |= bit;
+            }
+            if !g.block_files.is_empty() {
+                let bit = 1 << lists.len();
+                let name = format!("group:{}:block", g.name);
+                lists.push(compile_list(&name, &g.block_files, &config.cache_dir)?);
+                block |= bit;
+            }
+            group_lists |= allow | block;
+            group_bits.push((allow, block));
+        }
         let blocking: usize = lists
             .iter()
             .enumerate()
@@ -227,9 +265,11 @@ impl Engine {
         let groups: Vec<GroupPolicy> = config
             .groups
             .values()
-            .map(|g| GroupPolicy {
+            .zip(group_bits)
+            .map(|(g, (allow, own_block))| GroupPolicy {
                 name: g.name.clone(),
-                block: cat_mask(&g.block),
+                block: cat_mask(&g.block) | own_block,
+                lists: allow | own_block,
                 safesearch: g.safesearch,
                 block_unsafe_search: g.block_unsafe_search,
                 schedules: g
@@ -251,9 +291,19 @@ impl Engine {
             .collect();
         let group_index = |name: &str| groups.iter().position(|g| g.name == name);
         let default_group = group_index(DEFAULT_GROUP).unwrap_or(0) as u16;
-        let clients = Clients::new(&config.clients, |g| {
+        let clients = Clients::new(&config.clients, read_leases(&config), |g| {
             group_index(g).map_or(default_group, |i| i as u16)
         });
+        let trusted_forwarders = config.trusted_forwarders.clone();
+        let exemptions = exemptions::load(&config.exemptions_file).unwrap_or_else(|e| {
+            tracing::error!("{e}");
+            Vec::new()
+        });
+        let (exempt, unknown) =
+            exemptions::Table::build(&exemptions, &clients, |c| cat_mask(c) & !locked);
+        for c in unknown {
+            tracing::warn!("exemption for {c:?} matches no configured client or DHCP lease; it applies when one appears");
+        }
 
         let (keywords, keyword_bad) = build_keywords(&lists, allow_lists)?;
         let mut bad: Vec<BadLine> = lists.iter().flat_map(|l| l.bad.iter().cloned()).collect();
@@ -273,9 +323,13 @@ impl Engine {
                 locked,
                 allow_lists,
                 groups,
+                group_lists,
                 default_group,
                 clients,
                 keywords,
+                trusted_forwarders,
+                exemptions,
+                exempt,
             },
             bad,
             bad_count,
@@ -308,17 +362,39 @@ impl Engine {
         self.clients.identify(addr, self.default_group)
     }
 
-    /// The configured name of a client, if it has one.
+    /// Who a query is from: the source address, unless a trusted forwarder (the school's
+    /// router) said which device it forwards for. Anyone else's hints are ignored.
+    #[inline]
+    pub fn identify_query(&self, addr: IpAddr, hint: Option<ClientHint>) -> ClientId {
+        let Some(hint) = hint else {
+            return self.identify(addr);
+        };
+        let addr = crate::clients::canonical(addr);
+        if !self.trusted_forwarders.iter().any(|n| n.contains(&addr)) {
+            return self.identify(addr);
+        }
+        match hint {
+            ClientHint::Subnet(real) => self.identify(real),
+            ClientHint::Mac(mac) => self.clients.identify_mac(mac, addr, self.default_group),
+        }
+    }
+
+    /// What a client is called: its DHCP hostname and MAC, or its configured name.
     pub fn client_name(&self, id: &ClientId) -> Option<&str> {
         self.clients.name(id)
     }
 
-    /// An address for a client given as an address or a configured name.
-    pub fn find_client(&self, client: &str) -> Option<IpAddr> {
-        client
-            .parse::<IpAddr>()
-            .ok()
-            .or_else(|| self.clients.by_name(client))
+    /// A client given as an address, a configured name, a DHCP hostname or a MAC.
+    pub fn find_client(&self, client: &str) -> Option<ClientId> {
+        match client.parse::<IpAddr>() {
+            Ok(addr) => Some(self.identify(addr)),
+            Err(_) => self.clients.find(client, self.default_group),
+        }
+    }
+
+    /// Exemptions as loaded, indexed by [`Decision::exemption`].
+    pub fn exemptions(&self) -> &[Exemption] {
+        &self.exemptions
     }
 
     /// Number of groups (indices `0..group_count()`).
@@ -395,13 +471,17 @@ impl Engine {
                 rule: Rule::Canary,
                 group,
                 schedule: None,
+                exemption: None,
             };
         }
-        let (block_mask, schedule) = self.group_mask(group, now);
+        let (block_mask, schedule, exempted) = self.group_mask(client, now);
         let m = self.index.lookup(name.key());
-        let d = self.resolve(&m, group, schedule, block_mask);
+        let mut d = self.resolve(&m, group, schedule, block_mask);
         if d.action == Action::Block {
             return d;
+        }
+        if (m.mask as u32) & exempted.lifted != 0 {
+            d.exemption = exempted.first;
         }
         let g = self.groups.get(group as usize);
         let mode = g.map_or(SafeSearchMode::Strict, |g| g.safesearch);
@@ -449,10 +529,15 @@ impl Engine {
         d
     }
 
-    /// The categories blocked for a group at an instant, and the schedule that set them.
-    fn group_mask(&self, group: u16, now: DateTime<Utc>) -> (u32, Option<u8>) {
-        let Some(g) = self.groups.get(group as usize) else {
-            return (self.locked | self.all_categories(), None);
+    /// The categories blocked for a client at an instant, the schedule that set them, and the
+    /// exemption that lifted some (never a locked one).
+    fn group_mask(&self, client: &ClientId, now: DateTime<Utc>) -> (u32, Option<u8>, Exempted) {
+        let (first, lifted) =
+            self.exempt
+                .active(client, self.clients.lease(client).and_then(|l| l.mac), now);
+        let exempted = Exempted { first, lifted };
+        let Some(g) = self.groups.get(client.group as usize) else {
+            return (self.locked | self.all_categories(), None, exempted);
         };
         let mut mask = g.block;
         let mut active = None;
@@ -470,7 +555,7 @@ impl Engine {
                 active = Some(i as u8);
             }
         }
-        (mask | self.locked, active)
+        ((mask & !lifted) | self.locked, active, exempted)
     }
 
     fn all_categories(&self) -> u32 {
@@ -480,8 +565,10 @@ impl Engine {
     fn resolve(&self, m: &Matches, group: u16, schedule: Option<u8>, block_mask: u32) -> Decision {
         let listed = (m.mask as u32) & !self.allow_lists;
         let blocked = listed & block_mask;
-        let allow_bits =
-            ((m.mask as u32) & self.allow_lists) as u64 | (m.mask & 0xFFFF_FFFF_0000_0000);
+        // Other groups' own lists say nothing about this group.
+        let visible = !self.group_lists | self.groups.get(group as usize).map_or(0, |g| g.lists);
+        let allow_bits = ((m.mask as u32) & self.allow_lists & visible) as u64
+            | (m.mask & ((visible as u64) << 32));
         let decide_block = |bits: u32| {
             let list = bits.trailing_zeros() as usize;
             let category = self.categories.iter().position(|c| c.list == list);
@@ -496,6 +583,7 @@ impl Engine {
                 },
                 group,
                 schedule,
+                exemption: None,
             }
         };
         if blocked & self.locked != 0 {
@@ -514,6 +602,7 @@ impl Engine {
                 },
                 group,
                 schedule,
+                exemption: None,
             };
         }
         if blocked != 0 {
@@ -525,6 +614,7 @@ impl Engine {
             rule: Rule::Unlisted,
             group,
             schedule,
+            exemption: None,
         }
     }
 
@@ -591,6 +681,22 @@ fn build_keywords(
     let (keywords, mut bad) = Keywords::build(sources)?;
     bad.extend(misplaced);
     Ok((keywords, bad))
+}
+
+/// Exemptions in force for one client at one instant.
+#[derive(Clone, Copy)]
+struct Exempted {
+    first: Option<u16>,
+    lifted: u32,
+}
+
+/// Every configured lease file; an unreadable one is reported and skipped (leases only name).
+fn read_leases(config: &Config) -> Vec<Lease> {
+    let (all, errors) = leases::read_all(config);
+    for e in errors {
+        tracing::warn!("{e}");
+    }
+    all
 }
 
 /// Where a rule came from.

@@ -18,14 +18,22 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
     let engine = Engine::load(config)?.engine;
     let name = QueryName::parse(&args.domain)
         .with_context(|| format!("{:?} is not a domain name", args.domain))?;
-    let addr: IpAddr = match &args.client {
+    let client = match &args.client {
         Some(c) => engine.find_client(c).with_context(|| {
-            format!("no client named {c:?} in the config, and it is not an address")
+            format!("no client {c:?} in the config or the DHCP leases, and it is not an address")
         })?,
-        None => IpAddr::from([127, 0, 0, 1]),
+        None => engine.identify(IpAddr::from([127, 0, 0, 1])),
     };
-    let client = engine.identify(addr);
-    let d = engine.decide(&client, &name, chrono::Utc::now());
+    let addr = client.addr;
+    let at = match &args.at {
+        Some(t) => super::time_arg::parse(t, engine.config().time_zone)?,
+        None => chrono::Utc::now(),
+    };
+    let d = engine.decide(&client, &name, at);
+    let tz = engine.config().time_zone;
+    let exemption = d
+        .exemption
+        .and_then(|e| engine.exemptions().get(e as usize));
     let category = d
         .category
         .and_then(|c| engine.categories().get(c as usize))
@@ -72,6 +80,14 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
             "keyword": keyword.as_ref().map(|(word, token, at, end)| json!({
                 "word": word, "token_only": token, "at": at, "end": end,
             })),
+            "at": at.with_timezone(&tz).to_rfc3339(),
+            "exemption": exemption.map(|e| json!({
+                "client": e.client,
+                "categories": e.categories,
+                "until": e.until.with_timezone(&tz).to_rfc3339(),
+                "approved_by": e.approved_by,
+                "reason": e.reason,
+            })),
         });
         println!("{v}");
         return Ok(ExitCode::SUCCESS);
@@ -117,5 +133,21 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
             .map(|s| format!(", schedule {s:?}"))
             .unwrap_or_default()
     );
+    if let Some(e) = exemption {
+        println!(
+            "  exemption: {} lifted for {} until {}, approved by {}: {}",
+            e.categories.join(", "),
+            e.client,
+            e.until.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z"),
+            e.approved_by,
+            e.reason
+        );
+    }
+    if args.at.is_some() {
+        println!(
+            "  at:       {}",
+            at.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z (%A)")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

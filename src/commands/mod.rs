@@ -2,7 +2,9 @@
 
 mod check;
 mod compile;
+mod exempt;
 mod serve;
+mod time_arg;
 
 use std::process::ExitCode;
 
@@ -14,5 +16,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(&cli.config, args),
         Command::Check(args) => check::run(&cli.config, args),
         Command::Compile => compile::run(&cli.config),
+        Command::Exempt(cmd) => exempt::run(&cli.config, cmd),
     }
 }

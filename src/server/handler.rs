@@ -134,7 +134,7 @@ impl Handler {
         let snap = self.snapshot.load();
         let engine = &snap.engine;
         let addr = crate::clients::canonical(src.ip());
-        let client = engine.identify(addr);
+        let client = engine.identify_query(addr, q.edns.and_then(|e| e.hint));
         if !engine
             .config()
             .client_networks
@@ -157,7 +157,7 @@ impl Handler {
                 Done::refused(),
             );
         }
-        match self.limiter.check(addr, received) {
+        match self.limiter.check(client.addr, received) {
             Verdict::Pass => {}
             verdict => {
                 self.metrics.rate_limited.inc();
@@ -170,7 +170,7 @@ impl Handler {
                         time: journal_time(engine),
                         kind: "rate_limited".into(),
                         count: n,
-                        client: Some(addr.to_string()),
+                        client: Some(client.addr.to_string()),
                         detail: engine.client_name(&client).map(str::to_string),
                     });
                 }
@@ -356,7 +356,7 @@ impl Handler {
             .await;
         let snap = self.snapshot.load_full();
         let engine = &snap.engine;
-        let client = engine.identify(crate::clients::canonical(src.ip()));
+        let client = engine.identify_query(src.ip(), q.edns.and_then(|e| e.hint));
         let decision = engine.decide(&client, &q.name, Utc::now());
         let done = match result {
             Ok(answer) => {

@@ -1,6 +1,7 @@
 //! Integration tests: the real `schoolgate` binary on loopback, a real upstream DNS server
 //! (the fixture), and real DNS clients (hickory-proto over sockets, and `dig`).
 //!
+//! - `clients`: groups per client, schedules, exemptions, DHCP lease names, trusted forwarders.
 //! - `core`: serving, sinkhole answers, forwarding, access control, `check`, config errors.
 //! - `keywords`: keyword rules, their exceptions, hot reload and `check` explanations.
 //! - `safesearch`: safe search rewrites per group, bypass canaries, circumvention blocking.
@@ -12,6 +13,7 @@
 mod fixture;
 mod harness;
 
+mod clients;
 mod core;
 mod fuzz;
 mod keywords;
