@@ -137,6 +137,40 @@ impl AnswerCache {
         })
     }
 
+    /// Hands the cached answer for (`name`, `qtype`) to `f` with a function that ages a TTL,
+    /// for answers assembled from another name's records. Stale entries only when `allow_stale`.
+    pub fn read<R>(
+        &self,
+        name: &[u8],
+        qtype: u16,
+        allow_stale: bool,
+        f: impl FnOnce(&[u8], &dyn Fn(u32) -> u32) -> R,
+    ) -> Option<R> {
+        let k = key(name, qtype);
+        let shard = self.shards[k as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let e = shard.get(&k)?;
+        if &*e.name != name || e.qtype != qtype {
+            return None;
+        }
+        let age = e.stored.elapsed();
+        let expired = age >= Duration::from_secs(e.ttl.into());
+        if expired && (!allow_stale || age >= Duration::from_secs(e.ttl.into()) + self.stale_window)
+        {
+            return None;
+        }
+        let age_secs = age.as_secs().min(u64::from(u32::MAX)) as u32;
+        let aged = move |ttl: u32| {
+            if expired {
+                STALE_TTL
+            } else {
+                ttl.saturating_sub(age_secs)
+            }
+        };
+        Some(f(&e.bytes, &aged))
+    }
+
     /// Number of entries held.
     pub fn len(&self) -> usize {
         self.shards

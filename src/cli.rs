@@ -32,6 +32,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Compile the lists ahead of time (serve does this itself when they change).
     Compile,
+    /// Lift filtering for one client, agreed by an approver (Headteacher, E-Safety Coordinator).
+    #[command(subcommand)]
+    Exempt(ExemptCommand),
     /// Summaries for the e-safety coordinator and governors.
     #[command(subcommand)]
     Report(ReportCommand),
@@ -138,4 +141,60 @@ pub struct CheckArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Decide as at this time (RFC 3339, or "YYYY-MM-DD HH:MM" in the school's time zone).
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+}
+
+/// `exempt` subcommands.
+#[derive(Subcommand)]
+pub enum ExemptCommand {
+    /// Grant an exemption; it ends by itself at --until.
+    Add(ExemptAddArgs),
+    /// Show exemptions in force (and recently ended ones).
+    List(ExemptListArgs),
+    /// Withdraw a client's exemptions early.
+    Remove(ExemptRemoveArgs),
+}
+
+/// Options for `exempt add`.
+#[derive(Args)]
+pub struct ExemptAddArgs {
+    /// The client: an address, a configured name, a DHCP hostname or a MAC.
+    #[arg(long)]
+    pub client: String,
+    /// Categories to lift, comma-separated (locked categories never can be).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub categories: Vec<String>,
+    /// When it ends (RFC 3339, or "YYYY-MM-DD HH:MM" in the school's time zone).
+    #[arg(long, value_name = "TIME")]
+    pub until: String,
+    /// Who agreed: one of the approvers named in the config.
+    #[arg(long, value_name = "NAME")]
+    pub approved_by: String,
+    /// Why, for the change-control log.
+    #[arg(long)]
+    pub reason: String,
+}
+
+/// Options for `exempt list`.
+#[derive(Args)]
+pub struct ExemptListArgs {
+    /// One JSON object per exemption.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options for `exempt remove`.
+#[derive(Args)]
+pub struct ExemptRemoveArgs {
+    /// The client, as given when the exemption was added.
+    #[arg(long)]
+    pub client: String,
+    /// Who withdrew it: one of the approvers named in the config.
+    #[arg(long, value_name = "NAME")]
+    pub approved_by: String,
+    /// Why, for the change-control log.
+    #[arg(long)]
+    pub reason: String,
 }

@@ -15,6 +15,9 @@ use serde::Deserialize;
 use thiserror::Error;
 use toml::Spanned;
 
+use crate::lists::KEYWORDS_EXTENSION;
+use crate::safesearch::{SafeSearch, SafeSearchMode};
+
 /// A configuration problem, located in the file.
 #[derive(Debug, Error)]
 #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
@@ -66,10 +69,40 @@ struct Raw {
     #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
+    safesearch: RawSafeSearch,
+    #[serde(default)]
+    dhcp: RawDhcp,
+    #[serde(default)]
+    exemptions: RawExemptions,
+    #[serde(default)]
     report: RawReport,
     #[serde(default)]
     alerts: RawAlerts,
     smtp: Option<RawSmtp>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSafeSearch {
+    /// The vendors' data file, relative to the config file; the built-in copy when absent.
+    file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDhcp {
+    #[serde(default)]
+    leases: Vec<Spanned<String>>,
+    #[serde(default)]
+    format: LeaseFormat,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawExemptions {
+    #[serde(default)]
+    approvers: Vec<String>,
+    file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -182,7 +215,8 @@ pub struct Report {
     pub top: usize,
     /// Categories whose attempts are called out as circumvention (DoH, VPN, proxy).
     pub circumvention: Vec<String>,
-    /// The change-control log (JSON lines), read for the "Filtering changes" section.
+    /// The change-control log (JSON lines, next to the query logs), read for the "Filtering
+    /// changes" and "Exemptions" sections.
     pub changes_file: PathBuf,
     /// The per-school secret that makes anonymised pseudonyms stable but unguessable.
     pub key_file: PathBuf,
@@ -261,6 +295,8 @@ struct RawServer {
     rate_limit_burst: u32,
     #[serde(default)]
     start_unfiltered: bool,
+    #[serde(default)]
+    trusted_forwarders: Vec<IpNet>,
 }
 
 impl Default for RawServer {
@@ -275,6 +311,7 @@ impl Default for RawServer {
             rate_limit_qps: default_rate_limit_qps(),
             rate_limit_burst: default_rate_limit_burst(),
             start_unfiltered: false,
+            trusted_forwarders: Vec::new(),
         }
     }
 }
@@ -392,6 +429,14 @@ struct RawGroup {
     description: String,
     #[serde(default, rename = "schedule")]
     schedules: Vec<RawSchedule>,
+    #[serde(default)]
+    safesearch: SafeSearchMode,
+    #[serde(default)]
+    block_unsafe_search: bool,
+    #[serde(default)]
+    allow_files: Vec<Spanned<String>>,
+    #[serde(default)]
+    block_files: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -410,8 +455,10 @@ struct RawSchedule {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawClient {
-    name: String,
-    addr: Spanned<String>,
+    name: Option<String>,
+    addr: Option<Spanned<String>>,
+    mac: Option<Spanned<String>>,
+    hostname: Option<Spanned<String>>,
     group: Spanned<String>,
 }
 
@@ -504,17 +551,50 @@ pub struct Group {
     pub description: String,
     /// Time-of-day variations, first match wins.
     pub schedules: Vec<Schedule>,
+    /// Which safe host search names are rewritten to.
+    pub safesearch: SafeSearchMode,
+    /// Block search engines with no enforceable safe mode.
+    pub block_unsafe_search: bool,
+    /// The group's own allow-list files (resolved), on top of the school's allow list.
+    pub allow_files: Vec<PathBuf>,
+    /// The group's own block-list files (resolved), blocked for this group at all times.
+    pub block_files: Vec<PathBuf>,
 }
 
-/// A named client (one address or a range).
+/// A named client: an address or range, or (because DHCP addresses move) a device's MAC or a
+/// DHCP hostname pattern.
 #[derive(Debug, Clone)]
 pub struct Client {
-    /// What the coordinator reads.
-    pub name: String,
-    /// Its addresses.
-    pub net: IpNet,
+    /// What the coordinator reads; for MAC and hostname entries the lease's hostname if unset.
+    pub name: Option<String>,
+    /// How the client is recognised.
+    pub matcher: ClientMatch,
     /// Its group.
     pub group: String,
+}
+
+/// How a configured client is recognised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMatch {
+    /// Source address in this range (a single address is a /32 or /128).
+    Net(IpNet),
+    /// The device's MAC address, from a DHCP lease or a forwarder's `add-mac`.
+    Mac([u8; 6]),
+    /// DHCP hostname, case-insensitive; `*` matches any run of characters (`LIB-PC-*`).
+    Hostname(String),
+}
+
+/// Lease file formats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseFormat {
+    /// Decide per file from its contents.
+    #[default]
+    Auto,
+    /// dnsmasq: `expiry mac ip hostname client-id` per line.
+    Dnsmasq,
+    /// ISC dhcpd: `lease IP { ... }` blocks.
+    Isc,
 }
 
 /// The validated configuration.
@@ -558,6 +638,19 @@ pub struct Config {
     pub logs: Logs,
     /// Address of the metrics and health endpoint; `None` turns it off.
     pub admin: Option<SocketAddr>,
+    /// The search engines' safe hosts and the bypass canaries.
+    pub safesearch: SafeSearch,
+    /// Forwarders (the school's router) whose EDNS Client Subnet and `add-mac` options name the
+    /// real client; anyone else's are ignored, so a device cannot claim to be staff.
+    pub trusted_forwarders: Vec<IpNet>,
+    /// DHCP lease files that name clients by hostname and MAC.
+    pub dhcp_leases: Vec<PathBuf>,
+    /// Their format.
+    pub dhcp_format: LeaseFormat,
+    /// Who may approve an exemption (compared case-insensitively).
+    pub approvers: Vec<String>,
+    /// Where exemptions are kept (the state directory).
+    pub exemptions_file: PathBuf,
     /// The daily summary.
     pub report: Report,
     /// Immediate alerts.
@@ -717,6 +810,11 @@ impl Validator<'_> {
                 }
                 files.push(p);
             }
+            // `<category>.keywords` beside the lists is picked up without being named.
+            let keywords = lists_dir.join(format!("{name}.{KEYWORDS_EXTENSION}"));
+            if keywords.is_file() && !files.contains(&keywords) {
+                files.push(keywords);
+            }
             categories.push(Category {
                 name,
                 files,
@@ -736,6 +834,24 @@ impl Validator<'_> {
             for s in &g.schedules {
                 schedules.push(self.schedule(name, s, &known));
             }
+            if !is_identifier(&name.replace('-', "_")) {
+                self.problems.push(Problem {
+                    file: self.file.clone(),
+                    line: None,
+                    field: format!("groups.{name}"),
+                    message: "group names are letters, digits, - and _".into(),
+                });
+            }
+            let allow_files = self.list_files(
+                &lists_dir,
+                &g.allow_files,
+                &format!("groups.{name}.allow_files"),
+            );
+            let block_files = self.list_files(
+                &lists_dir,
+                &g.block_files,
+                &format!("groups.{name}.block_files"),
+            );
             groups.insert(
                 name.clone(),
                 Group {
@@ -743,6 +859,10 @@ impl Validator<'_> {
                     block,
                     description: g.description.clone(),
                     schedules,
+                    safesearch: g.safesearch,
+                    block_unsafe_search: g.block_unsafe_search,
+                    allow_files,
+                    block_files,
                 },
             );
         }
@@ -753,21 +873,14 @@ impl Validator<'_> {
                 block: categories.iter().map(|c| c.name.clone()).collect(),
                 description: "Devices not named in the config: everything blocked".into(),
                 schedules: Vec::new(),
+                safesearch: SafeSearchMode::Strict,
+                block_unsafe_search: true,
+                allow_files: Vec::new(),
+                block_files: Vec::new(),
             });
 
         let mut clients = Vec::new();
         for c in &raw.clients {
-            let net = match parse_net(c.addr.get_ref()) {
-                Some(n) => n,
-                None => {
-                    self.problem(
-                        &c.addr,
-                        "client.addr",
-                        format!("{:?} is not an IP address or CIDR range", c.addr.get_ref()),
-                    );
-                    continue;
-                }
-            };
             if !groups.contains_key(c.group.get_ref()) {
                 self.problem(
                     &c.group,
@@ -775,12 +888,21 @@ impl Validator<'_> {
                     format!("no group named {:?}", c.group.get_ref()),
                 );
             }
+            let Some(matcher) = self.client_match(c) else {
+                continue;
+            };
             clients.push(Client {
                 name: c.name.clone(),
-                net,
+                matcher,
                 group: c.group.get_ref().clone(),
             });
         }
+        let dhcp_leases = raw
+            .dhcp
+            .leases
+            .iter()
+            .map(|l| base.join(l.get_ref()))
+            .collect();
 
         if let Some(a) = &raw.admin.listen {
             if !a.get_ref().ip().is_loopback() && !raw.admin.allow_remote {
@@ -792,11 +914,18 @@ impl Validator<'_> {
             }
         }
 
+        let safesearch = self.safesearch(&raw.safesearch, base);
         let state_dir = cache_dir
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| base.to_path_buf());
-        let report = self.report(&raw.report, &categories, base, &state_dir);
+        let logs_dir = base.join(
+            raw.logs
+                .dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("../state/logs")),
+        );
+        let report = self.report(&raw.report, &categories, base, &state_dir, &logs_dir);
         let alerts = self.alerts(&raw.alerts);
         let smtp = raw.smtp.as_ref().map(|s| self.smtp(s, base));
         if smtp.is_none() && !alerts.recipients.is_empty() {
@@ -836,6 +965,16 @@ impl Validator<'_> {
                 queue: raw.logs.queue.max(1024),
             },
             admin: raw.admin.listen.map(Spanned::into_inner),
+            safesearch,
+            trusted_forwarders: raw.server.trusted_forwarders,
+            dhcp_leases,
+            dhcp_format: raw.dhcp.format,
+            approvers: raw.exemptions.approvers,
+            exemptions_file: base.join(
+                raw.exemptions
+                    .file
+                    .unwrap_or_else(|| PathBuf::from("../state/exemptions.json")),
+            ),
             report,
             alerts,
             smtp,
@@ -848,6 +987,7 @@ impl Validator<'_> {
         categories: &[Category],
         base: &Path,
         state_dir: &Path,
+        logs_dir: &Path,
     ) -> Report {
         let recipients = self.addresses(&raw.recipients, "report.recipients");
         let mut circumvention = Vec::new();
@@ -871,7 +1011,7 @@ impl Validator<'_> {
             changes_file: raw
                 .changes_file
                 .as_ref()
-                .map_or_else(|| state_dir.join("changes.jsonl"), |f| base.join(f)),
+                .map_or_else(|| logs_dir.join("changes.jsonl"), |f| base.join(f)),
             key_file: state_dir.join("report.key"),
         }
     }
@@ -945,6 +1085,99 @@ impl Validator<'_> {
         out
     }
 
+    /// A client's one way of being recognised: exactly one of `addr`, `mac`, `hostname`.
+    fn client_match(&mut self, c: &RawClient) -> Option<ClientMatch> {
+        let given = [c.addr.is_some(), c.mac.is_some(), c.hostname.is_some()];
+        if given.iter().filter(|g| **g).count() != 1 {
+            self.problem(
+                &c.group,
+                "client",
+                "give exactly one of addr, mac or hostname for each [[client]]",
+            );
+            return None;
+        }
+        if let Some(addr) = &c.addr {
+            if c.name.is_none() {
+                self.problem(addr, "client.name", "an address client needs a name");
+            }
+            return match parse_net(addr.get_ref()) {
+                Some(n) => Some(ClientMatch::Net(n)),
+                None => {
+                    self.problem(
+                        addr,
+                        "client.addr",
+                        format!("{:?} is not an IP address or CIDR range", addr.get_ref()),
+                    );
+                    None
+                }
+            };
+        }
+        if let Some(mac) = &c.mac {
+            return match parse_mac(mac.get_ref()) {
+                Some(m) => Some(ClientMatch::Mac(m)),
+                None => {
+                    self.problem(
+                        mac,
+                        "client.mac",
+                        format!(
+                            "{:?} is not a MAC address like \"aa:bb:cc:dd:ee:ff\"",
+                            mac.get_ref()
+                        ),
+                    );
+                    None
+                }
+            };
+        }
+        let host = c.hostname.as_ref()?;
+        if host.get_ref().trim().is_empty() {
+            self.problem(host, "client.hostname", "hostname pattern is empty");
+            return None;
+        }
+        Some(ClientMatch::Hostname(host.get_ref().trim().to_string()))
+    }
+
+    fn list_files(&mut self, dir: &Path, files: &[Spanned<String>], field: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for f in files {
+            let p = dir.join(f.get_ref());
+            if !p.is_file() {
+                self.problem(
+                    f,
+                    field,
+                    format!(
+                        "list file {} does not exist; create it (it may be empty) or remove it",
+                        p.display()
+                    ),
+                );
+            }
+            out.push(p);
+        }
+        out
+    }
+
+    /// The vendors' safe search data: the named file, or the built-in copy.
+    fn safesearch(&mut self, raw: &RawSafeSearch, base: &Path) -> SafeSearch {
+        let Some(f) = &raw.file else {
+            return SafeSearch::builtin();
+        };
+        let p = base.join(f.get_ref());
+        if !p.is_file() {
+            self.problem(
+                f,
+                "safesearch.file",
+                format!(
+                    "{} does not exist; restore it from the release, or remove the setting to use the built-in copy",
+                    p.display()
+                ),
+            );
+            return SafeSearch::builtin();
+        }
+        SafeSearch::load(&p).unwrap_or_else(|problems| {
+            self.problems.extend(problems);
+            SafeSearch::builtin()
+        })
+    }
+
     fn category_names(
         &mut self,
         names: &[Spanned<String>],
@@ -1012,6 +1245,20 @@ pub fn parse_net(s: &str) -> Option<IpNet> {
         .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
+/// A MAC address in the usual notations (`aa:bb:cc:dd:ee:ff`, `AA-BB-...`).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.trim().split([':', '-']);
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 fn parse_days(s: &str) -> Option<Vec<Weekday>> {
     use Weekday::*;
     Some(match s.to_ascii_lowercase().as_str() {
@@ -1061,6 +1308,31 @@ mod tests {
     }
 
     #[test]
+    fn clients_by_mac_or_hostname_are_validated() {
+        let base = "[lists]\ndir = \".\"\n[groups.staff]\n";
+        let err = cfg(&format!("{base}[[client]]\nname = \"x\"\naddr = \"10.0.0.1\"\nmac = \"aa:bb:cc:dd:ee:ff\"\ngroup = \"staff\"\n[[client]]\nmac = \"aa:bb:cc:dd:ee\"\ngroup = \"staff\"\n"))
+            .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("exactly one of addr, mac or hostname"),
+            "{text}"
+        );
+        assert!(text.contains(":10: field `client.mac`"), "{text}");
+        let c = cfg(&format!("{base}[[client]]\nmac = \"AA-BB-CC-DD-EE-FF\"\ngroup = \"staff\"\n[[client]]\nhostname = \"LIB-PC-*\"\ngroup = \"staff\"\n[server]\ntrusted_forwarders = [\"192.168.1.1/32\"]\n"))
+            .unwrap();
+        assert_eq!(
+            c.clients[0].matcher,
+            ClientMatch::Mac([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff])
+        );
+        assert_eq!(
+            c.clients[1].matcher,
+            ClientMatch::Hostname("LIB-PC-*".into())
+        );
+        assert_eq!(c.trusted_forwarders.len(), 1);
+    }
+
+    #[test]
     fn defaults_and_locked_first() {
         let c = cfg("[lists]\ndir = \".\"\n[[category]]\nname = \"adult\"\nfiles = [\"adult.txt\"]\n[[category]]\nname = \"illegal\"\nlocked = true\n")
             .unwrap();
@@ -1085,7 +1357,7 @@ mod tests {
     #[test]
     fn report_defaults_live_in_the_state_dir() {
         let c = cfg("[lists]\ndir = \".\"\ncache_dir = \"state/compiled\"\n[smtp]\nhost = \"mail.example\"\nfrom = \"f@school.example\"\n").unwrap();
-        assert!(c.report.changes_file.ends_with("state/changes.jsonl"));
+        assert!(c.report.changes_file.ends_with("state/logs/changes.jsonl"));
         assert!(c.report.key_file.ends_with("state/report.key"));
         assert_eq!(c.alerts.window, std::time::Duration::from_secs(15 * 60));
         let smtp = c.smtp.unwrap();

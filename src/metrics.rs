@@ -48,6 +48,8 @@ pub struct Metrics {
     pub malformed: IntCounter,
     /// Queries refused or dropped by per-client rate limiting.
     pub rate_limited: IntCounter,
+    /// Times a client went over its limit (at most once a minute per client).
+    pub rate_limited_clients: IntCounter,
     log_records: IntCounterVec,
     log_errors: IntCounter,
     journal: Option<Arc<Stats>>,
@@ -147,6 +149,11 @@ impl Metrics {
                 &r,
                 "schoolgate_rate_limited_total",
                 "Queries over a client's rate limit",
+            ),
+            rate_limited_clients: counter(
+                &r,
+                "schoolgate_rate_limited_clients_total",
+                "Clients found over their rate limit (once a minute each at most)",
             ),
             log_records: counter_vec(
                 &r,

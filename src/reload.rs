@@ -5,6 +5,12 @@
 //! miss. Events are debounced so a burst of writes becomes one reload. A reload that fails for
 //! any reason (bad config, unreadable list) leaves the running engine in force: the server never
 //! drops to "no filtering" because of an edit.
+//!
+//! DHCP lease files and the exemptions file are watched too, but only those files: their
+//! directories (`/var/lib/misc`, the state directory) hold other busy files. A lease change
+//! rebuilds the snapshot like any edit, because a client's name and group must come from the same
+//! snapshot as the decision that is logged with them; the lists are mapped from the compile cache
+//! (nothing is recompiled), so this costs milliseconds.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -72,16 +78,24 @@ pub struct Watch {
     _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
 }
 
-/// Watches the config's directory and the list directory; sends `()` on relevant changes.
+/// Watches the config's directory, the list directories, the lease files and the exemptions
+/// file; sends `()` on relevant changes.
 pub fn watch(config: &Config, tx: mpsc::Sender<()>) -> Result<Watch, notify::Error> {
+    let files = Watched::of(config);
+    let dirs_of_files = files.dirs();
+    let edit_dirs = files.other_dirs.clone();
     let mut debouncer = new_debouncer(
         Duration::from_millis(300),
         None,
         move |res: DebounceEventResult| {
             let relevant = match res {
-                Ok(events) => events
-                    .iter()
-                    .any(|e| e.paths.iter().any(|p| is_relevant(p))),
+                // Reading a file is not an edit: without this, every reload's own reads (an
+                // inotify OPEN) would trigger the next reload, forever.
+                Ok(events) => events.iter().filter(|e| !e.kind.is_access()).any(|e| {
+                    e.paths
+                        .iter()
+                        .any(|p| files.contains(p) || (files.is_other_dir(p) && is_relevant(p)))
+                }),
                 // Overflow or watcher errors: safest is to reload everything.
                 Err(_) => true,
             };
@@ -90,30 +104,92 @@ pub fn watch(config: &Config, tx: mpsc::Sender<()>) -> Result<Watch, notify::Err
             }
         },
     )?;
-    let mut dirs: Vec<PathBuf> = vec![config.lists_dir.clone()];
-    if let Some(dir) = config.path.parent() {
-        dirs.push(dir.to_path_buf());
+    for d in &edit_dirs {
+        debouncer.watch(d, RecursiveMode::NonRecursive)?;
     }
-    for c in &config.categories {
-        for f in &c.files {
-            if let Some(d) = f.parent() {
-                dirs.push(d.to_path_buf());
-            }
+    for d in dirs_of_files.iter().filter(|d| !edit_dirs.contains(d)) {
+        if let Err(e) = debouncer.watch(d, RecursiveMode::NonRecursive) {
+            tracing::warn!(
+                "cannot watch {} ({e}); reload with SIGHUP after changes there",
+                d.display()
+            );
         }
-    }
-    dirs.sort();
-    dirs.dedup();
-    for d in dirs {
-        let d = if d.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            d
-        };
-        debouncer.watch(&d, RecursiveMode::NonRecursive)?;
     }
     Ok(Watch {
         _debouncer: debouncer,
     })
+}
+
+/// What is watched, canonicalised so event paths compare: directories where any edit counts
+/// (config, lists), and single files in directories that are otherwise none of our business.
+struct Watched {
+    files: Vec<PathBuf>,
+    other_dirs: Vec<PathBuf>,
+}
+
+impl Watched {
+    fn of(config: &Config) -> Self {
+        if let Some(dir) = config.exemptions_file.parent() {
+            // The state directory may not exist before the first exemption; watch it anyway.
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let files = config
+            .dhcp_leases
+            .iter()
+            .chain(std::iter::once(&config.exemptions_file))
+            .filter_map(|f| Some(canonical_dir(f.parent()?)?.join(f.file_name()?)))
+            .collect();
+        let mut other_dirs = vec![config.lists_dir.clone()];
+        other_dirs.extend(config.path.parent().map(Path::to_path_buf));
+        for f in config.categories.iter().flat_map(|c| &c.files).chain(
+            config
+                .groups
+                .values()
+                .flat_map(|g| g.allow_files.iter().chain(&g.block_files)),
+        ) {
+            other_dirs.extend(f.parent().map(Path::to_path_buf));
+        }
+        let mut other_dirs: Vec<PathBuf> =
+            other_dirs.iter().filter_map(|d| canonical_dir(d)).collect();
+        other_dirs.sort();
+        other_dirs.dedup();
+        Watched { files, other_dirs }
+    }
+
+    fn dirs(&self) -> Vec<PathBuf> {
+        let mut d: Vec<PathBuf> = self
+            .files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        d.sort();
+        d.dedup();
+        d
+    }
+
+    fn contains(&self, p: &Path) -> bool {
+        self.files.iter().any(|f| f == p)
+            || self.canonical(p).is_some_and(|c| self.files.contains(&c))
+    }
+
+    fn is_other_dir(&self, p: &Path) -> bool {
+        self.canonical(p)
+            .and_then(|c| c.parent().map(|d| self.other_dirs.iter().any(|o| o == d)))
+            .unwrap_or(false)
+    }
+
+    fn canonical(&self, p: &Path) -> Option<PathBuf> {
+        Some(canonical_dir(p.parent()?)?.join(p.file_name()?))
+    }
+}
+
+fn canonical_dir(d: &Path) -> Option<PathBuf> {
+    let d = if d.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        d
+    };
+    d.canonicalize().ok()
 }
 
 /// Editor droppings and our own temporary files are not edits.
@@ -135,6 +211,30 @@ fn is_relevant(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_and_exemption_files_are_watched_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in ["config", "lists", "dhcp", "state"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("lists/adult.txt"), "").unwrap();
+        let text = "[lists]\ndir = \"../lists\"\n[dhcp]\nleases = [\"../dhcp/dnsmasq.leases\"]\n\
+                    [[category]]\nname = \"adult\"\nfiles = [\"adult.txt\"]\n";
+        let config = Config::from_toml(&root.join("config/schoolgate.toml"), text).unwrap();
+        let w = Watched::of(&config);
+        let relevant = |p: &str| {
+            w.contains(&root.join(p))
+                || (w.is_other_dir(&root.join(p)) && is_relevant(&root.join(p)))
+        };
+        assert!(relevant("dhcp/dnsmasq.leases"));
+        assert!(!relevant("dhcp/dhcpd.pid"));
+        assert!(relevant("state/exemptions.json"));
+        assert!(!relevant("state/exemptions.lock"));
+        assert!(relevant("lists/adult.txt"));
+        assert!(relevant("config/schoolgate.toml"));
+    }
 
     #[test]
     fn ignores_editor_and_cache_files() {

@@ -397,6 +397,37 @@ impl<'b> Writer<'b> {
         self.bump(6);
     }
 
+    /// Appends a CNAME from the question name to `target` (a normalised name); returns the
+    /// offset of the target name, so records owned by it can point there.
+    pub fn cname(&mut self, ttl: u32, target: &str) -> u16 {
+        self.buf.extend_from_slice(&[0xC0, 0x0C]);
+        self.buf.extend_from_slice(&rtype::CNAME.to_be_bytes());
+        self.buf.extend_from_slice(&1u16.to_be_bytes());
+        self.buf.extend_from_slice(&ttl.to_be_bytes());
+        let rdlen = target.len() + if target.is_empty() { 1 } else { 2 };
+        self.buf.extend_from_slice(&(rdlen as u16).to_be_bytes());
+        let at = self.buf.len() as u16;
+        for label in target.split('.').filter(|l| !l.is_empty()) {
+            self.buf.push(label.len() as u8);
+            self.buf.extend_from_slice(label.as_bytes());
+        }
+        self.buf.push(0);
+        self.bump(6);
+        at
+    }
+
+    /// Appends an answer record owned by the name at offset `owner` (see [`Writer::cname`]).
+    pub fn answer_at(&mut self, owner: u16, rtype: u16, ttl: u32, rdata: &[u8]) {
+        self.buf.extend_from_slice(&(0xC000 | owner).to_be_bytes());
+        self.buf.extend_from_slice(&rtype.to_be_bytes());
+        self.buf.extend_from_slice(&1u16.to_be_bytes());
+        self.buf.extend_from_slice(&ttl.to_be_bytes());
+        self.buf
+            .extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        self.buf.extend_from_slice(rdata);
+        self.bump(6);
+    }
+
     /// Appends the OPT record (when the client used EDNS), optionally with an Extended DNS Error.
     pub fn opt(&mut self, dnssec_ok: bool, ext_rcode: u8, ede: Option<(u16, &str)>) {
         self.buf.push(0);
@@ -453,6 +484,27 @@ pub fn ttl_offsets(p: &[u8]) -> Option<Vec<u16>> {
         at = skip_record(p, at)?;
     }
     Some(out)
+}
+
+/// Each answer-section record of an encoded message as (type, TTL, rdata), for answers built
+/// from another name's cached records (safe search rewrites).
+pub fn answers(p: &[u8], mut each: impl FnMut(u16, u32, &[u8])) -> Option<()> {
+    let qd = be16(p, 4)? as usize;
+    let an = be16(p, 6)? as usize;
+    let mut at = HEADER;
+    for _ in 0..qd {
+        let (_, _, after) = read_name(p, at)?;
+        at = after + 4;
+    }
+    for _ in 0..an {
+        let (_, _, after) = read_name(p, at)?;
+        let rt = be16(p, after)?;
+        let ttl = u32::from_be_bytes(p.get(after + 4..after + 8)?.try_into().ok()?);
+        let end = skip_record(p, at)?;
+        each(rt, ttl, &p[after + 10..end]);
+        at = end;
+    }
+    Some(())
 }
 
 /// Names of CNAME targets in the answer section of an encoded message, for cloaking checks.
@@ -557,5 +609,21 @@ mod tests {
         assert_eq!(m.metadata.id, 0x1234);
         assert!(m.edns.is_some());
         assert_eq!(ttl_offsets(&buf).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn writes_cname_with_target_records() {
+        let p = query("www.google.co.uk", rtype::A, false);
+        let q = parse(&p).unwrap();
+        let mut buf = Vec::new();
+        let mut w = Writer::respond(&mut buf, &q, rcode::NOERROR, false);
+        let at = w.cname(300, "forcesafesearch.google.com");
+        w.answer_at(at, rtype::A, 200, &[216, 239, 38, 120]);
+        let m = hickory_proto::op::Message::from_vec(&buf).unwrap();
+        assert_eq!(m.answers.len(), 2);
+        assert_eq!(m.answers[1].name.to_ascii(), "forcesafesearch.google.com.");
+        let mut seen = Vec::new();
+        answers(&buf, |t, ttl, rd| seen.push((t, ttl, rd.len()))).unwrap();
+        assert_eq!(seen, vec![(rtype::CNAME, 300, 28), (rtype::A, 200, 4)]);
     }
 }

@@ -18,14 +18,22 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
     let engine = Engine::load(config)?.engine;
     let name = QueryName::parse(&args.domain)
         .with_context(|| format!("{:?} is not a domain name", args.domain))?;
-    let addr: IpAddr = match &args.client {
+    let client = match &args.client {
         Some(c) => engine.find_client(c).with_context(|| {
-            format!("no client named {c:?} in the config, and it is not an address")
+            format!("no client {c:?} in the config or the DHCP leases, and it is not an address")
         })?,
-        None => IpAddr::from([127, 0, 0, 1]),
+        None => engine.identify(IpAddr::from([127, 0, 0, 1])),
     };
-    let client = engine.identify(addr);
-    let d = engine.decide(&client, &name, chrono::Utc::now());
+    let addr = client.addr;
+    let at = match &args.at {
+        Some(t) => super::time_arg::parse(t, engine.config().time_zone)?,
+        None => chrono::Utc::now(),
+    };
+    let d = engine.decide(&client, &name, at);
+    let tz = engine.config().time_zone;
+    let exemption = d
+        .exemption
+        .and_then(|e| engine.exemptions().get(e as usize));
     let category = d
         .category
         .and_then(|c| engine.categories().get(c as usize))
@@ -40,8 +48,19 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
     let rule = match (&d.rule, &origin) {
         (Rule::Unlisted, _) => "unlisted".to_string(),
         (Rule::Listed { allow: true, .. }, Some(o)) => format!("allow {}", o.entry),
-        (Rule::Listed { .. }, Some(o)) => o.entry.clone(),
-        (Rule::Listed { .. }, None) => "listed".to_string(),
+        (Rule::Listed { .. } | Rule::Keyword { .. }, Some(o)) => o.entry.clone(),
+        (Rule::Listed { .. } | Rule::Keyword { .. }, None) => "listed".to_string(),
+        (Rule::SafeSearch { .. } | Rule::UnsafeSearch | Rule::Canary, _) => {
+            engine.rule_label(&d.rule).unwrap_or_default()
+        }
+    };
+    let target = engine.rewrite_target(&d.rule).map(str::to_string);
+    let keyword = match d.rule {
+        Rule::Keyword { rule, at } => engine.keyword_rules().get(rule as usize).map(|k| {
+            let (at, end) = (at as usize, at as usize + k.word.len());
+            (k.word.clone(), k.token, at, end)
+        }),
+        _ => None,
     };
 
     if args.json {
@@ -57,13 +76,28 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
             "client_name": client_name,
             "group": group,
             "schedule": schedule,
+            "target": target,
+            "keyword": keyword.as_ref().map(|(word, token, at, end)| json!({
+                "word": word, "token_only": token, "at": at, "end": end,
+            })),
+            "at": at.with_timezone(&tz).to_rfc3339(),
+            "exemption": exemption.map(|e| json!({
+                "client": e.client,
+                "categories": e.categories,
+                "until": e.until.with_timezone(&tz).to_rfc3339(),
+                "approved_by": e.approved_by,
+                "reason": e.reason,
+            })),
         });
         println!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
-    let verdict = match d.action {
-        Action::Block => "BLOCKED",
-        Action::Allow => "ALLOWED",
+    let verdict = match (d.action, &target) {
+        (Action::Block, _) => "BLOCKED".to_string(),
+        (Action::Allow, _) => "ALLOWED".to_string(),
+        (Action::Rewrite, Some(t)) => format!("REWRITTEN to {t}"),
+        (Action::Rewrite, None) => "REWRITTEN".to_string(),
+        (Action::Nxdomain, _) => "NXDOMAIN".to_string(),
     };
     println!("{}: {verdict}", name.as_str());
     if let Some(c) = &category {
@@ -73,6 +107,25 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
         Some(o) => println!("  rule:     {rule}  ({}, list {})", o.location(), o.list),
         None => println!("  rule:     {rule}"),
     }
+    if let Some((word, token, at, end)) = &keyword {
+        let n = name.as_str();
+        println!(
+            "  matched:  {word:?} at {at}..{end}: {}[{}]{}{}",
+            &n[..*at],
+            &n[*at..*end],
+            &n[*end..],
+            if *token { " (whole token only)" } else { "" }
+        );
+    }
+    match d.rule {
+        Rule::SafeSearch { mode, .. } => {
+            let source = engine.config().safesearch.file.as_ref().map_or("built-in data".to_string(), |f| f.display().to_string());
+            println!("  safe search: {} mode for group {group}, CNAME plus the safe host's addresses ({source})", mode.as_str());
+        }
+        Rule::UnsafeSearch => println!("  why:      a search engine with no enforceable safe mode; group {group} has block_unsafe_search"),
+        Rule::Canary => println!("  why:      devices ask this name before bypassing the school's DNS; NXDOMAIN keeps encrypted DNS and Private Relay off"),
+        _ => {}
+    }
     println!(
         "  client:   {addr}{}, group {group}{}",
         client_name.map(|n| format!(" ({n})")).unwrap_or_default(),
@@ -80,5 +133,21 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
             .map(|s| format!(", schedule {s:?}"))
             .unwrap_or_default()
     );
+    if let Some(e) = exemption {
+        println!(
+            "  exemption: {} lifted for {} until {}, approved by {}: {}",
+            e.categories.join(", "),
+            e.client,
+            e.until.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z"),
+            e.approved_by,
+            e.reason
+        );
+    }
+    if args.at.is_some() {
+        println!(
+            "  at:       {}",
+            at.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z (%A)")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use chrono::{DateTime, Days, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 use ipnet::IpNet;
-use schoolgate::config::Config;
+use schoolgate::config::{ClientMatch, Config};
 use schoolgate::journal::{read_lines, Record, Stream};
 use schoolgate::report::Day;
 
@@ -43,11 +43,16 @@ pub fn run(config_path: &Path, args: LogsArgs) -> anyhow::Result<ExitCode> {
     let who = match args.client.parse::<IpAddr>() {
         Ok(a) => Who::Addr(a),
         Err(_) => Who::Named {
-            net: config
-                .clients
-                .iter()
-                .find(|c| c.name.eq_ignore_ascii_case(&args.client))
-                .map(|c| c.net),
+            net: config.clients.iter().find_map(|c| match &c.matcher {
+                ClientMatch::Net(net)
+                    if c.name
+                        .as_deref()
+                        .is_some_and(|n| n.eq_ignore_ascii_case(&args.client)) =>
+                {
+                    Some(*net)
+                }
+                _ => None,
+            }),
             name: args.client.clone(),
         },
     };

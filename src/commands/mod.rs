@@ -2,9 +2,11 @@
 
 mod check;
 mod compile;
+mod exempt;
 mod logs;
 mod report;
 mod serve;
+mod time_arg;
 
 use std::process::ExitCode;
 
@@ -16,6 +18,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(&cli.config, args),
         Command::Check(args) => check::run(&cli.config, args),
         Command::Compile => compile::run(&cli.config),
+        Command::Exempt(cmd) => exempt::run(&cli.config, cmd),
         Command::Report(cmd) => report::run(&cli.config, cmd),
         Command::Logs(args) => logs::run(&cli.config, args),
     }

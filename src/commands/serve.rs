@@ -122,6 +122,8 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         });
         tracing::info!("ready");
+        // systemd (Type=notify): ready only now that lists are loaded and sockets bound.
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         server::serve(
             handler.clone(),
             listeners,

@@ -20,7 +20,6 @@ use hickory_proto::rr::RecordType;
 use super::record::{Notice, Record, Stream};
 use super::{Event, Outcome, Stats};
 use crate::config::Logs;
-use crate::policy::Rule;
 
 /// Breach lines held in memory while the disk refuses them; beyond this they are counted lost.
 pub const MAX_PENDING_BREACHES: usize = 1_000_000;
@@ -349,12 +348,12 @@ impl Writer {
                 .category
                 .and_then(|c| engine.categories().get(c as usize))
                 .map(|c| c.name.clone());
-            if let Rule::Listed { .. } = d.rule {
-                if let Some(o) = engine.origin(&ev.name, &d.rule) {
-                    rule = Some(o.entry.clone());
-                    source = Some(o.location());
-                    list = Some(o.list);
-                }
+            if let Some(o) = engine.origin(&ev.name, &d.rule) {
+                rule = Some(o.entry.clone());
+                source = Some(o.location());
+                list = Some(o.list);
+            } else {
+                rule = engine.rule_label(&d.rule);
             }
         }
         let action = match ev.outcome {

@@ -19,9 +19,12 @@ use fst::{Map, MapBuilder};
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
-use super::parse::{parse, BadLine, EntryKind, KeywordLine};
+use super::parse::{parse, parse_keywords, BadLine, EntryKind, KeywordLine};
 use super::ListError;
 use crate::domain::reverse_key;
+
+/// Sources with this extension hold only keyword rules (`adult.keywords`).
+pub const KEYWORDS_EXTENSION: &str = "keywords";
 
 /// A compiled, mapped list ready for the index.
 pub struct CompiledList {
@@ -108,7 +111,11 @@ pub fn compile_list(
     let mut bad_count = 0;
     for (src_idx, path) in sources.iter().enumerate() {
         let bytes = fs::read(path).map_err(|e| ListError::io(path, e))?;
-        let parsed = parse(path, &bytes);
+        let parsed = if path.extension().is_some_and(|e| e == KEYWORDS_EXTENSION) {
+            parse_keywords(path, &bytes)
+        } else {
+            parse(path, &bytes)
+        };
         for e in parsed.entries {
             let mut key = Vec::with_capacity(e.name.len());
             reverse_key(&e.name, &mut key);

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-pub use compile::{compile_list, CompiledList};
+pub use compile::{compile_list, CompiledList, KEYWORDS_EXTENSION};
 pub use index::{DomainIndex, Hit, Matches, MAX_LISTS};
-pub use parse::{parse, BadLine, Entry, EntryKind, KeywordLine, Parsed};
+pub use parse::{parse, parse_keywords, BadLine, Entry, EntryKind, KeywordLine, Parsed};
 
 /// Why a list could not be loaded. Every variant names the file involved.
 #[derive(Debug, Error)]

@@ -120,6 +120,34 @@ pub fn parse(file: &Path, bytes: &[u8]) -> Parsed {
     out
 }
 
+/// Parses a `<category>.keywords` file: every line is a keyword rule (the `keyword:` prefix is
+/// optional there), so a word such as `porn` is never mistaken for a single-label domain.
+pub fn parse_keywords(file: &Path, bytes: &[u8]) -> Parsed {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut out = Parsed::default();
+    for (idx, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+        let line = u32::try_from(idx + 1).unwrap_or(u32::MAX);
+        if raw.len() > MAX_LINE {
+            out.reject(file, line, format!("line longer than {MAX_LINE} bytes"));
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(raw) else {
+            out.reject(file, line, "not valid UTF-8");
+            continue;
+        };
+        let text = text.trim_end_matches('\r').trim();
+        if text.is_empty() || text.starts_with('#') {
+            continue;
+        }
+        let rule = text.strip_prefix("keyword:").unwrap_or(text).trim();
+        out.keywords.push(KeywordLine {
+            text: rule.to_string(),
+            line,
+        });
+    }
+    out
+}
+
 /// What a zone file's directives have said so far.
 #[derive(Default)]
 struct Zone {
@@ -326,6 +354,22 @@ mod tests {
         assert_eq!(p.bad_count, 1);
         assert_eq!(p.bad[0].line, 12);
         assert!(p.bad[0].to_string().starts_with("t.txt:12:"));
+    }
+
+    #[test]
+    fn keywords_file_is_all_rules() {
+        let text = "# adult keywords\nporn\nkeyword:=xxx\n\nsex except=essex\n";
+        let p = parse_keywords(Path::new("adult.keywords"), text.as_bytes());
+        assert!(p.entries.is_empty());
+        let rules: Vec<(&str, u32)> = p
+            .keywords
+            .iter()
+            .map(|k| (k.text.as_str(), k.line))
+            .collect();
+        assert_eq!(
+            rules,
+            vec![("porn", 2), ("=xxx", 3), ("sex except=essex", 5)]
+        );
     }
 
     #[test]

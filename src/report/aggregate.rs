@@ -18,7 +18,7 @@ use super::{
     Attempt, CategoryCount, Circumvention, ClientCount, Device, Incident, NameCount, Problem,
     Repeat, Report, ReportError, Totals, LATER_SHOWN,
 };
-use crate::config::Config;
+use crate::config::{ClientMatch, Config};
 use crate::journal::{Notice, Record, Stream};
 
 /// Attempts listed per incident device; the rest are counted.
@@ -76,11 +76,10 @@ pub(super) fn day(config: &Config, date: NaiveDate) -> Result<Report, ReportErro
 
 fn config_name(config: &Config, addr: &str) -> Option<String> {
     let ip: std::net::IpAddr = addr.parse().ok()?;
-    config
-        .clients
-        .iter()
-        .find(|c| c.net.contains(&ip))
-        .map(|c| c.name.clone())
+    config.clients.iter().find_map(|c| match &c.matcher {
+        ClientMatch::Net(net) if net.contains(&ip) => c.name.clone(),
+        _ => None,
+    })
 }
 
 /// The fields of an access line the report needs, borrowed from the line where possible.

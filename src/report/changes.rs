@@ -31,8 +31,9 @@ pub(super) fn read(
         let change = Change {
             time,
             by: text(&v, &["by", "who", "user"]),
+            action: text(&v, &["action"]),
             target: text(&v, &["list", "category", "client", "target"]),
-            added: names(&v, &["added", "add", "domains"]),
+            added: names(&v, &["added", "add", "domains", "categories"]),
             removed: names(&v, &["removed", "remove"]),
             reason: text(&v, &["reason"]),
         };
@@ -90,7 +91,7 @@ mod tests {
                 "{\"time\":\"2026-11-25T09:00:00+00:00\",\"by\":\"jsmith\",\"list\":\"gambling\",\"added\":[\"a.com\"],\"reason\":\"new site\"}\n",
                 "{\"time\":\"2026-11-26T10:00:00+00:00\",\"by\":\"jsmith\",\"category\":\"adult\",\"removed\":[\"b.com\"],\"reason\":\"false positive\"}\n",
                 "not json\n",
-                "{\"time\":\"2026-11-26T11:00:00+00:00\",\"kind\":\"exemption\",\"by\":\"head\",\"client\":\"LIB-PC-07\",\"added\":\"youtube.com\"}\n",
+                "{\"time\":\"2026-11-26T11:00:00+00:00\",\"kind\":\"exemption\",\"action\":\"grant\",\"by\":\"head\",\"client\":\"LIB-PC-07\",\"categories\":[\"social_media\"]}\n",
             ),
         )
         .unwrap();
@@ -101,6 +102,7 @@ mod tests {
         assert_eq!(c[0].removed, vec!["b.com"]);
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].target, "LIB-PC-07");
-        assert_eq!(e[0].added, vec!["youtube.com"]);
+        assert_eq!(e[0].added, vec!["social_media"]);
+        assert_eq!(e[0].action, "grant");
     }
 }

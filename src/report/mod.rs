@@ -200,9 +200,11 @@ pub struct Change {
     pub time: String,
     /// Who made it.
     pub by: String,
+    /// What was done (`grant`, `withdraw`, `add` ...), if the log says.
+    pub action: String,
     /// The list, category or client it applies to.
     pub target: String,
-    /// Names added.
+    /// Names (or, for an exemption, categories) added.
     pub added: Vec<String>,
     /// Names removed.
     pub removed: Vec<String>,

@@ -5,6 +5,10 @@
 //! upstream. Only allowed names missing from the cache ever reach
 //! [`Handler::answer_upstream`], the one place that awaits. Every answered query is counted and
 //! handed to the journal on the way out.
+//!
+//! Safe search rewrites are answered the way the vendors document: a CNAME to the safe host plus
+//! the host's own records, resolved through the upstream and cached under the host's name, so
+//! clients that do not chase CNAMEs still reach the safe host.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -23,6 +27,9 @@ use crate::policy::{Action, Decision, Engine};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::upstream::Upstream;
 use crate::wire::{self, ede, rcode, rtype, Query, Writer};
+
+/// TTL of a rewrite's CNAME when the safe host's answer carries none.
+const REWRITE_TTL: u32 = 300;
 
 /// The transport a query came over; UDP answers are size-limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +134,7 @@ impl Handler {
         let snap = self.snapshot.load();
         let engine = &snap.engine;
         let addr = crate::clients::canonical(src.ip());
-        let client = engine.identify(addr);
+        let client = engine.identify_query(addr, q.edns.and_then(|e| e.hint));
         if !engine
             .config()
             .client_networks
@@ -150,17 +157,20 @@ impl Handler {
                 Done::refused(),
             );
         }
-        match self.limiter.check(addr, received) {
+        match self.limiter.check(client.addr, received) {
             Verdict::Pass => {}
             verdict => {
                 self.metrics.rate_limited.inc();
                 snap.counters.count("ratelimited", None, client.group);
+                if let Verdict::Report(_) = verdict {
+                    self.metrics.rate_limited_clients.inc();
+                }
                 if let (Verdict::Report(n), Some(j)) = (verdict, &self.journal) {
                     j.notice(Notice {
                         time: journal_time(engine),
                         kind: "rate_limited".into(),
                         count: n,
-                        client: Some(addr.to_string()),
+                        client: Some(client.addr.to_string()),
                         detail: engine.client_name(&client).map(str::to_string),
                     });
                 }
@@ -186,6 +196,50 @@ impl Handler {
         }
         let decision = engine.decide(&client, &q.name, Utc::now());
         match decision.action {
+            Action::Nxdomain => {
+                let mut w = Writer::respond(buf, &q, rcode::NXDOMAIN, false);
+                if let Some(e) = q.edns {
+                    w.opt(
+                        e.dnssec_ok,
+                        0,
+                        Some((
+                            ede::FILTERED,
+                            "schoolgate: encrypted DNS and relays stay off on this network",
+                        )),
+                    );
+                }
+                self.done(
+                    &snap,
+                    &client,
+                    &q,
+                    transport,
+                    received,
+                    buf,
+                    Done::decided(decision, None),
+                )
+            }
+            Action::Rewrite => {
+                let written = match engine.rewrite_target(&decision.rule) {
+                    Some(target) => self.rewrite(&q, target, false, buf),
+                    None => {
+                        self.error(&q, buf, rcode::SERVFAIL, None);
+                        true
+                    }
+                };
+                if !written {
+                    self.metrics.cache_misses.inc();
+                    return Outcome::Upstream;
+                }
+                self.done(
+                    &snap,
+                    &client,
+                    &q,
+                    transport,
+                    received,
+                    buf,
+                    Done::decided(decision, None),
+                )
+            }
             Action::Block => {
                 self.sinkhole(engine, &q, &decision, None, buf);
                 self.done(
@@ -201,6 +255,19 @@ impl Handler {
             Action::Allow => {
                 if q.qtype == rtype::ANY {
                     self.minimal_any(&q, buf);
+                    return self.done(
+                        &snap,
+                        &client,
+                        &q,
+                        transport,
+                        received,
+                        buf,
+                        Done::decided(decision, None),
+                    );
+                }
+                if is_resolver_arpa(&q.name) {
+                    // RFC 9462 discovery: advertise no encrypted resolver, so devices stay here.
+                    self.error(&q, buf, rcode::NOERROR, None);
                     return self.done(
                         &snap,
                         &client,
@@ -270,6 +337,16 @@ impl Handler {
         let Ok(q) = wire::parse(packet) else {
             return Outcome::Drop;
         };
+        {
+            let snap = self.snapshot.load_full();
+            let client = snap.engine.identify(crate::clients::canonical(src.ip()));
+            let decision = snap.engine.decide(&client, &q.name, Utc::now());
+            if decision.action == Action::Rewrite {
+                return self
+                    .rewrite_upstream(&snap, &client, decision, &q, transport, received, buf)
+                    .await;
+            }
+        }
         let metrics = &self.metrics;
         let result = self
             .upstream
@@ -279,7 +356,7 @@ impl Handler {
             .await;
         let snap = self.snapshot.load_full();
         let engine = &snap.engine;
-        let client = engine.identify(crate::clients::canonical(src.ip()));
+        let client = engine.identify_query(src.ip(), q.edns.and_then(|e| e.hint));
         let decision = engine.decide(&client, &q.name, Utc::now());
         let done = match result {
             Ok(answer) => {
@@ -356,6 +433,97 @@ impl Handler {
         self.done(&snap, &client, &q, transport, received, buf, done)
     }
 
+    /// Resolves a safe host through the upstream, caches it under its own name, and answers.
+    #[allow(clippy::too_many_arguments)]
+    async fn rewrite_upstream(
+        &self,
+        snap: &Snapshot,
+        client: &ClientId,
+        decision: Decision,
+        q: &Query<'_>,
+        transport: Transport,
+        received: Instant,
+        buf: &mut Vec<u8>,
+    ) -> Outcome {
+        let Some(target) = snap.engine.rewrite_target(&decision.rule) else {
+            self.error(q, buf, rcode::SERVFAIL, None);
+            return self.done(snap, client, q, transport, received, buf, Done::servfail());
+        };
+        let metrics = &self.metrics;
+        match self
+            .upstream
+            .resolve(target, q.qtype, |server, took, ok| {
+                metrics.upstream(server, took, ok)
+            })
+            .await
+        {
+            Ok(answer) => self
+                .cache
+                .insert(target.as_bytes(), q.qtype, answer.bytes, answer.ttl),
+            Err(e) => {
+                tracing::debug!(name = target, error = %e, "upstream failed for safe search host")
+            }
+        }
+        if !self.rewrite(q, target, true, buf) {
+            self.error(
+                q,
+                buf,
+                rcode::SERVFAIL,
+                Some((
+                    ede::NO_REACHABLE_AUTHORITY,
+                    "schoolgate: upstream resolver failed",
+                )),
+            );
+            return self.done(snap, client, q, transport, received, buf, Done::servfail());
+        }
+        self.done(
+            snap,
+            client,
+            q,
+            transport,
+            received,
+            buf,
+            Done::decided(decision, None),
+        )
+    }
+
+    /// Writes a rewrite answer: CNAME to `target`, then (for A and AAAA) the target's cached
+    /// records of the asked type. False when those records are not cached yet.
+    fn rewrite(&self, q: &Query<'_>, target: &str, allow_stale: bool, buf: &mut Vec<u8>) -> bool {
+        if !matches!(q.qtype, rtype::A | rtype::AAAA) {
+            // Other types get the alias alone: the client asks the safe host itself, and no
+            // HTTPS record can hand it the unsafe host's addresses.
+            let mut w = Writer::respond(buf, q, rcode::NOERROR, false);
+            w.cname(REWRITE_TTL, target);
+            if let Some(e) = q.edns {
+                w.opt(e.dnssec_ok, 0, None);
+            }
+            return true;
+        }
+        self.cache
+            .read(target.as_bytes(), q.qtype, allow_stale, |bytes, aged| {
+                let mut ttl = None::<u32>;
+                wire::answers(bytes, |t, record_ttl, _| {
+                    if t == q.qtype {
+                        let aged = aged(record_ttl);
+                        ttl = Some(ttl.map_or(aged, |m| m.min(aged)));
+                    }
+                });
+                let rc = bytes.get(3).map_or(rcode::NOERROR, |b| b & 0x0F);
+                let mut w = Writer::respond(buf, q, rc, false);
+                let owner = w.cname(ttl.unwrap_or(REWRITE_TTL), target);
+                wire::answers(bytes, |t, record_ttl, rdata| {
+                    if t == q.qtype {
+                        w.answer_at(owner, t, aged(record_ttl), rdata);
+                    }
+                });
+                if let Some(e) = q.edns {
+                    w.opt(e.dnssec_ok, 0, None);
+                }
+            })
+            .is_some()
+    }
+
     /// If an answer in `buf` leads by CNAME to a name this client may not reach, the decision
     /// that blocks it and the target's name.
     fn cloaked(
@@ -408,10 +576,7 @@ impl Handler {
             _ => {}
         }
         if let Some(e) = q.edns {
-            let category = d
-                .category
-                .and_then(|c| engine.categories().get(c as usize))
-                .map_or("policy", |c| c.name.as_str());
+            let category = engine.block_reason(d);
             let mut text = String::with_capacity(64);
             let _ = write!(text, "schoolgate: blocked, category {category}");
             if let Some(target) = via {
@@ -514,6 +679,12 @@ impl Done<'_> {
             via: None,
         }
     }
+}
+
+/// `resolver.arpa` and names below it (`_dns.resolver.arpa`): answered here, never forwarded.
+fn is_resolver_arpa(name: &crate::domain::QueryName) -> bool {
+    let key = name.key();
+    key.starts_with(b"arpa.resolver") && (key.len() == 13 || key[13] == b'.')
 }
 
 fn journal_time(engine: &Engine) -> String {

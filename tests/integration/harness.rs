@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, Query};
+use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::rr::{Name, RData, RecordType};
 
 /// The binary under test.
@@ -291,6 +292,7 @@ pub struct Ask {
     edns: bool,
     from: IpAddr,
     timeout: Duration,
+    options: Vec<EdnsOption>,
 }
 
 impl Ask {
@@ -303,6 +305,7 @@ impl Ask {
             edns: true,
             from: IpAddr::from([127, 0, 0, 1]),
             timeout: Duration::from_secs(3),
+            options: Vec::new(),
         }
     }
 
@@ -324,6 +327,12 @@ impl Ask {
         self
     }
 
+    /// Adds an EDNS option (Client Subnet, dnsmasq `add-mac`), as a forwarder would.
+    pub fn edns_option(mut self, option: EdnsOption) -> Self {
+        self.options.push(option);
+        self
+    }
+
     /// How long to wait.
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
@@ -340,6 +349,9 @@ impl Ask {
         if self.edns {
             let mut e = Edns::new();
             e.set_max_payload(1232);
+            for o in &self.options {
+                e.options_mut().insert(o.clone());
+            }
             m.set_edns(e);
         }
         m.to_vec().expect("encode")

@@ -10,7 +10,7 @@ use hickory_proto::rr::RecordType;
 use crate::fixture::{Fixture, Zone};
 use crate::harness::{Ask, Setup};
 
-fn today_file(dir: &Path, prefix: &str) -> PathBuf {
+pub(crate) fn today_file(dir: &Path, prefix: &str) -> PathBuf {
     let today = chrono::Utc::now()
         .with_timezone(&chrono_tz::Europe::London)
         .format("%Y-%m-%d");
@@ -25,7 +25,7 @@ fn read_records(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn wait_for_records(path: &Path, n: usize) -> Vec<serde_json::Value> {
+pub(crate) fn wait_for_records(path: &Path, n: usize) -> Vec<serde_json::Value> {
     for _ in 0..60 {
         let r = read_records(path);
         if r.len() >= n {

@@ -165,3 +165,133 @@ fn a_port_in_use_is_one_clear_line_and_a_failure_exit() {
         "{err}"
     );
 }
+
+#[test]
+fn systemd_hears_ready_only_after_lists_and_sockets() {
+    use std::os::unix::net::UnixDatagram;
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new();
+    let sock_path = setup.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut child = std::process::Command::new(crate::harness::bin())
+        .arg("--config")
+        .arg(setup.config())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .args(["--upstream", &up.addr.to_string()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf);
+    let stderr = child.stderr.take().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let msg = String::from_utf8_lossy(&buf[..n.expect("a notification")]).into_owned();
+    assert!(msg.contains("READY=1"), "{msg}");
+    // By the time READY is sent, the log already says where it listens, in JSON.
+    use std::io::BufRead;
+    let lines: Vec<String> = std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let listening = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON log line"))
+        .find(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("listening on"))
+        });
+    assert!(listening.is_some(), "{lines:?}");
+}
+
+#[test]
+fn systemd_units_verify() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut units = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.ends_with(".service") || name.ends_with(".timer")) {
+            continue;
+        }
+        // The units name the installed binary; verify them against the one just built.
+        let text = std::fs::read_to_string(entry.path())
+            .unwrap()
+            .replace("/usr/local/bin/schoolgate", crate::harness::bin());
+        let path = tmp.path().join(&name);
+        std::fs::write(&path, text).unwrap();
+        units.push(path);
+    }
+    assert!(!units.is_empty());
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .output()
+        .expect("systemd-analyze is installed (.ci/run installs systemd)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "{err}");
+}
+
+#[test]
+fn binding_port_53_without_privilege_is_one_clear_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = Setup::new();
+    let config = setup.config();
+    // Let an unprivileged user read the config and lists, and write its state.
+    for entry in walk(setup.dir.path()) {
+        let mode = if entry.is_dir() { 0o777 } else { 0o644 };
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(crate::harness::bin())
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:53",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("setpriv (util-linux) is installed");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.contains("127.0.0.1:53") && last.contains("ermission denied"),
+        "{err}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

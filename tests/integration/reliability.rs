@@ -433,3 +433,37 @@ fn a_full_log_disk_never_stops_dns_and_breaches_are_written_when_space_returns()
         "the failure is logged"
     );
 }
+
+#[test]
+fn designated_resolver_discovery_advertises_nothing() {
+    let up = Fixture::start(Zone::standard());
+    let server = Setup::new().start(up.addr);
+    let m = server.query("_dns.resolver.arpa", RecordType::SVCB);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.answers.is_empty(), "{:?}", m.answers);
+    assert_eq!(up.queries(), 0, "never forwarded");
+}
+
+#[test]
+fn escaped_and_unicode_spellings_of_a_blocked_name_match() {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new();
+    setup.list("adult.txt", "pornhub.com\nxn--bcher-kva.example\n");
+    let server = setup.start(up.addr);
+    // dig turns \084 into the byte 'T' on the wire.
+    let out = crate::harness::dig(server.addr, &["www.\\084ikTok.COM.", "A"]);
+    assert!(
+        out.contains("0.0.0.0") && out.contains("social_media"),
+        "{out}"
+    );
+    // Raw UTF-8 in a label (no punycode) still matches the punycode list entry.
+    let mut p = vec![0x77, 0x77, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["www".as_bytes(), "bücher".as_bytes(), b"example"] {
+        p.push(label.len() as u8);
+        p.extend_from_slice(label);
+    }
+    p.extend([0, 0, 1, 0, 1]);
+    let reply = raw_udp(server.addr, &p, Duration::from_secs(2)).expect("answer");
+    let m = Message::from_vec(&reply).unwrap();
+    assert_eq!(addresses(&m), vec!["0.0.0.0"]);
+}

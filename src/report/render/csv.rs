@@ -154,7 +154,12 @@ pub(super) fn render(r: &Report) -> String {
                 name: &c.target,
                 action: &c.by,
                 detail: format!(
-                    "added: {}; removed: {}; reason: {}",
+                    "{}added: {}; removed: {}; reason: {}",
+                    if c.action.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{}; ", c.action)
+                    },
                     c.added.join(" "),
                     c.removed.join(" "),
                     c.reason

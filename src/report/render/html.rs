@@ -210,7 +210,11 @@ fn changes(o: &mut String, list: &[crate::report::Change]) {
         list.iter().map(|c| {
             vec![
                 esc(clock(&c.time)),
-                esc(&c.by),
+                if c.action.is_empty() {
+                    esc(&c.by)
+                } else {
+                    format!("{} ({})", esc(&c.by), esc(&c.action))
+                },
                 esc(&c.target),
                 esc(&c.added.join(", ")),
                 esc(&c.removed.join(", ")),

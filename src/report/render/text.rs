@@ -148,9 +148,14 @@ pub(super) fn render(r: &Report) -> String {
     for e in &r.exemptions {
         let _ = writeln!(
             o,
-            "  {}  {} exempted {}: {}{}",
+            "  {}  {} {} {}: {}{}",
             clock(&e.time),
             e.by,
+            if e.action.is_empty() {
+                "exempted"
+            } else {
+                &e.action
+            },
             e.target,
             e.added.join(", "),
             if e.reason.is_empty() {
