@@ -3,8 +3,8 @@
 //! The breach file (thousands to hundreds of thousands of lines) is read first and gives
 //! almost everything. The access file (millions of lines) is then streamed once, in chunks
 //! of whole lines that one thread reads (and decompresses) while another parses them without
-//! copying, only to count queries and devices and to pick out what incident devices did after
-//! their first serious attempt.
+//! copying, only to count queries, devices, and what incident devices asked after their first
+//! serious attempt.
 
 use std::borrow::Cow;
 use std::io::Read;
@@ -42,8 +42,6 @@ pub(super) fn day(config: &Config, date: NaiveDate) -> Result<Report, ReportErro
             path: path.clone(),
             source,
         })?;
-    } else {
-        agg.use_breaches_as_later();
     }
     let mut problems = Vec::new();
     if let Some(path) = Stream::Notices.existing(dir, date) {
@@ -89,12 +87,6 @@ struct AccessLine<'a> {
     time: Cow<'a, str>,
     #[serde(borrow)]
     client: Cow<'a, str>,
-    #[serde(borrow)]
-    name: Cow<'a, str>,
-    #[serde(borrow)]
-    action: Cow<'a, str>,
-    #[serde(borrow, default)]
-    category: Option<Cow<'a, str>>,
 }
 
 /// Bytes handed from the reading thread to the parsing one at a time.
@@ -204,8 +196,6 @@ struct IncidentAgg {
     incident: Incident,
     first: String,
     attempts_more: u64,
-    later_breaches: Vec<Attempt>,
-    later_breaches_more: u64,
 }
 
 /// Running totals over the breach file.
@@ -300,10 +290,10 @@ impl Breaches {
                     } else {
                         inc.attempts_more += 1;
                     }
-                } else if inc.later_breaches.len() < LATER_SHOWN {
-                    inc.later_breaches.push(attempt);
+                } else if inc.incident.later.len() < LATER_SHOWN {
+                    inc.incident.later.push(attempt);
                 } else {
-                    inc.later_breaches_more += 1;
+                    inc.incident.later_more += 1;
                 }
             }
             None if serious => {
@@ -318,46 +308,21 @@ impl Breaches {
                         attempts_more: 0,
                         later: Vec::new(),
                         later_more: 0,
+                        later_queries: 0,
                     },
                     attempts_more: 0,
-                    later_breaches: Vec::new(),
-                    later_breaches_more: 0,
                 });
             }
             None => {}
         }
     }
 
-    /// An access line from an incident device: kept if it came after the first serious
-    /// attempt and is not itself one (those are listed already).
+    /// An access line from an incident device after its first serious attempt: counted, so
+    /// the coordinator knows how much more there is to look at with `logs --client`.
     fn later_access(&mut self, i: usize, a: &AccessLine) {
         let inc = &mut self.incidents[i];
-        if a.time.as_ref() <= inc.first.as_str() {
-            return;
-        }
-        if a.category
-            .as_ref()
-            .is_some_and(|c| self.serious_categories.contains(c.as_ref()))
-        {
-            return;
-        }
-        if inc.incident.later.len() < LATER_SHOWN {
-            inc.incident.later.push(Attempt {
-                time: a.time.to_string(),
-                name: a.name.to_string(),
-                action: a.action.to_string(),
-                category: a.category.as_ref().map(|c| c.to_string()),
-            });
-        } else {
-            inc.incident.later_more += 1;
-        }
-    }
-
-    /// Without an access file, an incident device's later breaches are what is known.
-    fn use_breaches_as_later(&mut self) {
-        for inc in &mut self.incidents {
-            inc.incident.later = std::mem::take(&mut inc.later_breaches);
-            inc.incident.later_more = inc.later_breaches_more;
+        if a.time.as_ref() > inc.first.as_str() {
+            inc.incident.later_queries += 1;
         }
     }
 
@@ -373,6 +338,11 @@ impl Breaches {
         totals.breaches = self.total;
         totals.breach_clients = self.by_client.len() as u64;
         totals.serious_clients = self.incidents.len() as u64;
+        totals.serious_attempts = self
+            .incidents
+            .iter()
+            .map(|i| i.incident.attempts.len() as u64 + i.attempts_more)
+            .sum();
 
         let mut by_category: Vec<CategoryCount> = self
             .by_category

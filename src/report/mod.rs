@@ -119,13 +119,16 @@ pub struct Incident {
     pub attempts: Vec<Attempt>,
     /// Serious attempts not listed.
     pub attempts_more: u64,
-    /// The device's later queries that day (up to [`LATER_SHOWN`]).
+    /// The device's later blocked attempts that day (up to [`LATER_SHOWN`]).
     pub later: Vec<Attempt>,
-    /// Later queries not shown.
+    /// Later blocked attempts not shown.
     pub later_more: u64,
+    /// Every query the device made after its first serious attempt (access log), allowed or
+    /// not: what `schoolgate logs --client` would show.
+    pub later_queries: u64,
 }
 
-/// How many of an incident device's later queries are listed.
+/// How many of an incident device's later blocked attempts are listed.
 pub const LATER_SHOWN: usize = 50;
 
 /// Breaches in one category.
@@ -242,6 +245,8 @@ pub struct Totals {
     pub breach_clients: u64,
     /// Devices with a serious-category attempt.
     pub serious_clients: u64,
+    /// Attempts on serious categories.
+    pub serious_attempts: u64,
 }
 
 /// The daily summary.

@@ -117,7 +117,16 @@ fn daily_report_counts_and_orders_in_every_format() {
         .iter()
         .map(|a| a["name"].as_str().unwrap())
         .collect();
-    assert_eq!(later, ["www.tiktok.com", "www.example.org"]);
+    assert_eq!(
+        later,
+        ["www.tiktok.com"],
+        "blocked attempts after the alert"
+    );
+    assert_eq!(
+        serious[0]["later_queries"], 2,
+        "everything it asked afterwards is counted"
+    );
+    assert_eq!(json["totals"]["serious_attempts"], 1);
     let cats: Vec<(&str, u64)> = json["by_category"]
         .as_array()
         .unwrap()
@@ -185,7 +194,9 @@ fn daily_report_counts_and_orders_in_every_format() {
     };
     assert!(at("SERIOUS ALERTS") < at("BLOCKED BY CATEGORY"));
     assert!(at("YR6-LAPTOP-12 (127.0.0.3)") < at("BLOCKED BY CATEGORY"));
-    assert!(at("iwf-test.schoolgate.test") < at("later that day"));
+    assert!(at("iwf-test.schoolgate.test") < at("blocked later that day"));
+    assert!(text
+        .contains("2 queries in all after the first attempt (schoolgate logs --client 127.0.0.3)"));
     assert!(at("later that day") < at("www.tiktok.com"));
     assert!(text.contains("REPEATED"), "{text}");
     assert!(text[at("CIRCUMVENTION")..].contains("127.0.0.2 -> dns.google (1 attempts)"));

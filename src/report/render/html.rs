@@ -38,11 +38,7 @@ pub(super) fn render(r: &Report) -> String {
         o,
         "<div class=\"totals\"><div><b>{}</b> serious alerts</div><div><b>{}</b> blocked</div>\
 <div><b>{}</b> devices blocked</div><div><b>{}</b> queries</div><div><b>{}</b> devices</div></div>",
-        r.serious.len(),
-        t.breaches,
-        t.breach_clients,
-        t.queries,
-        t.clients
+        t.serious_attempts, t.breaches, t.breach_clients, t.queries, t.clients
     );
 
     o.push_str("<section class=\"serious\"><h2>Serious alerts</h2>");
@@ -75,14 +71,13 @@ pub(super) fn render(r: &Report) -> String {
             );
         }
         if !i.later.is_empty() {
-            o.push_str("<p>Later that day:</p><div class=\"scroll\"><table><tr><th>Time</th><th>Name</th><th>Action</th><th>Category</th></tr>");
+            o.push_str("<p>Blocked later that day:</p><div class=\"scroll\"><table><tr><th>Time</th><th>Name</th><th>Category</th></tr>");
             for a in &i.later {
                 let _ = write!(
                     o,
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
                     esc(clock(&a.time)),
                     esc(&a.name),
-                    esc(&a.action),
                     esc(a.category.as_deref().unwrap_or(""))
                 );
             }
@@ -91,6 +86,11 @@ pub(super) fn render(r: &Report) -> String {
                 let _ = write!(o, "<p>... and {} more</p>", i.later_more);
             }
         }
+        let _ = write!(
+            o,
+            "<p class=\"muted\">{} queries in all after the first attempt.</p>",
+            i.later_queries
+        );
         o.push_str("</div>");
     }
     o.push_str("</section>");

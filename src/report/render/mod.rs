@@ -37,8 +37,12 @@ pub fn headline(report: &Report) -> String {
         "{} filtering summary for {}: {} serious alert{}, {} blocked",
         report.school,
         report.date,
-        report.serious.len(),
-        if report.serious.len() == 1 { "" } else { "s" },
+        report.totals.serious_attempts,
+        if report.totals.serious_attempts == 1 {
+            ""
+        } else {
+            "s"
+        },
         report.totals.breaches
     )
 }

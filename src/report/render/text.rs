@@ -37,14 +37,13 @@ pub(super) fn render(r: &Report) -> String {
             let _ = writeln!(o, "    ... and {} more serious attempts", i.attempts_more);
         }
         if !i.later.is_empty() {
-            let _ = writeln!(o, "    later that day:");
+            let _ = writeln!(o, "    blocked later that day:");
             for a in &i.later {
                 let _ = writeln!(
                     o,
-                    "      {}  {:<38} {:<8} {}",
+                    "      {}  {:<38} {}",
                     clock(&a.time),
                     a.name,
-                    a.action,
                     a.category.as_deref().unwrap_or("")
                 );
             }
@@ -52,6 +51,16 @@ pub(super) fn render(r: &Report) -> String {
                 let _ = writeln!(o, "      ... and {} more", i.later_more);
             }
         }
+        let _ = writeln!(
+            o,
+            "    {} queries in all after the first attempt{}",
+            i.later_queries,
+            if r.anonymised {
+                String::new()
+            } else {
+                format!(" (schoolgate logs --client {})", i.client.addr)
+            }
+        );
     }
 
     section(&mut o, "BLOCKED BY CATEGORY");
