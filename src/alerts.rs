@@ -7,8 +7,6 @@
 //! runs on the query path, and a slow or failing mail server or webhook only delays alerts.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -62,15 +60,6 @@ pub struct Alert {
     pub suppressed: u64,
 }
 
-/// Alert delivery counters.
-#[derive(Default)]
-pub struct AlertStats {
-    /// Alerts delivered (to every configured channel).
-    pub sent: AtomicU64,
-    /// Alerts given up after all retries, or dropped because the queue was full.
-    pub failed: AtomicU64,
-}
-
 /// The writer thread's side: the dedupe window and the queue.
 pub struct Alerter {
     tx: Sender<Alert>,
@@ -78,7 +67,6 @@ pub struct Alerter {
     tz: chrono_tz::Tz,
     school: String,
     last: FxHashMap<(IpAddr, String), (Instant, u64)>,
-    stats: Arc<AlertStats>,
 }
 
 /// Where alerts go.
@@ -86,7 +74,6 @@ struct Delivery {
     webhook: Option<(ureq::Agent, String)>,
     mail: Option<(Mailer, Vec<String>)>,
     retries: u32,
-    stats: Arc<AlertStats>,
 }
 
 impl Alerter {
@@ -107,13 +94,11 @@ impl Alerter {
         if mail.is_none() && webhook.is_none() {
             return Ok(None);
         }
-        let stats = Arc::new(AlertStats::default());
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let delivery = Delivery {
             webhook,
             mail,
             retries: a.retries,
-            stats: stats.clone(),
         };
         std::thread::Builder::new()
             .name("alerts".into())
@@ -125,13 +110,7 @@ impl Alerter {
             tz: config.time_zone,
             school: config.report.school.clone(),
             last: FxHashMap::default(),
-            stats,
         }))
-    }
-
-    /// Delivery counters.
-    pub fn stats(&self) -> &Arc<AlertStats> {
-        &self.stats
     }
 
     /// Considers a breach: queues an alert if its category is alert-flagged and this device
@@ -194,7 +173,6 @@ impl Alerter {
         match self.tx.try_send(alert) {
             Ok(()) => {}
             Err(TrySendError::Full(a)) | Err(TrySendError::Disconnected(a)) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("alert queue full; not sent: {}", a.text);
             }
         }
@@ -204,9 +182,8 @@ impl Alerter {
 impl Delivery {
     fn run(self, rx: Receiver<Alert>) {
         for alert in rx {
-            let mut ok = true;
             if let Some((agent, url)) = &self.webhook {
-                ok &= self.retry(&alert, "webhook", || {
+                self.retry(&alert, "webhook", || {
                     let body = serde_json::to_string(&alert).unwrap_or_default();
                     agent
                         .post(url)
@@ -217,31 +194,21 @@ impl Delivery {
                 });
             }
             if let Some((mailer, to)) = &self.mail {
-                ok &= self.retry(&alert, "email", || {
+                self.retry(&alert, "email", || {
                     mailer
                         .send(to, &format!("ALERT: {}", alert.text), body(&alert), None)
                         .map_err(|e| e.to_string())
                 });
             }
-            let counter = if ok {
-                &self.stats.sent
-            } else {
-                &self.stats.failed
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn retry(
-        &self,
-        alert: &Alert,
-        how: &str,
-        mut send: impl FnMut() -> Result<(), String>,
-    ) -> bool {
+    /// Tries up to `retries` times with doubling pauses; a final failure is logged as an error.
+    fn retry(&self, alert: &Alert, how: &str, mut send: impl FnMut() -> Result<(), String>) {
         let mut pause = Duration::from_secs(1);
         for attempt in 1..=self.retries {
             match send() {
-                Ok(()) => return true,
+                Ok(()) => return,
                 Err(e) if attempt == self.retries => {
                     tracing::error!(
                         "alert {how} failed after {attempt} attempts ({e}); not delivered: {}",
@@ -255,7 +222,6 @@ impl Delivery {
                 }
             }
         }
-        false
     }
 }
 
