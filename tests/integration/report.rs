@@ -285,6 +285,42 @@ fn anonymised_report_hides_every_name_and_address() {
     );
 }
 
+#[test]
+fn rate_limiting_shows_among_the_days_problems_and_is_anonymised() {
+    let up = Fixture::start(Zone::standard());
+    let setup = school().server("rate_limit_qps = 5\nrate_limit_burst = 10");
+    let server = setup.start(up.addr);
+    for _ in 0..25 {
+        // Limited UDP queries get no answer: wait only briefly for each.
+        let _ = Ask::new("www.example.org", RecordType::A)
+            .from("127.0.0.3")
+            .timeout(Duration::from_millis(100))
+            .send(server.addr);
+    }
+    stop(server);
+    let json: Value = serde_json::from_str(&report(&setup, &["--format", "json"])).unwrap();
+    let limited: Vec<&Value> = json["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "rate_limited")
+        .collect();
+    assert_eq!(limited.len(), 1, "{json:#}");
+    assert_eq!(limited[0]["client"]["addr"], "127.0.0.3");
+    assert_eq!(limited[0]["client"]["name"], NAMED);
+    assert!(limited[0]["count"].as_u64().unwrap() >= 1);
+    let text = report(&setup, &[]);
+    assert!(text.contains("rate_limited"), "{text}");
+    for format in ["text", "html", "csv", "json"] {
+        let out = report(&setup, &["--format", format, "--anonymise"]);
+        assert!(out.contains("rate_limited"), "{format}: {out}");
+        assert!(
+            !out.contains("127.0.0") && !out.contains(NAMED),
+            "{format}: {out}"
+        );
+    }
+}
+
 /// A real SMTP server on loopback (aiosmtpd's debugging handler prints each message),
 /// stopped by its own handle.
 struct SmtpSink {
