@@ -69,6 +69,20 @@ pub(super) fn day(config: &Config, date: NaiveDate) -> Result<Report, ReportErro
         problems = by_kind.into_values().collect();
         problems.sort_by(|a, b| a.time.cmp(&b.time).then(a.kind.cmp(&b.kind)));
     }
+    if Stream::Access.existing(dir, date).is_none() && Stream::Breach.existing(dir, date).is_none()
+    {
+        // An empty day is news too: the server was stopped, or logs go somewhere else.
+        problems.push(Problem {
+            time: date.format("%Y-%m-%dT00:00:00").to_string(),
+            kind: "no_logs".into(),
+            count: 0,
+            client: None,
+            detail: Some(format!(
+                "no access or breach log for this day in {}; was schoolgate running?",
+                dir.display()
+            )),
+        });
+    }
     Ok(agg.finish(config, date, totals, problems))
 }
 

@@ -220,7 +220,8 @@ pub struct Change {
 pub struct Problem {
     /// When (local time).
     pub time: String,
-    /// `access_dropped`, `write_error`, `breach_lost`, `rate_limited`.
+    /// `access_dropped`, `write_error`, `breach_lost`, `rate_limited`, or `no_logs` when the
+    /// day has no logs at all.
     pub kind: String,
     /// Records or queries concerned.
     pub count: u64,

@@ -408,6 +408,17 @@ fn emailed_report_arrives_at_the_smtp_server() {
 }
 
 #[test]
+fn a_day_without_logs_says_so() {
+    let setup = Setup::new();
+    let out = report(&setup, &["--format", "json"]);
+    let json: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["totals"]["queries"], 0);
+    assert_eq!(json["problems"][0]["kind"], "no_logs", "{out}");
+    let text = report(&setup, &[]);
+    assert!(text.contains("was schoolgate running?"), "{text}");
+}
+
+#[test]
 fn email_without_smtp_settings_says_what_to_do() {
     let setup = Setup::new();
     let (ok, _, err) = setup.run(&["report", "daily", "--email"]);
