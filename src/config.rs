@@ -188,6 +188,34 @@ struct RawLists {
     #[serde(default = "default_cache_dir")]
     cache_dir: PathBuf,
     allow: Option<Spanned<String>>,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default = "default_watch")]
+    watch: bool,
+    #[serde(default = "default_max_shrink")]
+    max_shrink: Spanned<f64>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("../state/lists")
+}
+fn default_watch() -> bool {
+    true
+}
+fn default_max_shrink() -> Spanned<f64> {
+    Spanned::new(0..0, 0.5)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    url: Spanned<String>,
+    #[serde(default = "default_refresh")]
+    refresh: Spanned<String>,
+}
+
+fn default_refresh() -> Spanned<String> {
+    Spanned::new(0..0, "6h".to_string())
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -200,6 +228,8 @@ struct RawCategory {
     name: Spanned<String>,
     #[serde(default)]
     files: Vec<Spanned<String>>,
+    #[serde(default)]
+    sources: Vec<RawSource>,
     #[serde(default)]
     locked: bool,
     #[serde(default)]
@@ -244,6 +274,7 @@ struct RawClient {
 #[serde(deny_unknown_fields)]
 struct RawLogs {
     dir: Option<PathBuf>,
+    changes: Option<PathBuf>,
 }
 
 /// A category of blocked names.
@@ -253,12 +284,33 @@ pub struct Category {
     pub name: String,
     /// Source files, resolved.
     pub files: Vec<PathBuf>,
+    /// Lists downloaded from URLs; their last good copies are compiled with `files`.
+    pub sources: Vec<RemoteSource>,
     /// Never lifted by allow entries, groups, schedules or exemptions.
     pub locked: bool,
     /// Attempts raise an immediate alert.
     pub alert: bool,
     /// What the category covers, for reports.
     pub description: String,
+}
+
+impl Category {
+    /// What the category compiles from: its files, then the remote copies downloaded so far.
+    pub fn sources_on_disk(&self) -> Vec<PathBuf> {
+        let copies = self.sources.iter().map(|s| &s.copy).filter(|p| p.is_file());
+        self.files.iter().chain(copies).cloned().collect()
+    }
+}
+
+/// A list fetched over HTTP(S) and kept on disk, so the category survives the source going away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSource {
+    /// Where it is downloaded from.
+    pub url: String,
+    /// How often it is fetched again.
+    pub refresh: std::time::Duration,
+    /// The last good copy (under the state directory).
+    pub copy: PathBuf,
 }
 
 /// A time-of-day rule within a group.
@@ -333,6 +385,13 @@ pub struct Config {
     pub cache_dir: PathBuf,
     /// The allow list, if any.
     pub allow_file: Option<PathBuf>,
+    /// Lists' own state: last good copies of remote sources and the snapshots edits are diffed
+    /// against. Unlike `cache_dir`, deleting it loses history.
+    pub state_dir: PathBuf,
+    /// Watch list files and the config for changes (SIGHUP always reloads).
+    pub watch: bool,
+    /// Largest fraction of its entries a remote source may lose in one refresh and still apply.
+    pub max_shrink: f64,
     /// Categories, in priority order (locked ones first).
     pub categories: Vec<Category>,
     /// Groups by name; always contains `default`.
@@ -341,6 +400,8 @@ pub struct Config {
     pub clients: Vec<Client>,
     /// Access and breach log directory.
     pub log_dir: PathBuf,
+    /// The change-control log (JSON lines, append-only).
+    pub changes_log: PathBuf,
 }
 
 /// Name of the group unknown clients fall into.
@@ -450,6 +511,15 @@ impl Validator<'_> {
 
         let lists_dir = base.join(&raw.lists.dir);
         let cache_dir = base.join(&raw.lists.cache_dir);
+        let state_dir = base.join(&raw.lists.state_dir);
+        let max_shrink = *raw.lists.max_shrink.get_ref();
+        if !(0.0..=1.0).contains(&max_shrink) {
+            self.problem(
+                &raw.lists.max_shrink,
+                "lists.max_shrink",
+                "must be a fraction between 0.0 and 1.0 (0.5: refuse a download that lost over half its entries)",
+            );
+        }
         let allow_file = raw.lists.allow.as_ref().map(|f| {
             let p = lists_dir.join(f.get_ref());
             if !p.is_file() {
@@ -473,7 +543,11 @@ impl Validator<'_> {
                 );
             }
             if categories.iter().any(|x: &Category| x.name == name) {
-                self.problem(&c.name, "category.name", format!("category {name:?} is defined twice"));
+                self.problem(
+                    &c.name,
+                    "category.name",
+                    format!("category {name:?} is defined twice"),
+                );
             }
             let mut files = Vec::new();
             for f in &c.files {
@@ -490,9 +564,40 @@ impl Validator<'_> {
                 }
                 files.push(p);
             }
+            let mut sources = Vec::new();
+            for s in &c.sources {
+                let url = s.url.get_ref();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    self.problem(
+                        &s.url,
+                        "category.sources.url",
+                        format!("{url:?} is not an http:// or https:// URL"),
+                    );
+                }
+                let refresh = match humantime::parse_duration(s.refresh.get_ref()) {
+                    Ok(d) if !d.is_zero() => d,
+                    _ => {
+                        self.problem(
+                            &s.refresh,
+                            "category.sources.refresh",
+                            format!(
+                                "{:?} is not a duration like \"6h\" or \"30m\"",
+                                s.refresh.get_ref()
+                            ),
+                        );
+                        std::time::Duration::from_secs(6 * 3600)
+                    }
+                };
+                sources.push(RemoteSource {
+                    url: url.clone(),
+                    refresh,
+                    copy: state_dir.join("remote").join(copy_name(&name, url)),
+                });
+            }
             categories.push(Category {
                 name,
                 files,
+                sources,
                 locked: c.locked,
                 alert: c.alert,
                 description: c.description.clone(),
@@ -519,24 +624,34 @@ impl Validator<'_> {
                 },
             );
         }
-        groups.entry(DEFAULT_GROUP.to_string()).or_insert_with(|| Group {
-            name: DEFAULT_GROUP.to_string(),
-            block: categories.iter().map(|c| c.name.clone()).collect(),
-            description: "Devices not named in the config: everything blocked".into(),
-            schedules: Vec::new(),
-        });
+        groups
+            .entry(DEFAULT_GROUP.to_string())
+            .or_insert_with(|| Group {
+                name: DEFAULT_GROUP.to_string(),
+                block: categories.iter().map(|c| c.name.clone()).collect(),
+                description: "Devices not named in the config: everything blocked".into(),
+                schedules: Vec::new(),
+            });
 
         let mut clients = Vec::new();
         for c in &raw.clients {
             let net = match parse_net(c.addr.get_ref()) {
                 Some(n) => n,
                 None => {
-                    self.problem(&c.addr, "client.addr", format!("{:?} is not an IP address or CIDR range", c.addr.get_ref()));
+                    self.problem(
+                        &c.addr,
+                        "client.addr",
+                        format!("{:?} is not an IP address or CIDR range", c.addr.get_ref()),
+                    );
                     continue;
                 }
             };
             if !groups.contains_key(c.group.get_ref()) {
-                self.problem(&c.group, "client.group", format!("no group named {:?}", c.group.get_ref()));
+                self.problem(
+                    &c.group,
+                    "client.group",
+                    format!("no group named {:?}", c.group.get_ref()),
+                );
             }
             clients.push(Client {
                 name: c.name.clone(),
@@ -545,6 +660,11 @@ impl Validator<'_> {
             });
         }
 
+        let log_dir = base.join(
+            raw.logs
+                .dir
+                .unwrap_or_else(|| PathBuf::from("../state/logs")),
+        );
         Config {
             path: self.file.clone(),
             listen: raw.server.listen,
@@ -560,10 +680,17 @@ impl Validator<'_> {
             lists_dir,
             cache_dir,
             allow_file,
+            state_dir,
+            watch: raw.lists.watch,
+            max_shrink,
             categories,
             groups,
             clients,
-            log_dir: base.join(raw.logs.dir.unwrap_or_else(|| PathBuf::from("../state/logs"))),
+            changes_log: match raw.logs.changes {
+                Some(p) => base.join(p),
+                None => log_dir.join("changes.jsonl"),
+            },
+            log_dir,
         }
     }
 
@@ -590,12 +717,23 @@ impl Validator<'_> {
         for d in &s.days {
             match parse_days(d.get_ref()) {
                 Some(ds) => days.extend(ds),
-                None => self.problem(d, &format!("{field}.days"), format!("{:?} is not a day (mon..sun, or weekdays/weekend)", d.get_ref())),
+                None => self.problem(
+                    d,
+                    &format!("{field}.days"),
+                    format!(
+                        "{:?} is not a day (mon..sun, or weekdays/weekend)",
+                        d.get_ref()
+                    ),
+                ),
             }
         }
         let mut time = |t: &Spanned<String>, which: &str| {
             NaiveTime::parse_from_str(t.get_ref(), "%H:%M").unwrap_or_else(|_| {
-                self.problem(t, &format!("{field}.{which}"), format!("{:?} is not a time like \"12:30\"", t.get_ref()));
+                self.problem(
+                    t,
+                    &format!("{field}.{which}"),
+                    format!("{:?} is not a time like \"12:30\"", t.get_ref()),
+                );
                 NaiveTime::MIN
             })
         };
@@ -610,6 +748,29 @@ impl Validator<'_> {
             unblock: self.category_names(&s.unblock, &format!("{field}.unblock"), known),
         }
     }
+}
+
+/// File name of a source's last good copy: readable, and different for every URL.
+fn copy_name(category: &str, url: &str) -> String {
+    let tail: String = url
+        .split("://")
+        .last()
+        .unwrap_or(url)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    // FNV-1a: stable across releases, unlike std's hasher.
+    let hash = url.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{category}-{tail}-{:08x}.txt", hash as u32)
 }
 
 fn is_identifier(s: &str) -> bool {

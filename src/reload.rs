@@ -14,6 +14,7 @@ use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 use tokio::sync::mpsc;
 
+use crate::changes::{Change, ChangeLog};
 use crate::config::Config;
 use crate::policy::{Engine, Loaded};
 use crate::server::Handler;
@@ -29,6 +30,17 @@ pub fn load(config_path: &Path, adjust: &Adjust) -> Result<Loaded, String> {
     Engine::load(Arc::new(config)).map_err(|e| e.to_string())
 }
 
+/// What asked for a reload, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A watched file changed.
+    Files,
+    /// SIGHUP.
+    Signal,
+    /// A remote source downloaded a new copy.
+    Remote,
+}
+
 /// Outcome of one reload attempt, for logs and metrics.
 #[derive(Debug)]
 pub enum ReloadResult {
@@ -38,6 +50,8 @@ pub enum ReloadResult {
         recompiled: Vec<String>,
         /// How long building took.
         took: Duration,
+        /// What the change-control log recorded for it.
+        changes: Vec<Change>,
     },
     /// The old engine stays in force.
     Failed(String),
@@ -57,14 +71,40 @@ pub async fn reload(handler: &Handler, config_path: &Path, adjust: &Adjust) -> R
                 tracing::warn!("{bad}");
             }
             let recompiled = loaded.recompiled.clone();
+            let config = loaded.engine.config().clone();
             handler.replace_engine(Arc::new(loaded.engine));
+            let took = started.elapsed();
+            let changes = tokio::task::spawn_blocking(move || record_changes(&config))
+                .await
+                .unwrap_or_default();
             ReloadResult::Applied {
                 recompiled,
-                took: started.elapsed(),
+                took,
+                changes,
             }
         }
         Err(e) => ReloadResult::Failed(e),
     }
+}
+
+/// Diffs every list file against its snapshot and appends what changed to the change-control
+/// log (blocking: reads the changed files). Called once the lists it describes are in force.
+pub fn record_changes(config: &Config) -> Vec<Change> {
+    let (changes, errors) = ChangeLog::new(config).record_all(config);
+    for e in errors {
+        tracing::error!("change-control log: {e}");
+    }
+    for c in &changes {
+        tracing::info!(
+            by = %c.by,
+            list = %c.category,
+            file = %c.file.display(),
+            added = c.added_count,
+            removed = c.removed_count,
+            "list changed"
+        );
+    }
+    changes
 }
 
 /// Keeps the filesystem watcher alive; dropping it stops watching.
@@ -72,8 +112,9 @@ pub struct Watch {
     _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
 }
 
-/// Watches the config's directory and the list directory; sends `()` on relevant changes.
-pub fn watch(config: &Config, tx: mpsc::Sender<()>) -> Result<Watch, notify::Error> {
+/// Watches the config's directory and the list directory; sends [`Trigger::Files`] on relevant
+/// changes.
+pub fn watch(config: &Config, tx: mpsc::Sender<Trigger>) -> Result<Watch, notify::Error> {
     let mut debouncer = new_debouncer(
         Duration::from_millis(300),
         None,
@@ -86,7 +127,7 @@ pub fn watch(config: &Config, tx: mpsc::Sender<()>) -> Result<Watch, notify::Err
                 Err(_) => true,
             };
             if relevant {
-                let _ = tx.try_send(());
+                let _ = tx.try_send(Trigger::Files);
             }
         },
     )?;
@@ -104,7 +145,11 @@ pub fn watch(config: &Config, tx: mpsc::Sender<()>) -> Result<Watch, notify::Err
     dirs.sort();
     dirs.dedup();
     for d in dirs {
-        let d = if d.as_os_str().is_empty() { PathBuf::from(".") } else { d };
+        let d = if d.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            d
+        };
         debouncer.watch(&d, RecursiveMode::NonRecursive)?;
     }
     Ok(Watch {

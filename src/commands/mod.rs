@@ -1,7 +1,9 @@
 //! One function per subcommand. This is the binary's edge: errors become `anyhow` here.
 
+mod changes;
 mod check;
 mod compile;
+mod list;
 mod serve;
 
 use std::process::ExitCode;
@@ -14,5 +16,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(&cli.config, args),
         Command::Check(args) => check::run(&cli.config, args),
         Command::Compile => compile::run(&cli.config),
+        Command::List(cmd) => list::run(&cli.config, cmd),
+        Command::Allow(args) => list::allow(&cli.config, args),
+        Command::Changes(args) => changes::run(&cli.config, args),
     }
 }

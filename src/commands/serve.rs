@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use schoolgate::cache::AnswerCache;
-use schoolgate::reload::{self, Adjust, ReloadResult};
+use schoolgate::lists::refresh_forever;
+use schoolgate::reload::{self, Adjust, ReloadResult, Trigger};
 use schoolgate::server::{self, Handler};
 use schoolgate::upstream::Upstream;
 use tokio::signal::unix::{signal, SignalKind};
@@ -23,7 +24,9 @@ const SERVE_STALE: Duration = Duration::from_secs(3600);
 
 pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_tracing(args.log_format);
-    let ServeArgs { listen, upstream, .. } = args;
+    let ServeArgs {
+        listen, upstream, ..
+    } = args;
     let adjust: Adjust = Arc::new(move |c| {
         if !listen.is_empty() {
             c.listen = listen.clone();
@@ -37,7 +40,10 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("{bad}");
     }
     if loaded.bad_count > loaded.bad.len() {
-        tracing::warn!("{} more bad list lines not shown", loaded.bad_count - loaded.bad.len());
+        tracing::warn!(
+            "{} more bad list lines not shown",
+            loaded.bad_count - loaded.bad.len()
+        );
     }
     let engine = Arc::new(loaded.engine);
     let config = engine.config().clone();
@@ -55,7 +61,11 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let listeners = server::bind(&config.listen, workers)?;
-        let upstream = Upstream::new(&config.upstreams, config.upstream_timeout, config.cache_size)?;
+        let upstream = Upstream::new(
+            &config.upstreams,
+            config.upstream_timeout,
+            config.cache_size,
+        )?;
         let handler = Arc::new(Handler::new(
             engine,
             upstream,
@@ -66,18 +76,43 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
 
         let (tx, rx) = mpsc::channel(1);
-        let watch = match reload::watch(&config, tx.clone()) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!("cannot watch list files ({e}); reload with SIGHUP instead");
-                None
+        let watch = if config.watch {
+            match reload::watch(&config, tx.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("cannot watch list files ({e}); reload with SIGHUP instead");
+                    None
+                }
             }
+        } else {
+            None
         };
-        tokio::spawn(reloader(handler.clone(), config_path.to_path_buf(), adjust, rx));
+        let startup_config = config.clone();
+        tokio::task::spawn_blocking(move || reload::record_changes(&startup_config));
+        tokio::spawn(reloader(
+            handler.clone(),
+            config_path.to_path_buf(),
+            adjust,
+            rx,
+        ));
+        if config.categories.iter().any(|c| !c.sources.is_empty()) {
+            let (current, remote_tx) = (handler.clone(), tx.clone());
+            std::thread::Builder::new()
+                .name("list-download".into())
+                .spawn(move || {
+                    refresh_forever(
+                        || current.engine().config().clone(),
+                        || {
+                            let _ = remote_tx.try_send(Trigger::Remote);
+                        },
+                    )
+                })
+                .context("cannot start the list download thread")?;
+        }
         let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                let _ = tx.try_send(());
+                let _ = tx.try_send(Trigger::Signal);
             }
         });
         tracing::info!("ready");
@@ -89,14 +124,29 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn reloader(handler: Arc<Handler>, config_path: std::path::PathBuf, adjust: Adjust, mut rx: mpsc::Receiver<()>) {
-    while rx.recv().await.is_some() {
+async fn reloader(
+    handler: Arc<Handler>,
+    config_path: std::path::PathBuf,
+    adjust: Adjust,
+    mut rx: mpsc::Receiver<Trigger>,
+) {
+    while let Some(trigger) = rx.recv().await {
         match reload::reload(&handler, &config_path, &adjust).await {
-            ReloadResult::Applied { recompiled, took } => {
-                tracing::info!(?recompiled, took_ms = took.as_millis() as u64, "reloaded");
+            ReloadResult::Applied {
+                recompiled,
+                took,
+                changes,
+            } => {
+                tracing::info!(
+                    ?trigger,
+                    ?recompiled,
+                    changes = changes.len(),
+                    took_ms = took.as_millis() as u64,
+                    "reloaded"
+                );
             }
             ReloadResult::Failed(e) => {
-                tracing::error!("reload failed, previous lists stay in force: {e}");
+                tracing::error!(?trigger, "reload failed, previous lists stay in force: {e}");
             }
         }
     }

@@ -109,6 +109,15 @@ pub fn compile_list(
     for (src_idx, path) in sources.iter().enumerate() {
         let bytes = fs::read(path).map_err(|e| ListError::io(path, e))?;
         let parsed = parse(path, &bytes);
+        if parsed.entries.is_empty() && parsed.keywords.is_empty() {
+            if let Some(first) = parsed.bad.first() {
+                return Err(ListError::Unusable {
+                    path: path.clone(),
+                    count: parsed.bad_count,
+                    first: first.clone(),
+                });
+            }
+        }
         for e in parsed.entries {
             let mut key = Vec::with_capacity(e.name.len());
             reverse_key(&e.name, &mut key);
@@ -170,8 +179,7 @@ fn write_map(path: &Path, mut entries: Vec<(Vec<u8>, u64)>) -> Result<(), ListEr
     entries.dedup_by(|a, b| a.0 == b.0);
     let tmp = tmp_path(path);
     let file = File::create(&tmp).map_err(|e| ListError::io(&tmp, e))?;
-    let mut builder =
-        MapBuilder::new(BufWriter::new(file)).map_err(|e| ListError::fst(path, e))?;
+    let mut builder = MapBuilder::new(BufWriter::new(file)).map_err(|e| ListError::fst(path, e))?;
     builder
         .extend_iter(entries.iter().map(|(k, v)| (k, *v)))
         .map_err(|e| ListError::fst(path, e))?;
@@ -213,14 +221,21 @@ mod tests {
     fn compiles_once_and_reuses_cache() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("adult.txt");
-        fs::write(&src, "b.example\na.example\nbad line here\n@@||ok.a.example^\n").unwrap();
+        fs::write(
+            &src,
+            "b.example\na.example\nbad line here\n@@||ok.a.example^\n",
+        )
+        .unwrap();
         let cache = dir.path().join("cache");
         let first = compile_list("adult", std::slice::from_ref(&src), &cache).unwrap();
         assert!(first.recompiled);
         assert_eq!(first.len(), 2);
         assert_eq!(first.bad_count, 1);
         assert_eq!(first.origin(b"example.b", false), Some((src.as_path(), 1)));
-        assert_eq!(first.origin(b"example.a.ok", true), Some((src.as_path(), 4)));
+        assert_eq!(
+            first.origin(b"example.a.ok", true),
+            Some((src.as_path(), 4))
+        );
         let again = compile_list("adult", std::slice::from_ref(&src), &cache).unwrap();
         assert!(!again.recompiled);
         assert_eq!(again.bad_count, 1);
@@ -228,5 +243,20 @@ mod tests {
         let changed = compile_list("adult", &[src], &cache).unwrap();
         assert!(changed.recompiled);
         assert_eq!(changed.len(), 1);
+    }
+
+    #[test]
+    fn all_bad_lines_is_an_error_but_comments_only_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("adult.txt");
+        let cache = dir.path().join("cache");
+        fs::write(&src, "<html>\n<body>not a list</body>\n").unwrap();
+        let err = compile_list("adult", std::slice::from_ref(&src), &cache)
+            .err()
+            .unwrap();
+        assert!(matches!(err, ListError::Unusable { count: 2, .. }), "{err}");
+        assert!(err.to_string().contains("adult.txt:1:"), "{err}");
+        fs::write(&src, "# emptied on purpose\n\n").unwrap();
+        assert!(compile_list("adult", &[src], &cache).unwrap().is_empty());
     }
 }

@@ -358,7 +358,12 @@ pub fn raw_udp(server: SocketAddr, bytes: &[u8], timeout: Duration) -> Option<Ve
     raw_udp_from(server, IpAddr::from([127, 0, 0, 1]), bytes, timeout)
 }
 
-fn raw_udp_from(server: SocketAddr, from: IpAddr, bytes: &[u8], timeout: Duration) -> Option<Vec<u8>> {
+fn raw_udp_from(
+    server: SocketAddr,
+    from: IpAddr,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Option<Vec<u8>> {
     let sock = UdpSocket::bind(SocketAddr::new(from, 0)).expect("bind client");
     sock.set_read_timeout(Some(timeout)).expect("timeout");
     sock.send_to(bytes, server).expect("send");
