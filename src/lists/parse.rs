@@ -131,7 +131,9 @@ struct Zone {
 
 fn parse_line(file: &Path, line: u32, text: &str, zone: &mut Zone, out: &mut Parsed) {
     // Inline comments after a name (`example.com # why`, or after a tab in hosts files).
-    let text = inline_comment_start(text).map_or(text, |i| &text[..i]).trim();
+    let text = inline_comment_start(text)
+        .map_or(text, |i| &text[..i])
+        .trim();
     let push = |name: &str, kind: EntryKind, out: &mut Parsed| match normalise(name) {
         Ok(name) => out.entries.push(Entry { name, line, kind }),
         Err(e) => out.reject(file, line, e.to_string()),
@@ -370,7 +372,10 @@ mod tests {
             ]
         );
         assert_eq!(p.bad_count, 1);
-        assert_eq!(p.bad[0].to_string(), "hosts:8: unsupported adblock rule (only ||domain^)");
+        assert_eq!(
+            p.bad[0].to_string(),
+            "hosts:8: unsupported adblock rule (only ||domain^)"
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub fn bin() -> &'static str {
 pub struct Setup {
     pub dir: tempfile::TempDir,
     server_extra: String,
+    lists_extra: String,
     extra: String,
 }
 
@@ -34,6 +35,7 @@ impl Setup {
         let s = Setup {
             dir: tempfile::tempdir().expect("tempdir"),
             server_extra: String::new(),
+            lists_extra: String::new(),
             extra: String::new(),
         };
         s.list("illegal.txt", "# placeholder\niwf-test.schoolgate.test\n");
@@ -65,6 +67,13 @@ impl Setup {
         self
     }
 
+    /// Extra lines for the `[lists]` table.
+    pub fn lists(mut self, lines: &str) -> Self {
+        self.lists_extra.push_str(lines);
+        self.lists_extra.push('\n');
+        self
+    }
+
     /// Extra TOML appended after the categories (groups, clients, sinkhole...).
     pub fn toml(mut self, text: &str) -> Self {
         self.extra.push_str(text);
@@ -87,7 +96,7 @@ upstream_timeout_ms = 1000
 dir = "../blocklists"
 cache_dir = "../state/compiled"
 allow = "allow.txt"
-
+{lists}
 [logs]
 dir = "../state/logs"
 
@@ -115,6 +124,7 @@ files = ["circumvention.txt"]
 {default_group}
 {extra}"#,
             server = self.server_extra,
+            lists = self.lists_extra,
             extra = self.extra,
             default_group = if has_default_group {
                 ""
