@@ -108,6 +108,16 @@ fn edit(
     if author.by.trim().is_empty() || author.reason.trim().is_empty() {
         bail!("--by and --reason must not be empty: the change-control log needs both");
     }
+    for f in &target.local {
+        let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let parsed = parse(f, &bytes);
+        if let (true, Some(first)) = (
+            parsed.entries.is_empty() && parsed.keywords.is_empty(),
+            parsed.bad.first(),
+        ) {
+            bail!("{first}: no line of {} is usable, so the server is not using it; fix the file first", f.display());
+        }
+    }
     let log = ChangeLog::new(config);
     let lock = log.lock()?;
     // Hand edits made since the last record are recorded as such, not credited to this command.

@@ -297,7 +297,10 @@ fn no_query_goes_unanswered_while_lists_reload() {
     assert!(sent > 100, "only {sent} queries sent");
     assert_eq!((lost, wrong), (0, 0), "of {sent} queries during 4 reloads");
     assert!(
-        wait_until(Duration::from_secs(5), || blocked(&server, "extra3.example")),
+        wait_until(Duration::from_secs(5), || blocked(
+            &server,
+            "extra3.example"
+        )),
         "{}",
         server.log()
     );
@@ -508,6 +511,30 @@ fn edit_commands_refuse_bad_input_and_show_lists() {
         "{out}"
     );
 
+    setup.list("gambling.txt", "<html>\n</html>\n");
+    let (ok, _, err) = run(
+        &cfg,
+        &[
+            "list",
+            "add",
+            "gambling",
+            "bet.example",
+            "--by",
+            "a",
+            "--reason",
+            "r",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("gambling.txt:1") && err.contains("fix the file first"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_to_string(setup.list_path("gambling.txt")).unwrap(),
+        "<html>\n</html>\n"
+    );
+
     let (ok, out, _) = run(&cfg, &["list", "show", "adult"]);
     assert!(ok);
     assert!(
@@ -518,7 +545,10 @@ fn edit_commands_refuse_bad_input_and_show_lists() {
         .into_iter()
         .filter(|c| c["by"] != "initial load")
         .collect();
-    assert!(recorded.is_empty(), "refused edits record nothing: {recorded:?}");
+    assert!(
+        recorded.is_empty(),
+        "refused edits record nothing: {recorded:?}"
+    );
 }
 
 #[test]
