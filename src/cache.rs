@@ -54,9 +54,7 @@ impl AnswerCache {
     /// A cache of about `capacity` answers, serving stale ones for `stale_window` after expiry.
     pub fn new(capacity: usize, stale_window: Duration) -> Self {
         AnswerCache {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(FxHashMap::default()))
-                .collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(FxHashMap::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
             stale_window,
         }
@@ -74,9 +72,7 @@ impl AnswerCache {
             .unwrap_or_else(|p| p.into_inner());
         if shard.len() >= self.per_shard && !shard.contains_key(&k) {
             let window = self.stale_window;
-            shard.retain(|_, e| {
-                now.duration_since(e.stored) < Duration::from_secs(e.ttl.into()) + window
-            });
+            shard.retain(|_, e| now.duration_since(e.stored) < Duration::from_secs(e.ttl.into()) + window);
             if shard.len() >= self.per_shard {
                 if let Some(victim) = shard.keys().next().copied() {
                     shard.remove(&victim);
@@ -123,11 +119,7 @@ impl AnswerCache {
         for &off in &e.ttl_offsets {
             let at = off as usize;
             let ttl = u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
-            let aged = if expired {
-                STALE_TTL
-            } else {
-                ttl.saturating_sub(age_secs)
-            };
+            let aged = if expired { STALE_TTL } else { ttl.saturating_sub(age_secs) };
             buf[at..at + 4].copy_from_slice(&aged.to_be_bytes());
         }
         Some(if expired {

@@ -73,27 +73,21 @@ impl Clients {
 
     /// Finds a named client by name (for `check --client NAME`).
     pub fn by_name(&self, name: &str) -> Option<IpAddr> {
-        let idx = self
-            .names
-            .iter()
-            .position(|n| n.eq_ignore_ascii_case(name))? as u32;
+        let idx = self.names.iter().position(|n| n.eq_ignore_ascii_case(name))? as u32;
         self.exact
             .iter()
             .find(|(_, i)| **i == idx)
             .map(|(a, _)| *a)
-            .or_else(|| {
-                self.ranges
-                    .iter()
-                    .find(|(_, i)| *i == idx)
-                    .map(|(n, _)| n.addr())
-            })
+            .or_else(|| self.ranges.iter().find(|(_, i)| *i == idx).map(|(n, _)| n.addr()))
     }
 }
 
 /// IPv4-mapped IPv6 addresses (from dual-stack sockets) are treated as the IPv4 address.
 pub fn canonical(addr: IpAddr) -> IpAddr {
     match addr {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(addr, IpAddr::V4),
         v4 => v4,
     }
 }

@@ -3,15 +3,16 @@
 //! # Layout
 //! - [`domain`]: the one place names are normalised and turned into lookup keys.
 //! - [`lists`]: list formats, FST compilation with an on-disk cache, the merged index.
+//! - [`changes`]: the change-control log of every list change, diffed against per-file snapshots.
 
-pub mod cache;
-pub mod changes;
-pub mod clients;
-pub mod config;
 pub mod domain;
 pub mod lists;
+pub mod cache;
+pub mod clients;
+pub mod config;
 pub mod policy;
-pub mod reload;
-pub mod server;
 pub mod upstream;
 pub mod wire;
+pub mod server;
+pub mod reload;
+pub mod changes;

@@ -145,22 +145,14 @@ impl Engine {
         let mut lists = Vec::new();
         let mut allow_lists = 0u32;
         if let Some(allow) = &config.allow_file {
-            lists.push(compile_list(
-                "allow",
-                std::slice::from_ref(allow),
-                &config.cache_dir,
-            )?);
+            lists.push(compile_list("allow", std::slice::from_ref(allow), &config.cache_dir)?);
             allow_lists |= 1;
         }
         let mut categories = Vec::new();
         let mut locked = 0u32;
         for c in &config.categories {
             let list = lists.len();
-            lists.push(compile_list(
-                &c.name,
-                &c.sources_on_disk(),
-                &config.cache_dir,
-            )?);
+            lists.push(compile_list(&c.name, &c.sources_on_disk(), &config.cache_dir)?);
             if c.locked {
                 locked |= 1 << list;
             }
@@ -331,8 +323,7 @@ impl Engine {
     fn resolve(&self, m: &Matches, group: u16, schedule: Option<u8>, block_mask: u32) -> Decision {
         let listed = (m.mask as u32) & !self.allow_lists;
         let blocked = listed & block_mask;
-        let allow_bits =
-            ((m.mask as u32) & self.allow_lists) as u64 | (m.mask & 0xFFFF_FFFF_0000_0000);
+        let allow_bits = ((m.mask as u32) & self.allow_lists) as u64 | (m.mask & 0xFFFF_FFFF_0000_0000);
         let decide_block = |bits: u32| {
             let list = bits.trailing_zeros() as usize;
             let category = self.categories.iter().position(|c| c.list == list);

@@ -46,11 +46,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds a resolver over `servers` (UDP with TCP fallback, each on its own port).
-    pub fn new(
-        servers: &[SocketAddr],
-        timeout: Duration,
-        cache_size: usize,
-    ) -> Result<Self, UpstreamError> {
+    pub fn new(servers: &[SocketAddr], timeout: Duration, cache_size: usize) -> Result<Self, UpstreamError> {
         if servers.is_empty() {
             return Ok(Upstream {
                 resolver: None,
@@ -96,12 +92,9 @@ impl Upstream {
         let rtype = RecordType::from(qtype);
         let query = Query::query(fqdn.clone(), rtype);
         // The resolver's own timeout applies per attempt; this bounds the whole lookup.
-        let result = tokio::time::timeout(
-            self.timeout + Duration::from_millis(250),
-            resolver.lookup(fqdn, rtype),
-        )
-        .await
-        .map_err(|_| UpstreamError::Failed("timed out".into()))?;
+        let result = tokio::time::timeout(self.timeout + Duration::from_millis(250), resolver.lookup(fqdn, rtype))
+            .await
+            .map_err(|_| UpstreamError::Failed("timed out".into()))?;
         let mut msg = Message::new(0, MessageType::Response, OpCode::Query);
         msg.metadata.recursion_available = true;
         msg.add_query(query);

@@ -243,7 +243,8 @@ pub fn parse(p: &[u8]) -> Result<Query<'_>, Reject> {
     }
     let mut edns = None;
     for _ in 0..ar {
-        let (_, ln, after) = read_name(p, at).ok_or(err(rcode::FORMERR as u16, question, false))?;
+        let (_, ln, after) =
+            read_name(p, at).ok_or(err(rcode::FORMERR as u16, question, false))?;
         let rt = be16(p, after).ok_or(err(rcode::FORMERR as u16, question, false))?;
         let end = skip_record(p, at).ok_or(err(rcode::FORMERR as u16, question, false))?;
         if rt == rtype::OPT {
@@ -388,8 +389,7 @@ impl<'b> Writer<'b> {
         self.buf.extend_from_slice(&rtype.to_be_bytes());
         self.buf.extend_from_slice(&1u16.to_be_bytes());
         self.buf.extend_from_slice(&ttl.to_be_bytes());
-        self.buf
-            .extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        self.buf.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
         self.buf.extend_from_slice(rdata);
         self.bump(6);
     }
@@ -408,8 +408,7 @@ impl<'b> Writer<'b> {
                 let len = 6 + text.len() as u16;
                 self.buf.extend_from_slice(&len.to_be_bytes());
                 self.buf.extend_from_slice(&15u16.to_be_bytes());
-                self.buf
-                    .extend_from_slice(&(2 + text.len() as u16).to_be_bytes());
+                self.buf.extend_from_slice(&(2 + text.len() as u16).to_be_bytes());
                 self.buf.extend_from_slice(&code.to_be_bytes());
                 self.buf.extend_from_slice(text);
             }
@@ -516,29 +515,17 @@ mod tests {
         resp[2] |= 0x80;
         assert!(matches!(parse(&resp), Err(Reject::Drop)));
         let mut loop_ptr = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 12, 0, 1, 0, 1];
-        assert!(matches!(
-            parse(&loop_ptr),
-            Err(Reject::Error { rcode: 1, .. })
-        ));
+        assert!(matches!(parse(&loop_ptr), Err(Reject::Error { rcode: 1, .. })));
         loop_ptr[13] = 200;
-        assert!(matches!(
-            parse(&loop_ptr),
-            Err(Reject::Error { rcode: 1, .. })
-        ));
+        assert!(matches!(parse(&loop_ptr), Err(Reject::Error { rcode: 1, .. })));
         let mut two = query("a.b", 1, false);
         two[5] = 2;
         assert!(matches!(parse(&two), Err(Reject::Error { rcode: 1, .. })));
         let mut notify = query("a.b", 1, false);
         notify[2] = 0x20;
-        assert!(matches!(
-            parse(&notify),
-            Err(Reject::Error { rcode: 4, .. })
-        ));
+        assert!(matches!(parse(&notify), Err(Reject::Error { rcode: 4, .. })));
         let bad_label = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x45, b'a'];
-        assert!(matches!(
-            parse(&bad_label),
-            Err(Reject::Error { rcode: 1, .. })
-        ));
+        assert!(matches!(parse(&bad_label), Err(Reject::Error { rcode: 1, .. })));
     }
 
     #[test]

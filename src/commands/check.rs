@@ -19,9 +19,9 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
     let name = QueryName::parse(&args.domain)
         .with_context(|| format!("{:?} is not a domain name", args.domain))?;
     let addr: IpAddr = match &args.client {
-        Some(c) => engine.find_client(c).with_context(|| {
-            format!("no client named {c:?} in the config, and it is not an address")
-        })?,
+        Some(c) => engine
+            .find_client(c)
+            .with_context(|| format!("no client named {c:?} in the config, and it is not an address"))?,
         None => IpAddr::from([127, 0, 0, 1]),
     };
     let client = engine.identify(addr);
@@ -32,10 +32,7 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
         .map(|c| c.name.clone());
     let origin = engine.origin(&name, &d.rule);
     let group = engine.group_name(d.group).to_string();
-    let schedule = d
-        .schedule
-        .and_then(|s| engine.schedule_name(d.group, s))
-        .map(str::to_string);
+    let schedule = d.schedule.and_then(|s| engine.schedule_name(d.group, s)).map(str::to_string);
     let client_name = engine.client_name(&client).map(str::to_string);
     let rule = match (&d.rule, &origin) {
         (Rule::Unlisted, _) => "unlisted".to_string(),
@@ -76,9 +73,7 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
     println!(
         "  client:   {addr}{}, group {group}{}",
         client_name.map(|n| format!(" ({n})")).unwrap_or_default(),
-        schedule
-            .map(|s| format!(", schedule {s:?}"))
-            .unwrap_or_default()
+        schedule.map(|s| format!(", schedule {s:?}")).unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -18,11 +18,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
             "{:<16} {:>9} names  {}",
             list.name,
             list.len(),
-            if list.recompiled {
-                "compiled"
-            } else {
-                "up to date"
-            }
+            if list.recompiled { "compiled" } else { "up to date" }
         );
     }
     println!("{} distinct names in the index", loaded.engine.index_len());

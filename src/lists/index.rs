@@ -57,11 +57,7 @@ impl Matches {
 
     /// The most specific hit that carries `bit`.
     pub fn hit_for(&self, bit: u64) -> Option<Hit> {
-        self.hits()
-            .iter()
-            .rev()
-            .find(|h| h.mask & bit != 0)
-            .copied()
+        self.hits().iter().rev().find(|h| h.mask & bit != 0).copied()
     }
 
     fn push(&mut self, key_len: usize, mask: u64) {

@@ -67,13 +67,7 @@ impl Handler {
     }
 
     /// Answers from memory if possible. `buf` receives the answer on [`Outcome::Reply`].
-    pub fn answer_now(
-        &self,
-        packet: &[u8],
-        src: SocketAddr,
-        transport: Transport,
-        buf: &mut Vec<u8>,
-    ) -> Outcome {
+    pub fn answer_now(&self, packet: &[u8], src: SocketAddr, transport: Transport, buf: &mut Vec<u8>) -> Outcome {
         let q = match wire::parse(packet) {
             Ok(q) => q,
             Err(r @ Reject::Error { .. }) => {
@@ -86,18 +80,8 @@ impl Handler {
         };
         let engine = self.engine.load();
         let addr = crate::clients::canonical(src.ip());
-        if !engine
-            .config()
-            .client_networks
-            .iter()
-            .any(|n| n.contains(&addr))
-        {
-            self.error(
-                &q,
-                buf,
-                rcode::REFUSED,
-                Some((ede::PROHIBITED, "schoolgate: not a school network")),
-            );
+        if !engine.config().client_networks.iter().any(|n| n.contains(&addr)) {
+            self.error(&q, buf, rcode::REFUSED, Some((ede::PROHIBITED, "schoolgate: not a school network")));
             return self.finish(&q, transport, buf);
         }
         if q.qclass != 1 || matches!(q.qtype, rtype::AXFR | rtype::IXFR) {
@@ -136,13 +120,7 @@ impl Handler {
     }
 
     /// Resolves an allowed name upstream and writes the answer (or SERVFAIL) into `buf`.
-    pub async fn answer_upstream(
-        &self,
-        packet: &[u8],
-        src: SocketAddr,
-        transport: Transport,
-        buf: &mut Vec<u8>,
-    ) -> Outcome {
+    pub async fn answer_upstream(&self, packet: &[u8], src: SocketAddr, transport: Transport, buf: &mut Vec<u8>) -> Outcome {
         let Ok(q) = wire::parse(packet) else {
             return Outcome::Drop;
         };
@@ -151,12 +129,8 @@ impl Handler {
         let client = engine.identify(crate::clients::canonical(src.ip()));
         match result {
             Ok(answer) => {
-                self.cache.insert(
-                    q.name.as_str().as_bytes(),
-                    q.qtype,
-                    answer.bytes,
-                    answer.ttl,
-                );
+                self.cache
+                    .insert(q.name.as_str().as_bytes(), q.qtype, answer.bytes, answer.ttl);
                 if self.cache.serve(&q, buf, true).is_none() {
                     self.error(&q, buf, rcode::SERVFAIL, None);
                     return self.finish(&q, transport, buf);
@@ -171,23 +145,13 @@ impl Handler {
                 tracing::debug!(name = q.name.as_str(), error = %e, "upstream failed");
                 match self.cache.serve(&q, buf, true) {
                     Some(Freshness::Stale) | Some(Freshness::Fresh) => {
-                        finish_edns(
-                            buf,
-                            &q,
-                            Some((
-                                ede::STALE_ANSWER,
-                                "schoolgate: upstream unreachable, stale answer",
-                            )),
-                        );
+                        finish_edns(buf, &q, Some((ede::STALE_ANSWER, "schoolgate: upstream unreachable, stale answer")));
                     }
                     None => self.error(
                         &q,
                         buf,
                         rcode::SERVFAIL,
-                        Some((
-                            ede::NO_REACHABLE_AUTHORITY,
-                            "schoolgate: upstream resolver failed",
-                        )),
+                        Some((ede::NO_REACHABLE_AUTHORITY, "schoolgate: upstream resolver failed")),
                     ),
                 }
             }
@@ -197,12 +161,7 @@ impl Handler {
 
     /// If an answer in `buf` leads by CNAME to a name this client may not reach, the decision
     /// that blocks it and the target's name.
-    fn cloaked(
-        &self,
-        engine: &Engine,
-        client: &ClientId,
-        buf: &[u8],
-    ) -> Option<(Decision, String)> {
+    fn cloaked(&self, engine: &Engine, client: &ClientId, buf: &[u8]) -> Option<(Decision, String)> {
         let mut found = None;
         let now = Utc::now();
         wire::cname_targets(buf, |target| {
@@ -216,14 +175,7 @@ impl Handler {
         found
     }
 
-    fn sinkhole(
-        &self,
-        engine: &Engine,
-        q: &Query<'_>,
-        d: &Decision,
-        via: Option<&str>,
-        buf: &mut Vec<u8>,
-    ) {
+    fn sinkhole(&self, engine: &Engine, q: &Query<'_>, d: &Decision, via: Option<&str>, buf: &mut Vec<u8>) {
         let sink = &engine.config().sinkhole;
         let rc = if sink.mode == SinkholeMode::Nxdomain {
             rcode::NXDOMAIN

@@ -59,31 +59,16 @@ pub fn bind(listen: &[SocketAddr], per_addr: usize) -> Result<Listeners, BindErr
         addrs: Vec::new(),
     };
     for &want in listen {
-        let first = udp_socket(want).map_err(|source| BindError::Bind {
-            addr: want,
-            proto: "udp",
-            source,
-        })?;
-        let addr = first.local_addr().map_err(|source| BindError::Bind {
-            addr: want,
-            proto: "udp",
-            source,
-        })?;
+        let first = udp_socket(want).map_err(|source| BindError::Bind { addr: want, proto: "udp", source })?;
+        let addr = first
+            .local_addr()
+            .map_err(|source| BindError::Bind { addr: want, proto: "udp", source })?;
         l.udp.push(Arc::new(first));
         for _ in 1..per_addr {
-            let s = udp_socket(addr).map_err(|source| BindError::Bind {
-                addr,
-                proto: "udp",
-                source,
-            })?;
+            let s = udp_socket(addr).map_err(|source| BindError::Bind { addr, proto: "udp", source })?;
             l.udp.push(Arc::new(s));
         }
-        l.tcp
-            .push(tcp_listener(addr).map_err(|source| BindError::Bind {
-                addr,
-                proto: "tcp",
-                source,
-            })?);
+        l.tcp.push(tcp_listener(addr).map_err(|source| BindError::Bind { addr, proto: "tcp", source })?);
         l.addrs.push(addr);
     }
     Ok(l)
@@ -116,12 +101,7 @@ fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight queries finish
 /// (for at most `grace`).
-pub async fn serve(
-    handler: Arc<Handler>,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-) {
+pub async fn serve(handler: Arc<Handler>, listeners: Listeners, shutdown: impl Future<Output = ()>, grace: Duration) {
     let cancel = CancelToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for sock in listeners.udp {
@@ -129,12 +109,7 @@ pub async fn serve(
     }
     let limits = Arc::new(TcpLimits::default());
     for l in listeners.tcp {
-        tasks.spawn(tcp_accept(
-            handler.clone(),
-            l,
-            limits.clone(),
-            cancel.clone(),
-        ));
+        tasks.spawn(tcp_accept(handler.clone(), l, limits.clone(), cancel.clone()));
     }
     shutdown.await;
     cancel.cancel();
@@ -172,11 +147,7 @@ async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelTok
                 let pkt = pkt.to_vec();
                 tokio::spawn(async move {
                     let mut out = Vec::with_capacity(512);
-                    if handler
-                        .answer_upstream(&pkt, src, Transport::Udp, &mut out)
-                        .await
-                        == Outcome::Reply
-                    {
+                    if handler.answer_upstream(&pkt, src, Transport::Udp, &mut out).await == Outcome::Reply {
                         let _ = sock.send_to(&out, src).await;
                     }
                     drop(permit);
@@ -215,12 +186,7 @@ impl TcpLimits {
     }
 }
 
-async fn tcp_accept(
-    handler: Arc<Handler>,
-    listener: TcpListener,
-    limits: Arc<TcpLimits>,
-    cancel: CancelToken,
-) {
+async fn tcp_accept(handler: Arc<Handler>, listener: TcpListener, limits: Arc<TcpLimits>, cancel: CancelToken) {
     let total = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
         let (stream, src) = tokio::select! {
@@ -253,12 +219,7 @@ async fn tcp_accept(
 }
 
 /// Serves pipelined queries on one connection, in order, until idle, closed or shut down.
-async fn tcp_conn(
-    handler: &Handler,
-    mut stream: TcpStream,
-    src: SocketAddr,
-    cancel: CancelToken,
-) -> std::io::Result<()> {
+async fn tcp_conn(handler: &Handler, mut stream: TcpStream, src: SocketAddr, cancel: CancelToken) -> std::io::Result<()> {
     let mut packet = vec![0u8; 65535];
     let mut buf = Vec::with_capacity(1500);
     loop {
@@ -275,11 +236,7 @@ async fn tcp_conn(
         }
         let pkt = &packet[..len];
         let outcome = match handler.answer_now(pkt, src, Transport::Tcp, &mut buf) {
-            Outcome::Upstream => {
-                handler
-                    .answer_upstream(pkt, src, Transport::Tcp, &mut buf)
-                    .await
-            }
+            Outcome::Upstream => handler.answer_upstream(pkt, src, Transport::Tcp, &mut buf).await,
             o => o,
         };
         if outcome == Outcome::Reply {

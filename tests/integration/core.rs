@@ -18,16 +18,9 @@ fn blocked_name_is_sinkholed_over_udp_and_tcp_with_category() {
     let a = server.query("www.tiktok.com", RecordType::A);
     assert_eq!(a.metadata.response_code, ResponseCode::NoError);
     assert_eq!(addresses(&a), vec!["0.0.0.0"]);
-    assert!(
-        ede_text(&a).unwrap().contains("social_media"),
-        "{:?}",
-        ede_text(&a)
-    );
+    assert!(ede_text(&a).unwrap().contains("social_media"), "{:?}", ede_text(&a));
 
-    let aaaa = Ask::new("WWW.TikTok.COM", RecordType::AAAA)
-        .tcp()
-        .send(server.addr)
-        .unwrap();
+    let aaaa = Ask::new("WWW.TikTok.COM", RecordType::AAAA).tcp().send(server.addr).unwrap();
     assert_eq!(addresses(&aaaa), vec!["::"]);
     assert!(ede_text(&aaaa).unwrap().contains("social_media"));
 
@@ -51,22 +44,12 @@ fn allowed_name_is_forwarded_then_cached() {
     assert_eq!(addresses(&first), vec!["192.0.2.11"]);
     let forwarded = up.queries();
     assert!(forwarded >= 1);
-    let again = Ask::new("WWW.EXAMPLE.ORG", RecordType::A)
-        .no_edns()
-        .send(server.addr)
-        .unwrap();
+    let again = Ask::new("WWW.EXAMPLE.ORG", RecordType::A).no_edns().send(server.addr).unwrap();
     assert_eq!(addresses(&again), vec!["192.0.2.11"]);
-    assert_eq!(
-        again.queries[0].name().to_ascii(),
-        "WWW.EXAMPLE.ORG.",
-        "question case echoed"
-    );
+    assert_eq!(again.queries[0].name().to_ascii(), "WWW.EXAMPLE.ORG.", "question case echoed");
     assert_eq!(up.queries(), forwarded, "second answer came from the cache");
 
-    let v6 = Ask::new("example.org", RecordType::AAAA)
-        .tcp()
-        .send(server.addr)
-        .unwrap();
+    let v6 = Ask::new("example.org", RecordType::AAAA).tcp().send(server.addr).unwrap();
     assert_eq!(addresses(&v6), vec!["2001:db8::10"]);
 
     let nx = server.query("nosuch.example.org", RecordType::A);
@@ -87,10 +70,7 @@ fn upstream_failure_is_servfail_promptly() {
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     assert!(started.elapsed() < Duration::from_secs(4));
     // Blocked names need no upstream at all.
-    assert_eq!(
-        addresses(&server.query("pornhub.com", RecordType::A)),
-        vec!["0.0.0.0"]
-    );
+    assert_eq!(addresses(&server.query("pornhub.com", RecordType::A)), vec!["0.0.0.0"]);
 }
 
 #[test]
@@ -99,10 +79,7 @@ fn only_school_networks_are_answered() {
     let server = Setup::new()
         .server("client_networks = [\"127.0.0.1/32\"]")
         .start(up.addr);
-    let outsider = Ask::new("www.example.org", RecordType::A)
-        .from("127.0.0.2")
-        .send(server.addr)
-        .unwrap();
+    let outsider = Ask::new("www.example.org", RecordType::A).from("127.0.0.2").send(server.addr).unwrap();
     assert_eq!(outsider.metadata.response_code, ResponseCode::Refused);
     assert!(outsider.answers.is_empty());
     let insider = server.query("www.example.org", RecordType::A);
@@ -114,21 +91,11 @@ fn allow_list_wins_except_over_locked_categories() {
     let up = Fixture::start(Zone::standard());
     let setup = Setup::new();
     setup.list("social_media.txt", "tiktok.com\niwf-test.schoolgate.test\n");
-    setup.list(
-        "allow.txt",
-        "childline.org.uk\nedu.tiktok.com\niwf-test.schoolgate.test\n",
-    );
+    setup.list("allow.txt", "childline.org.uk\nedu.tiktok.com\niwf-test.schoolgate.test\n");
     let server = setup.start(up.addr);
-    assert_eq!(
-        addresses(&server.query("www.tiktok.com", RecordType::A)),
-        vec!["0.0.0.0"]
-    );
+    assert_eq!(addresses(&server.query("www.tiktok.com", RecordType::A)), vec!["0.0.0.0"]);
     let edu = server.query("edu.tiktok.com", RecordType::A);
-    assert_eq!(
-        edu.metadata.response_code,
-        ResponseCode::NXDomain,
-        "forwarded, not sinkholed"
-    );
+    assert_eq!(edu.metadata.response_code, ResponseCode::NXDomain, "forwarded, not sinkholed");
     let locked = server.query("iwf-test.schoolgate.test", RecordType::A);
     assert_eq!(addresses(&locked), vec!["0.0.0.0"]);
     assert!(ede_text(&locked).unwrap().contains("illegal"));
@@ -137,9 +104,7 @@ fn allow_list_wins_except_over_locked_categories() {
 #[test]
 fn nxdomain_and_block_page_modes() {
     let up = Fixture::start(Zone::standard());
-    let nx = Setup::new()
-        .toml("[sinkhole]\nmode = \"nxdomain\"\n")
-        .start(up.addr);
+    let nx = Setup::new().toml("[sinkhole]\nmode = \"nxdomain\"\n").start(up.addr);
     let m = nx.query("pornhub.com", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     assert!(ede_text(&m).unwrap().contains("adult"));
@@ -192,26 +157,17 @@ fn bad_config_names_file_line_and_field() {
         .unwrap();
     assert!(!server.status.success());
     let err = String::from_utf8_lossy(&std::mem::take(&mut server.stderr)).into_owned();
-    assert!(
-        err.contains("field `category.files`") && err.contains("drugs.txt"),
-        "{err}"
-    );
+    assert!(err.contains("field `category.files`") && err.contains("drugs.txt"), "{err}");
 }
 
 #[test]
 fn bad_list_lines_are_reported_and_the_rest_loads() {
     let up = Fixture::start(Zone::standard());
     let setup = Setup::new();
-    setup.list(
-        "adult.txt",
-        "pornhub.com\nthis is not a domain\nxvideos.com\n",
-    );
+    setup.list("adult.txt", "pornhub.com\nthis is not a domain\nxvideos.com\n");
     let server = setup.start(up.addr);
     assert!(server.log().contains("adult.txt:2"), "{}", server.log());
-    assert_eq!(
-        addresses(&server.query("xvideos.com", RecordType::A)),
-        vec!["0.0.0.0"]
-    );
+    assert_eq!(addresses(&server.query("xvideos.com", RecordType::A)), vec!["0.0.0.0"]);
 }
 
 #[test]
@@ -219,18 +175,11 @@ fn compiled_lists_are_reused_across_restarts() {
     let up = Fixture::start(Zone::standard());
     let setup = Setup::new();
     let first = setup.start(up.addr);
-    assert!(
-        first.log().contains("recompiled=[\"allow\""),
-        "{}",
-        first.log()
-    );
+    assert!(first.log().contains("recompiled=[\"allow\""), "{}", first.log());
     drop(first);
     let second = setup.start(up.addr);
     assert!(second.log().contains("recompiled=[]"), "{}", second.log());
-    assert_eq!(
-        addresses(&second.query("bet365.com", RecordType::A)),
-        vec!["0.0.0.0"]
-    );
+    assert_eq!(addresses(&second.query("bet365.com", RecordType::A)), vec!["0.0.0.0"]);
 }
 
 #[test]
@@ -241,26 +190,15 @@ fn serves_ipv6_listeners() {
     }
     let up = Fixture::start(Zone::standard());
     let setup = Setup::new();
-    let server = crate::harness::Server::start(
-        &setup.config(),
-        &["--listen", "[::1]:0", "--upstream", &up.addr.to_string()],
-    );
-    let m = Ask::new("pornhub.com", RecordType::A)
-        .send(server.addr)
-        .unwrap();
+    let server = crate::harness::Server::start(&setup.config(), &["--listen", "[::1]:0", "--upstream", &up.addr.to_string()]);
+    let m = Ask::new("pornhub.com", RecordType::A).send(server.addr).unwrap();
     assert_eq!(addresses(&m), vec!["0.0.0.0"]);
 }
 
 #[test]
 fn empty_lists_refuse_to_start() {
     let setup = Setup::new();
-    for f in [
-        "illegal.txt",
-        "adult.txt",
-        "gambling.txt",
-        "social_media.txt",
-        "circumvention.txt",
-    ] {
+    for f in ["illegal.txt", "adult.txt", "gambling.txt", "social_media.txt", "circumvention.txt"] {
         setup.list(f, "# nothing\n");
     }
     let (ok, _, err) = setup.run(&["serve"]);

@@ -72,10 +72,7 @@ impl Zone {
     }
 
     fn add(&mut self, name: &str, rdata: RData) {
-        self.records
-            .entry(name.to_string())
-            .or_default()
-            .push(rdata);
+        self.records.entry(name.to_string()).or_default().push(rdata);
     }
 
     fn answer(&self, q: &Message) -> Message {
@@ -119,15 +116,7 @@ impl Zone {
             } else {
                 ResponseCode::NXDomain
             };
-            let soa = SOA::new(
-                fqdn("ns.fixture.test"),
-                fqdn("admin.fixture.test"),
-                1,
-                3600,
-                600,
-                86400,
-                60,
-            );
+            let soa = SOA::new(fqdn("ns.fixture.test"), fqdn("admin.fixture.test"), 1, 3600, 600, 86400, 60);
             resp.add_authority(Record::from_rdata(Name::root(), 60, RData::SOA(soa)));
         }
         resp
@@ -183,12 +172,8 @@ impl Fixture {
                                 return;
                             }
                             n.fetch_add(1, Ordering::SeqCst);
-                            let Ok(q) = Message::from_vec(&buf) else {
-                                return;
-                            };
-                            let Ok(bytes) = z.answer(&q).to_vec() else {
-                                return;
-                            };
+                            let Ok(q) = Message::from_vec(&buf) else { return };
+                            let Ok(bytes) = z.answer(&q).to_vec() else { return };
                             let _ = s.write_u16(bytes.len() as u16).await;
                             let _ = s.write_all(&bytes).await;
                         }
