@@ -12,7 +12,6 @@
 //! Both sides hold an exclusive lock on `changes.lock` while they compare, write and record, so
 //! an edit is never recorded twice or half. The log file is only ever appended to.
 
-use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -117,10 +116,10 @@ pub struct Lock {
     _file: File,
 }
 
-/// A list file's entries as last recorded.
+/// A list file's entries as last recorded, sorted and distinct.
 struct Snapshot {
     stamp: String,
-    entries: BTreeSet<String>,
+    entries: Vec<String>,
 }
 
 impl ChangeLog {
@@ -198,16 +197,8 @@ impl ChangeLog {
             return Ok(None);
         }
         let current = entries_of(file).map_err(io(file))?;
-        let before = previous.as_ref().map(|p| &p.entries);
-        let added: Vec<&String> = current
-            .iter()
-            .filter(|e| !before.is_some_and(|b| b.contains(*e)))
-            .collect();
-        let removed: Vec<&String> = before
-            .into_iter()
-            .flatten()
-            .filter(|e| !current.contains(*e))
-            .collect();
+        let before: &[String] = previous.as_ref().map_or(&[], |p| &p.entries);
+        let (added, removed) = diff(before, &current);
         let mut change = None;
         if !added.is_empty() || !removed.is_empty() {
             let others: usize = category_files
@@ -233,7 +224,7 @@ impl ChangeLog {
                 removed_count: removed.len(),
                 added: added.into_iter().take(MAX_NAMES).cloned().collect(),
                 removed: removed.into_iter().take(MAX_NAMES).cloned().collect(),
-                size_before: others + before.map_or(0, BTreeSet::len),
+                size_before: others + before.len(),
                 size_after: others + current.len(),
             };
             self.append(&c)?;
@@ -314,10 +305,10 @@ fn lists_of(config: &Config) -> Vec<(String, Vec<PathBuf>)> {
     out
 }
 
-/// The entries of a list file as the log names them.
-fn entries_of(file: &Path) -> std::io::Result<BTreeSet<String>> {
+/// The entries of a list file as the log names them, sorted and distinct.
+fn entries_of(file: &Path) -> std::io::Result<Vec<String>> {
     let parsed = parse(file, &fs::read(file)?);
-    let mut set: BTreeSet<String> = parsed
+    let mut entries: Vec<String> = parsed
         .entries
         .into_iter()
         .map(|e| match e.kind {
@@ -325,13 +316,33 @@ fn entries_of(file: &Path) -> std::io::Result<BTreeSet<String>> {
             EntryKind::Allow => format!("@@{}", e.name),
         })
         .collect();
-    set.extend(
+    entries.extend(
         parsed
             .keywords
             .into_iter()
             .map(|k| format!("keyword:{}", k.text)),
     );
-    Ok(set)
+    entries.sort_unstable();
+    entries.dedup();
+    Ok(entries)
+}
+
+/// (added, removed) between two sorted, distinct lists, in one pass over both.
+fn diff<'a>(before: &'a [String], after: &'a [String]) -> (Vec<&'a String>, Vec<&'a String>) {
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    let (mut b, mut a) = (before.iter().peekable(), after.iter().peekable());
+    loop {
+        match (b.peek(), a.peek()) {
+            (Some(x), Some(y)) if x == y => {
+                b.next();
+                a.next();
+            }
+            (Some(x), Some(y)) if x < y => removed.extend(b.next()),
+            (_, Some(_)) => added.extend(a.next()),
+            (Some(_), None) => removed.extend(b.next()),
+            (None, None) => return (added, removed),
+        }
+    }
 }
 
 /// Size and modification time: equal stamps mean the file was not touched since the snapshot.
@@ -348,13 +359,13 @@ fn read_snapshot(path: &Path) -> Option<Snapshot> {
     let text = fs::read_to_string(path).ok()?;
     let mut lines = text.lines();
     let stamp = lines.next()?.strip_prefix("# stamp ")?.to_string();
-    Some(Snapshot {
-        stamp,
-        entries: lines.map(str::to_string).collect(),
-    })
+    let mut entries: Vec<String> = lines.map(str::to_string).collect();
+    entries.sort_unstable();
+    entries.dedup();
+    Some(Snapshot { stamp, entries })
 }
 
-fn write_snapshot(path: &Path, stamp: &str, entries: &BTreeSet<String>) -> Result<(), ChangeError> {
+fn write_snapshot(path: &Path, stamp: &str, entries: &[String]) -> Result<(), ChangeError> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io(dir))?;
     }
@@ -454,6 +465,17 @@ mod tests {
         assert!(bad.is_empty());
         let (since, _) = read_log(log.path(), Some(person.time)).unwrap();
         assert_eq!(since, vec![person]);
+    }
+
+    #[test]
+    fn diff_walks_both_sorted_lists() {
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (before, after) = (v(&["a", "c", "d", "f"]), v(&["b", "c", "e", "f", "g"]));
+        let (added, removed) = diff(&before, &after);
+        assert_eq!(added, ["b", "e", "g"]);
+        assert_eq!(removed, ["a", "d"]);
+        assert_eq!(diff(&[], &before).0.len(), 4);
+        assert_eq!(diff(&before, &[]).1.len(), 4);
     }
 
     #[test]
