@@ -63,7 +63,7 @@ fn compile(c: &mut Criterion) {
     let cache = dir.path().join("once");
     let list = compile_list("big", &sources, &cache).expect("compile");
     let (wall, cpu_s) = cpu.read();
-    let fst_bytes = file_len(&cache.join("big.fst"));
+    let fst_bytes = file_len(&cache.join("big.keys"));
     let cpu = Clock::start();
     let index = DomainIndex::build(std::slice::from_ref(&list), &cache).expect("index");
     let (index_wall, index_cpu) = cpu.read();
@@ -71,7 +71,7 @@ fn compile(c: &mut Criterion) {
         "{} names ({:.1} MB of text, {} parsed)\n\
          parse alone:      {parse_wall:.2} s wall, {parse_cpu:.2} s CPU\n\
          compile (total):  {wall:.2} s wall, {cpu_s:.2} s CPU, {:.0} names per CPU second; \
-         list FST {:.1} bytes/name\n\
+         key file {:.1} bytes/name\n\
          merged index:     {index_wall:.2} s wall, {index_cpu:.2} s CPU, {:.1} bytes/name",
         list.len(),
         text.len() as f64 / 1e6,
@@ -85,7 +85,7 @@ fn compile(c: &mut Criterion) {
     let mut group = c.benchmark_group("compile");
     group.sample_size(10);
     group.throughput(Throughput::Elements(NAMES as u64));
-    group.bench_function("1M names to FST", |b| {
+    group.bench_function("1M names to a key file", |b| {
         b.iter_batched(
             || tempfile::tempdir().expect("cache dir"),
             |cache| compile_list("big", &sources, cache.path()).expect("compile"),

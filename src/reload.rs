@@ -169,6 +169,7 @@ fn is_relevant(p: &Path) -> bool {
         || name.starts_with(".#")
         || name == "4913"
         || name.ends_with(".fst")
+        || name.ends_with(".keys")
         || name.ends_with(".meta.json")
         || name.ends_with(".meta"))
 }

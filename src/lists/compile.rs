@@ -1,9 +1,9 @@
-//! Turning a list's text sources into a memory-mapped FST, and keeping the result on disk so an
-//! unchanged list is never compiled twice.
+//! Turning a list's text sources into sorted, memory-mapped key files, and keeping them on disk
+//! so an unchanged list is never compiled twice.
 //!
-//! Each list compiles to `<cache>/<name>.fst` (blocked names) and `<name>.allow.fst` (exceptions
-//! written as `@@||name^` or RPZ passthru), each mapping the reversed name to the line it came
-//! from (`source index << 32 | line`). A sidecar `<name>.meta.json` records the sources'
+//! Each list compiles to `<cache>/<name>.keys` (blocked names) and `<name>.allow.keys`
+//! (exceptions written as `@@||name^` or RPZ passthru), each mapping the reversed name to the line
+//! it came from (`source index << 32 | line`); see [`super::sorted`]. A sidecar `<name>.meta.json` records the sources'
 //! size and modification time; when they match, the files are mapped as they are.
 //!
 //! Files are written to a temporary name and renamed into place: a mapped file is never
@@ -11,15 +11,15 @@
 //! the previous good files.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-use fst::{Map, MapBuilder};
+use fst::Map;
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
 use super::parse::{parse, BadLine, EntryKind, KeywordLine};
+use super::sorted::SortedKeys;
 use super::ListError;
 use crate::domain::reverse_key;
 
@@ -27,10 +27,10 @@ use crate::domain::reverse_key;
 pub struct CompiledList {
     /// The list's name (a category, `allow`, or `group:<name>:block` ...).
     pub name: String,
-    /// Blocked names -> `source << 32 | line`.
-    pub block: Map<Mmap>,
-    /// Exception names -> `source << 32 | line`.
-    pub allow: Map<Mmap>,
+    /// Blocked names (reversed keys) -> `source << 32 | line`.
+    pub block: SortedKeys,
+    /// Exception names (reversed keys) -> `source << 32 | line`.
+    pub allow: SortedKeys,
     /// The source files, indexed by the high half of a value.
     pub sources: Vec<PathBuf>,
     /// Keyword rules found in the sources, with the source they came from.
@@ -80,12 +80,14 @@ pub fn compile_list(
     cache_dir: &Path,
 ) -> Result<CompiledList, ListError> {
     let fingerprint = fingerprint(sources)?;
-    let block_path = cache_dir.join(format!("{name}.fst"));
-    let allow_path = cache_dir.join(format!("{name}.allow.fst"));
+    let block_path = cache_dir.join(format!("{name}.keys"));
+    let allow_path = cache_dir.join(format!("{name}.allow.keys"));
     let meta_path = cache_dir.join(format!("{name}.meta.json"));
 
     if let Some(meta) = read_meta(&meta_path).filter(|m| m.fingerprint == fingerprint) {
-        if let (Ok(block), Ok(allow)) = (map_file(&block_path), map_file(&allow_path)) {
+        if let (Ok(block), Ok(allow)) =
+            (SortedKeys::open(&block_path), SortedKeys::open(&allow_path))
+        {
             return Ok(CompiledList {
                 name: name.to_string(),
                 block,
@@ -144,8 +146,8 @@ pub fn compile_list(
 
     Ok(CompiledList {
         name: name.to_string(),
-        block: map_file(&block_path)?,
-        allow: map_file(&allow_path)?,
+        block: SortedKeys::open(&block_path)?,
+        allow: SortedKeys::open(&allow_path)?,
         sources: sources.to_vec(),
         keywords: meta.keywords,
         bad: meta.bad,
@@ -215,20 +217,10 @@ impl Keys {
     }
 }
 
-/// Sorts, de-duplicates (first line wins) and writes a map atomically.
+/// Sorts, de-duplicates (first line wins) and writes a key file atomically.
 fn write_map(path: &Path, mut keys: Keys) -> Result<(), ListError> {
     keys.sort_dedup();
-    let tmp = tmp_path(path);
-    let file = File::create(&tmp).map_err(|e| ListError::io(&tmp, e))?;
-    let mut builder = MapBuilder::new(BufWriter::with_capacity(1 << 20, file))
-        .map_err(|e| ListError::fst(path, e))?;
-    builder
-        .extend_iter(keys.items.iter().map(|item| (keys.key(item), item.3)))
-        .map_err(|e| ListError::fst(path, e))?;
-    let mut w = builder.into_inner().map_err(|e| ListError::fst(path, e))?;
-    w.flush().map_err(|e| ListError::io(&tmp, e))?;
-    drop(w);
-    fs::rename(&tmp, path).map_err(|e| ListError::io(path, e))
+    SortedKeys::write(path, keys.items.iter().map(|item| (keys.key(item), item.3)))
 }
 
 /// Writes bytes to a sibling temporary file and renames it over `path`.
