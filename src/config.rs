@@ -248,6 +248,34 @@ struct RawLists {
     #[serde(default = "default_cache_dir")]
     cache_dir: PathBuf,
     allow: Option<Spanned<String>>,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default = "default_watch")]
+    watch: bool,
+    #[serde(default = "default_max_shrink")]
+    max_shrink: Spanned<f64>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("../state/lists")
+}
+fn default_watch() -> bool {
+    true
+}
+fn default_max_shrink() -> Spanned<f64> {
+    Spanned::new(0..0, 0.5)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    url: Spanned<String>,
+    #[serde(default = "default_refresh")]
+    refresh: Spanned<String>,
+}
+
+fn default_refresh() -> Spanned<String> {
+    Spanned::new(0..0, "6h".to_string())
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -260,6 +288,8 @@ struct RawCategory {
     name: Spanned<String>,
     #[serde(default)]
     files: Vec<Spanned<String>>,
+    #[serde(default)]
+    sources: Vec<RawSource>,
     #[serde(default)]
     locked: bool,
     #[serde(default)]
@@ -314,6 +344,7 @@ struct RawClient {
 #[serde(deny_unknown_fields)]
 struct RawLogs {
     dir: Option<PathBuf>,
+    changes: Option<PathBuf>,
     #[serde(default = "default_access_retention")]
     access_retention_days: u32,
     #[serde(default = "default_breach_retention")]
@@ -329,6 +360,7 @@ impl Default for RawLogs {
             access_retention_days: default_access_retention(),
             breach_retention_days: default_breach_retention(),
             queue: default_log_queue(),
+            changes: None,
         }
     }
 }
@@ -363,12 +395,33 @@ pub struct Category {
     pub name: String,
     /// Source files, resolved.
     pub files: Vec<PathBuf>,
+    /// Lists downloaded from URLs; their last good copies are compiled with `files`.
+    pub sources: Vec<RemoteSource>,
     /// Never lifted by allow entries, groups, schedules or exemptions.
     pub locked: bool,
     /// Attempts raise an immediate alert.
     pub alert: bool,
     /// What the category covers, for reports.
     pub description: String,
+}
+
+impl Category {
+    /// What the category compiles from: its files, then the remote copies downloaded so far.
+    pub fn sources_on_disk(&self) -> Vec<PathBuf> {
+        let copies = self.sources.iter().map(|s| &s.copy).filter(|p| p.is_file());
+        self.files.iter().chain(copies).cloned().collect()
+    }
+}
+
+/// A list fetched over HTTP(S) and kept on disk, so the category survives the source going away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSource {
+    /// Where it is downloaded from.
+    pub url: String,
+    /// How often it is fetched again.
+    pub refresh: std::time::Duration,
+    /// The last good copy (under the state directory).
+    pub copy: PathBuf,
 }
 
 /// A time-of-day rule within a group.
@@ -476,6 +529,13 @@ pub struct Config {
     pub cache_dir: PathBuf,
     /// The allow list, if any.
     pub allow_file: Option<PathBuf>,
+    /// Lists' own state: last good copies of remote sources and the snapshots edits are diffed
+    /// against. Unlike `cache_dir`, deleting it loses history.
+    pub state_dir: PathBuf,
+    /// Watch list files and the config for changes (SIGHUP always reloads).
+    pub watch: bool,
+    /// Largest fraction of its entries a remote source may lose in one refresh and still apply.
+    pub max_shrink: f64,
     /// Categories, in priority order (locked ones first).
     pub categories: Vec<Category>,
     /// Groups by name; always contains `default`.
@@ -499,6 +559,8 @@ pub struct Config {
     pub approvers: Vec<String>,
     /// Where exemptions are kept (the state directory).
     pub exemptions_file: PathBuf,
+    /// The change-control log (JSON lines, append-only).
+    pub changes_log: PathBuf,
 }
 
 /// Name of the group unknown clients fall into.
@@ -608,6 +670,15 @@ impl Validator<'_> {
 
         let lists_dir = base.join(&raw.lists.dir);
         let cache_dir = base.join(&raw.lists.cache_dir);
+        let state_dir = base.join(&raw.lists.state_dir);
+        let max_shrink = *raw.lists.max_shrink.get_ref();
+        if !(0.0..=1.0).contains(&max_shrink) {
+            self.problem(
+                &raw.lists.max_shrink,
+                "lists.max_shrink",
+                "must be a fraction between 0.0 and 1.0 (0.5: refuse a download that lost over half its entries)",
+            );
+        }
         let allow_file = raw.lists.allow.as_ref().map(|f| {
             let p = lists_dir.join(f.get_ref());
             if !p.is_file() {
@@ -657,9 +728,40 @@ impl Validator<'_> {
             if keywords.is_file() && !files.contains(&keywords) {
                 files.push(keywords);
             }
+            let mut sources = Vec::new();
+            for s in &c.sources {
+                let url = s.url.get_ref();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    self.problem(
+                        &s.url,
+                        "category.sources.url",
+                        format!("{url:?} is not an http:// or https:// URL"),
+                    );
+                }
+                let refresh = match humantime::parse_duration(s.refresh.get_ref()) {
+                    Ok(d) if !d.is_zero() => d,
+                    _ => {
+                        self.problem(
+                            &s.refresh,
+                            "category.sources.refresh",
+                            format!(
+                                "{:?} is not a duration like \"6h\" or \"30m\"",
+                                s.refresh.get_ref()
+                            ),
+                        );
+                        std::time::Duration::from_secs(6 * 3600)
+                    }
+                };
+                sources.push(RemoteSource {
+                    url: url.clone(),
+                    refresh,
+                    copy: state_dir.join("remote").join(copy_name(&name, url)),
+                });
+            }
             categories.push(Category {
                 name,
                 files,
+                sources,
                 locked: c.locked,
                 alert: c.alert,
                 description: c.description.clone(),
@@ -758,6 +860,11 @@ impl Validator<'_> {
 
         let safesearch = self.safesearch(&raw.safesearch, base);
 
+        let log_dir = base.join(
+            raw.logs
+                .dir
+                .unwrap_or_else(|| PathBuf::from("../state/logs")),
+        );
         Config {
             path: self.file.clone(),
             listen: raw.server.listen,
@@ -773,15 +880,14 @@ impl Validator<'_> {
             lists_dir,
             cache_dir,
             allow_file,
+            state_dir,
+            watch: raw.lists.watch,
+            max_shrink,
             categories,
             groups,
             clients,
             logs: Logs {
-                dir: base.join(
-                    raw.logs
-                        .dir
-                        .unwrap_or_else(|| PathBuf::from("../state/logs")),
-                ),
+                dir: log_dir.clone(),
                 access_retention_days: raw.logs.access_retention_days,
                 breach_retention_days: raw.logs.breach_retention_days,
                 queue: raw.logs.queue.max(1024),
@@ -797,6 +903,10 @@ impl Validator<'_> {
                     .file
                     .unwrap_or_else(|| PathBuf::from("../state/exemptions.json")),
             ),
+            changes_log: match raw.logs.changes {
+                Some(p) => base.join(p),
+                None => log_dir.join("changes.jsonl"),
+            },
         }
     }
 
@@ -947,6 +1057,29 @@ impl Validator<'_> {
             unblock: self.category_names(&s.unblock, &format!("{field}.unblock"), known),
         }
     }
+}
+
+/// File name of a source's last good copy: readable, and different for every URL.
+fn copy_name(category: &str, url: &str) -> String {
+    let tail: String = url
+        .split("://")
+        .last()
+        .unwrap_or(url)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    // FNV-1a: stable across releases, unlike std's hasher.
+    let hash = url.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{category}-{tail}-{:08x}.txt", hash as u32)
 }
 
 fn is_identifier(s: &str) -> bool {

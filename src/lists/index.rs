@@ -4,16 +4,21 @@
 //! "list `i` exempts it". The walk over a query's reversed key stops at every label boundary
 //! that is a listed name, so a listed parent (`tiktok.com`) catches all names below it
 //! (`www.tiktok.com`) and never a sibling that merely shares a prefix (`tiktokfoo.com`).
+//!
+//! It is built by merging the lists' sorted key files, and rebuilt only when one of them changed.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use fst::raw::Output;
-use fst::{Map, MapBuilder, Streamer};
+use fst::{Map, MapBuilder};
 use memmap2::Mmap;
 
 use super::compile::{map_file, tmp_path, write_atomic, CompiledList};
+use super::sorted::SortedKeys;
 use super::ListError;
 
 /// Most lists one index can hold (one block bit and one allow bit each).
@@ -108,24 +113,37 @@ impl DomainIndex {
             }
         }
         fs::create_dir_all(cache_dir).map_err(|e| ListError::io(cache_dir, e))?;
-        let mut op = fst::map::OpBuilder::new();
-        for l in lists {
-            op = op.add(&l.block).add(&l.allow);
-        }
-        let mut union = op.union();
+        // A k-way merge of the lists' sorted key files: stream 2i is list i's blocked names,
+        // stream 2i + 1 its exceptions.
+        let streams: Vec<&SortedKeys> = lists.iter().flat_map(|l| [&l.block, &l.allow]).collect();
+        let mut next = vec![0usize; streams.len()];
+        let mut heap: BinaryHeap<Reverse<(&[u8], usize)>> = streams
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(i, s)| Reverse((s.key(0), i)))
+            .collect();
         let tmp = tmp_path(&path);
         let file = File::create(&tmp).map_err(|e| ListError::io(&tmp, e))?;
-        let mut builder =
-            MapBuilder::new(BufWriter::new(file)).map_err(|e| ListError::fst(&path, e))?;
-        while let Some((key, values)) = union.next() {
+        let mut builder = MapBuilder::new(BufWriter::with_capacity(1 << 20, file))
+            .map_err(|e| ListError::fst(&path, e))?;
+        while let Some(Reverse((key, _))) = heap.peek().copied() {
             let mut mask = 0u64;
-            for v in values {
-                let list = v.index / 2;
-                mask |= if v.index % 2 == 0 {
+            while let Some(Reverse((k, i))) = heap.peek().copied() {
+                if k != key {
+                    break;
+                }
+                heap.pop();
+                let list = i / 2;
+                mask |= if i % 2 == 0 {
                     1 << list
                 } else {
                     1 << (32 + list)
                 };
+                next[i] += 1;
+                if next[i] < streams[i].len() {
+                    heap.push(Reverse((streams[i].key(next[i]), i)));
+                }
             }
             builder
                 .insert(key, mask)

@@ -9,6 +9,7 @@
 //! - `ops`: metrics, health, rate limiting.
 //! - `fuzz`: property-driven fuzzing of decoding, normalisation and decision.
 //! - `reliability`: hostile packets, every query type, CNAME cloaking, outages, full disk.
+//! - `lists`: hot reload, bad lists kept out, list edits, the change-control log, remote sources.
 
 mod fixture;
 mod harness;
@@ -16,7 +17,9 @@ mod harness;
 mod clients;
 mod core;
 mod fuzz;
+mod http;
 mod keywords;
+mod lists;
 mod logs;
 mod ops;
 mod reliability;
