@@ -668,9 +668,9 @@ impl Validator<'_> {
             });
         }
 
-        let lists_dir = base.join(&raw.lists.dir);
-        let cache_dir = base.join(&raw.lists.cache_dir);
-        let state_dir = base.join(&raw.lists.state_dir);
+        let lists_dir = resolve(base, &raw.lists.dir);
+        let cache_dir = resolve(base, &raw.lists.cache_dir);
+        let state_dir = resolve(base, &raw.lists.state_dir);
         let max_shrink = *raw.lists.max_shrink.get_ref();
         if !(0.0..=1.0).contains(&max_shrink) {
             self.problem(
@@ -845,7 +845,7 @@ impl Validator<'_> {
             .dhcp
             .leases
             .iter()
-            .map(|l| base.join(l.get_ref()))
+            .map(|l| resolve(base, l.get_ref()))
             .collect();
 
         if let Some(a) = &raw.admin.listen {
@@ -860,7 +860,8 @@ impl Validator<'_> {
 
         let safesearch = self.safesearch(&raw.safesearch, base);
 
-        let log_dir = base.join(
+        let log_dir = resolve(
+            base,
             raw.logs
                 .dir
                 .unwrap_or_else(|| PathBuf::from("../state/logs")),
@@ -898,13 +899,14 @@ impl Validator<'_> {
             dhcp_leases,
             dhcp_format: raw.dhcp.format,
             approvers: raw.exemptions.approvers,
-            exemptions_file: base.join(
+            exemptions_file: resolve(
+                base,
                 raw.exemptions
                     .file
                     .unwrap_or_else(|| PathBuf::from("../state/exemptions.json")),
             ),
             changes_log: match raw.logs.changes {
-                Some(p) => base.join(p),
+                Some(p) => resolve(base, p),
                 None => log_dir.join("changes.jsonl"),
             },
         }
@@ -985,7 +987,7 @@ impl Validator<'_> {
         let Some(f) = &raw.file else {
             return SafeSearch::builtin();
         };
-        let p = base.join(f.get_ref());
+        let p = resolve(base, f.get_ref());
         if !p.is_file() {
             self.problem(
                 f,
@@ -1080,6 +1082,28 @@ fn copy_name(category: &str, url: &str) -> String {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
     format!("{category}-{tail}-{:08x}.txt", hash as u32)
+}
+
+/// Joins a path from the config onto the config's directory and tidies `..` away, so messages
+/// and logs name `blocklists/adult.txt`, not `config/../blocklists/adult.txt`.
+fn resolve(base: &Path, p: impl AsRef<Path>) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in base.join(p).components() {
+        match c {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 fn is_identifier(s: &str) -> bool {
