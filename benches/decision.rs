@@ -160,7 +160,7 @@ fn setup(names: usize) -> Data {
     let dir = data_dir(names);
     let lists = dir.join("lists");
     let done = dir.join("lists.done");
-    let mut rng = Rng(0x5C0_01_6A7E ^ names as u64);
+    let mut rng = Rng(0x0005_C001_6A7E ^ names as u64);
     let stride = (names / SAMPLES).max(1);
     let mut sample = Vec::with_capacity(SAMPLES);
     let fresh = !done.exists();

@@ -81,7 +81,11 @@ python3 "$ROOT/benches/load/gen.py" --dir "$WORK" --names "$NAMES" --mixed-lines
     --blocked-sample "$SAMPLE" --knot-port "$KNOT_PORT" --schoolgate-port "$SG_PORT" \
     --unbound-port "$UB_PORT" --dnsmasq-port "$DM_PORT"
 PROBE=$(cat "$WORK/probe-name")
-RESULTS="$WORK/results.tsv"
+# Logs and results go below the config's directory, not in it: schoolgate watches that directory
+# and would take every line written there for an edit to reload.
+OUTD="$WORK/out"
+mkdir -p "$OUTD"
+RESULTS="$OUTD/results.tsv"
 echo "machine loadavg_start=$(cut -d' ' -f1 /proc/loadavg)" > "$RESULTS"
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -96,15 +100,15 @@ start_server() { # name -> sets SPID, STARTUP_MS
     local name=$1 t0
     t0=$(now_ns)
     case $name in
-        schoolgate) "${PRIO[@]}" taskset -c "$SERVER_CPU" "$SG" --config "$WORK/schoolgate.toml" serve >"$WORK/schoolgate.log" 2>&1 & ;;
-        unbound) "${PRIO[@]}" taskset -c "$SERVER_CPU" unbound -d -c "$WORK/unbound.conf" >"$WORK/unbound.log" 2>&1 & ;;
-        dnsmasq) "${PRIO[@]}" taskset -c "$SERVER_CPU" dnsmasq -k -C "$WORK/dnsmasq.conf" >"$WORK/dnsmasq.log" 2>&1 & ;;
+        schoolgate) "${PRIO[@]}" taskset -c "$SERVER_CPU" "$SG" --config "$WORK/schoolgate.toml" serve >"$OUTD/schoolgate.log" 2>&1 & ;;
+        unbound) "${PRIO[@]}" taskset -c "$SERVER_CPU" unbound -d -c "$WORK/unbound.conf" >"$OUTD/unbound.log" 2>&1 & ;;
+        dnsmasq) "${PRIO[@]}" taskset -c "$SERVER_CPU" dnsmasq -k -C "$WORK/dnsmasq.conf" >"$OUTD/dnsmasq.log" 2>&1 & ;;
     esac
     SPID=$!
     PIDS+=("$SPID")
     local out
     out=$(pin_load "$LOADGEN" --server "127.0.0.1:$(port_of "$name")" --probe "$PROBE" --since-ns "$t0") \
-        || { echo "$name did not answer; its log:" >&2; tail -20 "$WORK/$name.log" >&2; exit 1; }
+        || { echo "$name did not answer; its log:" >&2; tail -20 "$OUTD/$name.log" >&2; exit 1; }
     STARTUP_MS=$(field "$out" startup_ms)
 }
 
@@ -146,7 +150,7 @@ run_loadgen() { # name file [args]
 }
 
 # --- the upstream ----------------------------------------------------------------------------
-"${PRIO[@]}" taskset -c "$LOAD_CPUS" knotd -c "$WORK/knot.conf" >"$WORK/knot.log" 2>&1 &
+"${PRIO[@]}" taskset -c "$LOAD_CPUS" knotd -c "$WORK/knot.conf" >"$OUTD/knot.log" 2>&1 &
 KNOT_PID=$!
 PIDS+=("$KNOT_PID")
 for _ in $(seq 100); do
@@ -193,17 +197,17 @@ for name in $SERVERS; do
         # Reload the whole list under load: touching every list file changes its fingerprint, so
         # all of it is recompiled and the index rebuilt while queries keep arriving.
         rate=$(awk '$1 == "schoolgate" && / mix=blocked tool=loadgen / {for (i = 1; i <= NF; i++) if ($i ~ /^qps=/) {split($i, a, "="); print int(a[2] / 2)}}' "$RESULTS")
-        before=$(grep -c 'reloaded' "$WORK/schoolgate.log" || true)
+        before=$(grep -c 'reloaded' "$OUTD/schoolgate.log" || true)
         reload_secs=$((QUICK == 1 ? 4 : 20))
         "${PRIO[@]}" taskset -c "$LOAD_CPUS" "$LOADGEN" --server "127.0.0.1:$SG_PORT" --queries "$WORK/q-blocked.txt" \
-            --seconds "$reload_secs" --qps "$rate" --inflight 4096 > "$WORK/reload.out" &
+            --seconds "$reload_secs" --qps "$rate" --inflight 4096 > "$OUTD/reload.out" &
         LG=$!
         sleep 1
         touch "$WORK"/lists/*.txt
         wait "$LG"
-        took=$(grep 'reloaded' "$WORK/schoolgate.log" | tail -n +"$((before + 1))" | grep -o 'took_ms=[0-9]*' | tail -1 | cut -d= -f2)
-        record "schoolgate reload took_ms=${took:-none} qps_offered=$rate $(cat "$WORK/reload.out") rss_after_reload_kib=$(hwm_kib "$SPID")"
-        echo "   reload under load: ${took:-none} ms; $(cat "$WORK/reload.out")" >&2
+        took=$(grep 'reloaded' "$OUTD/schoolgate.log" | tail -n +"$((before + 1))" | grep -o 'took_ms=[0-9]*' | tail -1 | cut -d= -f2)
+        record "schoolgate reload took_ms=${took:-none} qps_offered=$rate $(cat "$OUTD/reload.out") rss_after_reload_kib=$(hwm_kib "$SPID")"
+        echo "   reload under load: ${took:-none} ms; $(cat "$OUTD/reload.out")" >&2
     fi
     stop_server
 done

@@ -300,10 +300,10 @@ impl TableBuilder {
         let file = File::create(&tmp).map_err(|e| ListError::io(&tmp, e))?;
         let mut w = BufWriter::new(file);
         let header = [self.slots.len() as u64, self.classes.len() as u64];
-        let words = header.iter().chain(&self.classes).chain(&self.slots);
+        let mut words = header.iter().chain(&self.classes).chain(&self.slots);
         let result = w
             .write_all(TABLE_MAGIC)
-            .and_then(|()| words.map(|v| w.write_all(&v.to_le_bytes())).collect())
+            .and_then(|()| words.try_for_each(|v| w.write_all(&v.to_le_bytes())))
             .and_then(|()| w.flush());
         result.map_err(|e| ListError::io(&tmp, e))?;
         drop(w);
