@@ -59,42 +59,70 @@ pub fn bind(listen: &[SocketAddr], per_addr: usize) -> Result<Listeners, BindErr
         addrs: Vec::new(),
     };
     for &want in listen {
-        let first = udp_socket(want).map_err(|source| BindError::Bind {
-            addr: want,
-            proto: "udp",
-            source,
-        })?;
-        let addr = first.local_addr().map_err(|source| BindError::Bind {
-            addr: want,
-            proto: "udp",
-            source,
-        })?;
-        l.udp.push(Arc::new(first));
-        for _ in 1..per_addr {
-            let s = udp_socket(addr).map_err(|source| BindError::Bind {
-                addr,
-                proto: "udp",
-                source,
-            })?;
-            l.udp.push(Arc::new(s));
-        }
-        l.tcp
-            .push(tcp_listener(addr).map_err(|source| BindError::Bind {
-                addr,
-                proto: "tcp",
-                source,
-            })?);
+        let (udp, tcp, addr) = if want.port() == 0 {
+            bind_any_port(want)?
+        } else {
+            let err = |proto| {
+                move |source| BindError::Bind {
+                    addr: want,
+                    proto,
+                    source,
+                }
+            };
+            let udp = (0..per_addr.max(1))
+                .map(|_| udp_socket(want, true).map(Arc::new).map_err(err("udp")))
+                .collect::<Result<Vec<_>, _>>()?;
+            (udp, tcp_listener(want).map_err(err("tcp"))?, want)
+        };
+        l.udp.extend(udp);
+        l.tcp.push(tcp);
         l.addrs.push(addr);
     }
     Ok(l)
 }
 
-fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+/// Port 0 (tests, ad-hoc runs): one UDP socket without SO_REUSEPORT, so the kernel's choice
+/// cannot be a port another process shares, and TCP on the same number, retried if taken.
+fn bind_any_port(
+    want: SocketAddr,
+) -> Result<(Vec<Arc<UdpSocket>>, TcpListener, SocketAddr), BindError> {
+    let mut last = None;
+    for _ in 0..20 {
+        let udp = udp_socket(want, false).map_err(|source| BindError::Bind {
+            addr: want,
+            proto: "udp",
+            source,
+        })?;
+        let addr = udp.local_addr().map_err(|source| BindError::Bind {
+            addr: want,
+            proto: "udp",
+            source,
+        })?;
+        match tcp_listener(addr) {
+            Ok(tcp) => return Ok((vec![Arc::new(udp)], tcp, addr)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+            Err(source) => {
+                return Err(BindError::Bind {
+                    addr,
+                    proto: "tcp",
+                    source,
+                })
+            }
+        }
+    }
+    Err(BindError::Bind {
+        addr: want,
+        proto: "tcp",
+        source: last.unwrap_or_else(|| std::io::Error::other("no free port")),
+    })
+}
+
+fn udp_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
-    s.set_reuse_port(true)?;
+    s.set_reuse_port(reuse_port)?;
     s.set_nonblocking(true)?;
     // Bursts from a whole school arrive at once; a deeper queue drops fewer.
     let _ = s.set_recv_buffer_size(4 << 20);

@@ -226,7 +226,7 @@ impl Server {
                     if let Some(rest) = line.split("admin endpoint on http://").nth(1) {
                         server.admin = rest.split('/').next().and_then(|a| a.parse().ok());
                     }
-                    if line.contains("ready") {
+                    if line.trim_end().ends_with(": ready") {
                         break;
                     }
                 }
