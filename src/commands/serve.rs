@@ -68,7 +68,7 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let listeners = server::bind(&config.listen, workers)?;
         let upstream = Upstream::new(
             &config.upstreams,
@@ -153,7 +153,10 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         tracing::info!("stopped");
         anyhow::Ok(())
-    })?;
+    });
+    // Background work (a reload mid-compile, an idle connection) must not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

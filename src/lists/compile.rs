@@ -251,7 +251,16 @@ pub(crate) fn map_file(path: &Path) -> Result<Map<Mmap>, ListError> {
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ListError::io(path, e))?;
     let map = Map::new(mmap).map_err(|e| ListError::fst(path, e))?;
     map.as_fst().verify().map_err(|e| ListError::fst(path, e))?;
+    release(map.as_fst().as_inner());
     Ok(map)
+}
+
+/// Drops the pages a full read (a checksum) brought in, so a mapped file costs resident memory
+/// only for the parts queries actually touch.
+pub(crate) fn release(mmap: &Mmap) {
+    // SAFETY: the mapping is read-only and file-backed, and the file is never modified in place
+    // (only replaced by rename): discarded pages are read back unchanged from the page cache.
+    let _ = unsafe { mmap.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
 }
 
 #[cfg(test)]

@@ -106,6 +106,7 @@ impl SortedKeys {
         {
             return Err(corrupt(path, "bad key offsets"));
         }
+        super::compile::release(&keys.bytes);
         Ok(keys)
     }
 

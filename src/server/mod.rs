@@ -169,49 +169,66 @@ pub async fn serve(
     let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
 }
 
+/// Packets answered per wake-up before yielding, so one busy socket cannot starve the others.
+const UDP_BATCH: usize = 256;
+
+/// Drains a UDP socket: after each readiness wake-up every queued packet is read and answered
+/// without going back to the reactor, which is where most per-packet overhead would be.
 async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelToken) {
     let mut packet = vec![0u8; 4096];
     let mut buf = Vec::with_capacity(1500);
     let inflight = Arc::new(Semaphore::new(4096));
-    loop {
-        let (len, src) = tokio::select! {
-            r = sock.recv_from(&mut packet) => match r {
+    'wait: loop {
+        tokio::select! {
+            r = sock.readable() => if let Err(e) = r {
+                tracing::debug!(error = %e, "udp socket error");
+                continue;
+            },
+            _ = cancel.cancelled() => break,
+        }
+        for _ in 0..UDP_BATCH {
+            let (len, src) = match sock.try_recv_from(&mut packet) {
                 Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue 'wait,
                 Err(e) => {
                     tracing::debug!(error = %e, "udp receive error");
                     continue;
                 }
-            },
-            _ = cancel.cancelled() => break,
-        };
-        let received = Instant::now();
-        let pkt = &packet[..len];
-        match handler.answer_now(pkt, src, Transport::Udp, received, &mut buf) {
-            Outcome::Reply => {
-                let _ = sock.send_to(&buf, src).await;
-            }
-            Outcome::Drop => {}
-            Outcome::Upstream => {
-                // Bound the lookups in flight so a flood of unique names cannot exhaust memory.
-                let Ok(permit) = inflight.clone().try_acquire_owned() else {
-                    continue;
-                };
-                let handler = handler.clone();
-                let sock = sock.clone();
-                let pkt = pkt.to_vec();
-                tokio::spawn(async move {
-                    let mut out = Vec::with_capacity(512);
-                    if handler
-                        .answer_upstream(&pkt, src, Transport::Udp, received, &mut out)
-                        .await
-                        == Outcome::Reply
-                    {
-                        let _ = sock.send_to(&out, src).await;
+            };
+            let received = Instant::now();
+            let pkt = &packet[..len];
+            match handler.answer_now(pkt, src, Transport::Udp, received, &mut buf) {
+                Outcome::Reply => {
+                    if let Err(e) = sock.try_send_to(&buf, src) {
+                        if e.kind() == std::io::ErrorKind::WouldBlock {
+                            let _ = sock.send_to(&buf, src).await;
+                        }
                     }
-                    drop(permit);
-                });
+                }
+                Outcome::Drop => {}
+                Outcome::Upstream => {
+                    // Bound the lookups in flight so a flood of unique names cannot exhaust memory.
+                    let Ok(permit) = inflight.clone().try_acquire_owned() else {
+                        continue;
+                    };
+                    let handler = handler.clone();
+                    let sock = sock.clone();
+                    let pkt = pkt.to_vec();
+                    tokio::spawn(async move {
+                        let mut out = Vec::with_capacity(512);
+                        if handler
+                            .answer_upstream(&pkt, src, Transport::Udp, received, &mut out)
+                            .await
+                            == Outcome::Reply
+                        {
+                            let _ = sock.send_to(&out, src).await;
+                        }
+                        drop(permit);
+                    });
+                }
             }
         }
+        tokio::task::yield_now().await;
     }
     // Let spawned upstream lookups answer before the socket goes.
     let _ = tokio::time::timeout(Duration::from_secs(3), inflight.acquire_many(4096)).await;
