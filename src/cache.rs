@@ -25,6 +25,8 @@ struct Entry {
     ttl_offsets: Vec<u16>,
     stored: Instant,
     ttl: u32,
+    /// Served since the eviction hand last passed: popular answers get a second chance.
+    used: bool,
 }
 
 /// Whether a cached answer was fresh or is being served past its TTL.
@@ -78,7 +80,17 @@ impl AnswerCache {
                 now.duration_since(e.stored) < Duration::from_secs(e.ttl.into()) + window
             });
             if shard.len() >= self.per_shard {
-                if let Some(victim) = shard.keys().next().copied() {
+                // Second chance: evict an answer nobody asked for since the last pass, so a
+                // flood of one-off names does not push out the names the school uses all day.
+                let mut victim = None;
+                for (key, e) in shard.iter_mut() {
+                    if !e.used {
+                        victim = Some(*key);
+                        break;
+                    }
+                    e.used = false;
+                }
+                if let Some(victim) = victim.or_else(|| shard.keys().next().copied()) {
                     shard.remove(&victim);
                 }
             }
@@ -92,6 +104,7 @@ impl AnswerCache {
                 ttl_offsets,
                 stored: now,
                 ttl,
+                used: false,
             },
         );
     }
@@ -101,13 +114,14 @@ impl AnswerCache {
     pub fn serve(&self, q: &Query<'_>, buf: &mut Vec<u8>, allow_stale: bool) -> Option<Freshness> {
         let name = q.name.as_str().as_bytes();
         let k = key(name, q.qtype);
-        let shard = self.shards[k as usize % SHARDS]
+        let mut shard = self.shards[k as usize % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let e = shard.get(&k)?;
+        let e = shard.get_mut(&k)?;
         if &*e.name != name || e.qtype != q.qtype || e.bytes.len() < 12 + q.question.len() {
             return None;
         }
+        e.used = true;
         let age = e.stored.elapsed();
         let expired = age >= Duration::from_secs(e.ttl.into());
         if expired && (!allow_stale || age >= Duration::from_secs(e.ttl.into()) + self.stale_window)
@@ -147,13 +161,14 @@ impl AnswerCache {
         f: impl FnOnce(&[u8], &dyn Fn(u32) -> u32) -> R,
     ) -> Option<R> {
         let k = key(name, qtype);
-        let shard = self.shards[k as usize % SHARDS]
+        let mut shard = self.shards[k as usize % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let e = shard.get(&k)?;
+        let e = shard.get_mut(&k)?;
         if &*e.name != name || e.qtype != qtype {
             return None;
         }
+        e.used = true;
         let age = e.stored.elapsed();
         let expired = age >= Duration::from_secs(e.ttl.into());
         if expired && (!allow_stale || age >= Duration::from_secs(e.ttl.into()) + self.stale_window)
@@ -190,5 +205,38 @@ pub fn finish_edns(buf: &mut Vec<u8>, q: &Query<'_>, ede: Option<(u16, &str)>) {
     if let Some(e) = q.edns {
         let mut w = Writer::append(buf);
         w.opt(e.dnssec_ok, 0, ede);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    fn encoded(name: &str) -> Vec<u8> {
+        let owner = Name::from_ascii(format!("{name}.")).unwrap();
+        let mut m = Message::new(0, MessageType::Response, OpCode::Query);
+        m.add_query(Query::query(owner.clone(), RecordType::A));
+        m.add_answer(Record::from_rdata(
+            owner,
+            300,
+            RData::A(A::new(192, 0, 2, 1)),
+        ));
+        m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn a_flood_of_new_names_keeps_the_popular_ones() {
+        let cache = AnswerCache::new(SHARDS * 4, Duration::ZERO);
+        cache.insert(b"popular.example", 1, encoded("popular.example"), 300);
+        for i in 0..SHARDS * 40 {
+            let name = format!("once{i}.example");
+            cache.insert(name.as_bytes(), 1, encoded(&name), 300);
+            let hit = cache.read(b"popular.example", 1, false, |_, _| ());
+            assert!(hit.is_some(), "evicted after {i} one-off names");
+        }
+        assert!(cache.len() <= SHARDS * 4);
     }
 }

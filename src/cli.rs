@@ -35,11 +35,78 @@ pub enum Command {
     /// Lift filtering for one client, agreed by an approver (Headteacher, E-Safety Coordinator).
     #[command(subcommand)]
     Exempt(ExemptCommand),
+    /// Show or edit a category's list (a running server picks edits up by itself).
+    #[command(subcommand)]
+    List(ListCommand),
+    /// Add names to the allow list (same as `list add allow`).
+    Allow(AllowArgs),
+    /// Show the change-control log: every change to filtering, who made it and why.
+    Changes(ChangesArgs),
     /// Summaries for the e-safety coordinator and governors.
     #[command(subcommand)]
     Report(ReportCommand),
     /// One device's timeline from the access or breach logs.
     Logs(LogsArgs),
+}
+
+/// `list` subcommands.
+#[derive(Subcommand)]
+pub enum ListCommand {
+    /// Block names in a category (or allow them: category `allow`).
+    Add(ListEditArgs),
+    /// Remove names from a category's list files.
+    Remove(ListEditArgs),
+    /// Print a category's entries with the file and line of each.
+    Show {
+        /// The category (or `allow`).
+        category: String,
+    },
+}
+
+/// Who is changing filtering, and why: both go to the change-control log.
+#[derive(Args)]
+pub struct Author {
+    /// Who is making the change (recorded in the change-control log).
+    #[arg(long, value_name = "NAME")]
+    pub by: String,
+    /// Why (recorded in the change-control log).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+}
+
+/// Options for `list add` and `list remove`.
+#[derive(Args)]
+pub struct ListEditArgs {
+    /// The category (or `allow`).
+    pub category: String,
+    /// The names.
+    #[arg(required = true, value_name = "DOMAIN")]
+    pub domains: Vec<String>,
+    /// Who and why.
+    #[command(flatten)]
+    pub author: Author,
+}
+
+/// Options for `allow`.
+#[derive(Args)]
+pub struct AllowArgs {
+    /// The names to allow.
+    #[arg(required = true, value_name = "DOMAIN")]
+    pub domains: Vec<String>,
+    /// Who and why.
+    #[command(flatten)]
+    pub author: Author,
+}
+
+/// Options for `changes`.
+#[derive(Args)]
+pub struct ChangesArgs {
+    /// Only changes on or after this date (`2026-11-26`, local time) or instant (RFC 3339).
+    #[arg(long, value_name = "DATE")]
+    pub since: Option<String>,
+    /// One JSON object per line, as stored.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Reports.

@@ -118,7 +118,6 @@ struct RawReport {
     top: usize,
     #[serde(default = "default_circumvention")]
     circumvention: Vec<Spanned<String>>,
-    changes_file: Option<PathBuf>,
 }
 
 impl Default for RawReport {
@@ -129,7 +128,6 @@ impl Default for RawReport {
             repeat_threshold: default_repeat_threshold(),
             top: default_top(),
             circumvention: default_circumvention(),
-            changes_file: None,
         }
     }
 }
@@ -215,9 +213,6 @@ pub struct Report {
     pub top: usize,
     /// Categories whose attempts are called out as circumvention (DoH, VPN, proxy).
     pub circumvention: Vec<String>,
-    /// The change-control log (JSON lines, next to the query logs), read for the "Filtering
-    /// changes" and "Exemptions" sections.
-    pub changes_file: PathBuf,
     /// The per-school secret that makes anonymised pseudonyms stable but unguessable.
     pub key_file: PathBuf,
 }
@@ -400,6 +395,34 @@ struct RawLists {
     #[serde(default = "default_cache_dir")]
     cache_dir: PathBuf,
     allow: Option<Spanned<String>>,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default = "default_watch")]
+    watch: bool,
+    #[serde(default = "default_max_shrink")]
+    max_shrink: Spanned<f64>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("../state/lists")
+}
+fn default_watch() -> bool {
+    true
+}
+fn default_max_shrink() -> Spanned<f64> {
+    Spanned::new(0..0, 0.5)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    url: Spanned<String>,
+    #[serde(default = "default_refresh")]
+    refresh: Spanned<String>,
+}
+
+fn default_refresh() -> Spanned<String> {
+    Spanned::new(0..0, "6h".to_string())
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -412,6 +435,8 @@ struct RawCategory {
     name: Spanned<String>,
     #[serde(default)]
     files: Vec<Spanned<String>>,
+    #[serde(default)]
+    sources: Vec<RawSource>,
     #[serde(default)]
     locked: bool,
     #[serde(default)]
@@ -466,6 +491,7 @@ struct RawClient {
 #[serde(deny_unknown_fields)]
 struct RawLogs {
     dir: Option<PathBuf>,
+    changes: Option<PathBuf>,
     #[serde(default = "default_access_retention")]
     access_retention_days: u32,
     #[serde(default = "default_breach_retention")]
@@ -481,6 +507,7 @@ impl Default for RawLogs {
             access_retention_days: default_access_retention(),
             breach_retention_days: default_breach_retention(),
             queue: default_log_queue(),
+            changes: None,
         }
     }
 }
@@ -515,12 +542,33 @@ pub struct Category {
     pub name: String,
     /// Source files, resolved.
     pub files: Vec<PathBuf>,
+    /// Lists downloaded from URLs; their last good copies are compiled with `files`.
+    pub sources: Vec<RemoteSource>,
     /// Never lifted by allow entries, groups, schedules or exemptions.
     pub locked: bool,
     /// Attempts raise an immediate alert.
     pub alert: bool,
     /// What the category covers, for reports.
     pub description: String,
+}
+
+impl Category {
+    /// What the category compiles from: its files, then the remote copies downloaded so far.
+    pub fn sources_on_disk(&self) -> Vec<PathBuf> {
+        let copies = self.sources.iter().map(|s| &s.copy).filter(|p| p.is_file());
+        self.files.iter().chain(copies).cloned().collect()
+    }
+}
+
+/// A list fetched over HTTP(S) and kept on disk, so the category survives the source going away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSource {
+    /// Where it is downloaded from.
+    pub url: String,
+    /// How often it is fetched again.
+    pub refresh: std::time::Duration,
+    /// The last good copy (under the state directory).
+    pub copy: PathBuf,
 }
 
 /// A time-of-day rule within a group.
@@ -628,6 +676,13 @@ pub struct Config {
     pub cache_dir: PathBuf,
     /// The allow list, if any.
     pub allow_file: Option<PathBuf>,
+    /// Lists' own state: last good copies of remote sources and the snapshots edits are diffed
+    /// against. Unlike `cache_dir`, deleting it loses history.
+    pub state_dir: PathBuf,
+    /// Watch list files and the config for changes (SIGHUP always reloads).
+    pub watch: bool,
+    /// Largest fraction of its entries a remote source may lose in one refresh and still apply.
+    pub max_shrink: f64,
     /// Categories, in priority order (locked ones first).
     pub categories: Vec<Category>,
     /// Groups by name; always contains `default`.
@@ -651,6 +706,8 @@ pub struct Config {
     pub approvers: Vec<String>,
     /// Where exemptions are kept (the state directory).
     pub exemptions_file: PathBuf,
+    /// The change-control log (JSON lines, append-only).
+    pub changes_log: PathBuf,
     /// The daily summary.
     pub report: Report,
     /// Immediate alerts.
@@ -764,8 +821,17 @@ impl Validator<'_> {
             });
         }
 
-        let lists_dir = base.join(&raw.lists.dir);
-        let cache_dir = base.join(&raw.lists.cache_dir);
+        let lists_dir = resolve(base, &raw.lists.dir);
+        let cache_dir = resolve(base, &raw.lists.cache_dir);
+        let state_dir = resolve(base, &raw.lists.state_dir);
+        let max_shrink = *raw.lists.max_shrink.get_ref();
+        if !(0.0..=1.0).contains(&max_shrink) {
+            self.problem(
+                &raw.lists.max_shrink,
+                "lists.max_shrink",
+                "must be a fraction between 0.0 and 1.0 (0.5: refuse a download that lost over half its entries)",
+            );
+        }
         let allow_file = raw.lists.allow.as_ref().map(|f| {
             let p = lists_dir.join(f.get_ref());
             if !p.is_file() {
@@ -815,9 +881,40 @@ impl Validator<'_> {
             if keywords.is_file() && !files.contains(&keywords) {
                 files.push(keywords);
             }
+            let mut sources = Vec::new();
+            for s in &c.sources {
+                let url = s.url.get_ref();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    self.problem(
+                        &s.url,
+                        "category.sources.url",
+                        format!("{url:?} is not an http:// or https:// URL"),
+                    );
+                }
+                let refresh = match humantime::parse_duration(s.refresh.get_ref()) {
+                    Ok(d) if !d.is_zero() => d,
+                    _ => {
+                        self.problem(
+                            &s.refresh,
+                            "category.sources.refresh",
+                            format!(
+                                "{:?} is not a duration like \"6h\" or \"30m\"",
+                                s.refresh.get_ref()
+                            ),
+                        );
+                        std::time::Duration::from_secs(6 * 3600)
+                    }
+                };
+                sources.push(RemoteSource {
+                    url: url.clone(),
+                    refresh,
+                    copy: state_dir.join("remote").join(copy_name(&name, url)),
+                });
+            }
             categories.push(Category {
                 name,
                 files,
+                sources,
                 locked: c.locked,
                 alert: c.alert,
                 description: c.description.clone(),
@@ -901,7 +998,7 @@ impl Validator<'_> {
             .dhcp
             .leases
             .iter()
-            .map(|l| base.join(l.get_ref()))
+            .map(|l| resolve(base, l.get_ref()))
             .collect();
 
         if let Some(a) = &raw.admin.listen {
@@ -919,13 +1016,7 @@ impl Validator<'_> {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| base.to_path_buf());
-        let logs_dir = base.join(
-            raw.logs
-                .dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("../state/logs")),
-        );
-        let report = self.report(&raw.report, &categories, base, &state_dir, &logs_dir);
+        let report = self.report(&raw.report, &categories, &state_dir);
         let alerts = self.alerts(&raw.alerts);
         let smtp = raw.smtp.as_ref().map(|s| self.smtp(s, base));
         if smtp.is_none() && !alerts.recipients.is_empty() {
@@ -936,6 +1027,12 @@ impl Validator<'_> {
             );
         }
 
+        let log_dir = resolve(
+            base,
+            raw.logs
+                .dir
+                .unwrap_or_else(|| PathBuf::from("../state/logs")),
+        );
         Config {
             path: self.file.clone(),
             listen: raw.server.listen,
@@ -951,15 +1048,14 @@ impl Validator<'_> {
             lists_dir,
             cache_dir,
             allow_file,
+            state_dir,
+            watch: raw.lists.watch,
+            max_shrink,
             categories,
             groups,
             clients,
             logs: Logs {
-                dir: base.join(
-                    raw.logs
-                        .dir
-                        .unwrap_or_else(|| PathBuf::from("../state/logs")),
-                ),
+                dir: log_dir.clone(),
                 access_retention_days: raw.logs.access_retention_days,
                 breach_retention_days: raw.logs.breach_retention_days,
                 queue: raw.logs.queue.max(1024),
@@ -970,25 +1066,23 @@ impl Validator<'_> {
             dhcp_leases,
             dhcp_format: raw.dhcp.format,
             approvers: raw.exemptions.approvers,
-            exemptions_file: base.join(
+            exemptions_file: resolve(
+                base,
                 raw.exemptions
                     .file
                     .unwrap_or_else(|| PathBuf::from("../state/exemptions.json")),
             ),
+            changes_log: match raw.logs.changes {
+                Some(p) => resolve(base, p),
+                None => log_dir.join("changes.jsonl"),
+            },
             report,
             alerts,
             smtp,
         }
     }
 
-    fn report(
-        &mut self,
-        raw: &RawReport,
-        categories: &[Category],
-        base: &Path,
-        state_dir: &Path,
-        logs_dir: &Path,
-    ) -> Report {
+    fn report(&mut self, raw: &RawReport, categories: &[Category], state_dir: &Path) -> Report {
         let recipients = self.addresses(&raw.recipients, "report.recipients");
         let mut circumvention = Vec::new();
         for c in &raw.circumvention {
@@ -1008,10 +1102,6 @@ impl Validator<'_> {
             repeat_threshold: raw.repeat_threshold.max(2),
             top: raw.top.max(1),
             circumvention,
-            changes_file: raw
-                .changes_file
-                .as_ref()
-                .map_or_else(|| logs_dir.join("changes.jsonl"), |f| base.join(f)),
             key_file: state_dir.join("report.key"),
         }
     }
@@ -1160,7 +1250,7 @@ impl Validator<'_> {
         let Some(f) = &raw.file else {
             return SafeSearch::builtin();
         };
-        let p = base.join(f.get_ref());
+        let p = resolve(base, f.get_ref());
         if !p.is_file() {
             self.problem(
                 f,
@@ -1232,6 +1322,51 @@ impl Validator<'_> {
             unblock: self.category_names(&s.unblock, &format!("{field}.unblock"), known),
         }
     }
+}
+
+/// File name of a source's last good copy: readable, and different for every URL.
+fn copy_name(category: &str, url: &str) -> String {
+    let tail: String = url
+        .split("://")
+        .last()
+        .unwrap_or(url)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    // FNV-1a: stable across releases, unlike std's hasher.
+    let hash = url.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{category}-{tail}-{:08x}.txt", hash as u32)
+}
+
+/// Joins a path from the config onto the config's directory and tidies `..` away, so messages
+/// and logs name `blocklists/adult.txt`, not `config/../blocklists/adult.txt`.
+fn resolve(base: &Path, p: impl AsRef<Path>) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in base.join(p).components() {
+        match c {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -1357,7 +1492,6 @@ mod tests {
     #[test]
     fn report_defaults_live_in_the_state_dir() {
         let c = cfg("[lists]\ndir = \".\"\ncache_dir = \"state/compiled\"\n[smtp]\nhost = \"mail.example\"\nfrom = \"f@school.example\"\n").unwrap();
-        assert!(c.report.changes_file.ends_with("state/logs/changes.jsonl"));
         assert!(c.report.key_file.ends_with("state/report.key"));
         assert_eq!(c.alerts.window, std::time::Duration::from_secs(15 * 60));
         let smtp = c.smtp.unwrap();

@@ -221,11 +221,6 @@ fn save(path: &Path, all: &[Exemption]) -> Result<(), ExemptionError> {
     fs::rename(&tmp, path).map_err(io(path))
 }
 
-/// Where grants and withdrawals are recorded: the change-control log next to the query logs.
-pub fn changes_log(config: &Config) -> PathBuf {
-    config.logs.dir.join("changes.jsonl")
-}
-
 /// Appends one change-control record.
 fn record(
     config: &Config,
@@ -235,7 +230,7 @@ fn record(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<(), ExemptionError> {
-    let path = changes_log(config);
+    let path = &config.changes_log;
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io(dir))?;
     }
@@ -253,10 +248,10 @@ fn record(
         .create(true)
         .append(true)
         .mode(FILE_MODE)
-        .open(&path)
-        .map_err(io(&path))?;
-    writeln!(f, "{line}").map_err(io(&path))?;
-    f.sync_data().map_err(io(&path))
+        .open(path)
+        .map_err(io(path))?;
+    writeln!(f, "{line}").map_err(io(path))?;
+    f.sync_data().map_err(io(path))
 }
 
 /// Exemptions as the decision sees them: who (by address, configured client or MAC, since a
@@ -388,7 +383,7 @@ mod tests {
 
         remove(&c, "lib-pc-07", "Head Teacher", "lesson over", now).unwrap();
         assert!(load(&c.exemptions_file).unwrap().is_empty());
-        let log = fs::read_to_string(changes_log(&c)).unwrap();
+        let log = fs::read_to_string(&c.changes_log).unwrap();
         let lines: Vec<serde_json::Value> = log
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -413,6 +408,6 @@ mod tests {
         let err = add(&c, exemption("Head Teacher", &["social_media"], now), now).unwrap_err();
         assert!(matches!(err, ExemptionError::Past(_)), "{err}");
         assert!(!c.exemptions_file.exists());
-        assert!(!changes_log(&c).exists());
+        assert!(!c.changes_log.exists());
     }
 }

@@ -2,11 +2,13 @@
 //!
 //! # Layout
 //! - [`domain`]: the one place names are normalised and turned into lookup keys.
-//! - [`lists`]: list formats, FST compilation with an on-disk cache, the merged index.
+//! - [`lists`]: list formats, compilation with an on-disk cache, the merged FST index.
+//! - [`changes`]: the change-control log of every list change, diffed against per-file snapshots.
 
 pub mod admin;
 pub mod alerts;
 pub mod cache;
+pub mod changes;
 pub mod clients;
 pub mod config;
 pub mod domain;

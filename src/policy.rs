@@ -213,7 +213,11 @@ impl Engine {
         let mut locked = 0u32;
         for c in &config.categories {
             let list = lists.len();
-            lists.push(compile_list(&c.name, &c.files, &config.cache_dir)?);
+            lists.push(compile_list(
+                &c.name,
+                &c.sources_on_disk(),
+                &config.cache_dir,
+            )?);
             if c.locked {
                 locked |= 1 << list;
             }

@@ -20,6 +20,7 @@ use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 use tokio::sync::mpsc;
 
+use crate::changes::{Change, ChangeLog};
 use crate::config::Config;
 use crate::policy::{Engine, Loaded};
 use crate::server::Handler;
@@ -35,6 +36,17 @@ pub fn load(config_path: &Path, adjust: &Adjust) -> Result<Loaded, String> {
     Engine::load(Arc::new(config)).map_err(|e| e.to_string())
 }
 
+/// What asked for a reload, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A watched file changed.
+    Files,
+    /// SIGHUP.
+    Signal,
+    /// A remote source downloaded a new copy.
+    Remote,
+}
+
 /// Outcome of one reload attempt, for logs and metrics.
 #[derive(Debug)]
 pub enum ReloadResult {
@@ -44,6 +56,8 @@ pub enum ReloadResult {
         recompiled: Vec<String>,
         /// How long building took.
         took: Duration,
+        /// What the change-control log recorded for it.
+        changes: Vec<Change>,
     },
     /// The old engine stays in force.
     Failed(String),
@@ -63,14 +77,40 @@ pub async fn reload(handler: &Handler, config_path: &Path, adjust: &Adjust) -> R
                 tracing::warn!("{bad}");
             }
             let recompiled = loaded.recompiled.clone();
+            let config = loaded.engine.config().clone();
             handler.replace_engine(Arc::new(loaded.engine));
+            let took = started.elapsed();
+            let changes = tokio::task::spawn_blocking(move || record_changes(&config))
+                .await
+                .unwrap_or_default();
             ReloadResult::Applied {
                 recompiled,
-                took: started.elapsed(),
+                took,
+                changes,
             }
         }
         Err(e) => ReloadResult::Failed(e),
     }
+}
+
+/// Diffs every list file against its snapshot and appends what changed to the change-control
+/// log (blocking: reads the changed files). Called once the lists it describes are in force.
+pub fn record_changes(config: &Config) -> Vec<Change> {
+    let (changes, errors) = ChangeLog::new(config).record_all(config);
+    for e in errors {
+        tracing::error!("change-control log: {e}");
+    }
+    for c in &changes {
+        tracing::info!(
+            by = %c.by,
+            list = %c.category,
+            file = %c.file.display(),
+            added = c.added_count,
+            removed = c.removed_count,
+            "list changed"
+        );
+    }
+    changes
 }
 
 /// Keeps the filesystem watcher alive; dropping it stops watching.
@@ -79,8 +119,8 @@ pub struct Watch {
 }
 
 /// Watches the config's directory, the list directories, the lease files and the exemptions
-/// file; sends `()` on relevant changes.
-pub fn watch(config: &Config, tx: mpsc::Sender<()>) -> Result<Watch, notify::Error> {
+/// file; sends [`Trigger::Files`] on relevant changes.
+pub fn watch(config: &Config, tx: mpsc::Sender<Trigger>) -> Result<Watch, notify::Error> {
     let files = Watched::of(config);
     let dirs_of_files = files.dirs();
     let edit_dirs = files.other_dirs.clone();
@@ -100,7 +140,7 @@ pub fn watch(config: &Config, tx: mpsc::Sender<()>) -> Result<Watch, notify::Err
                 Err(_) => true,
             };
             if relevant {
-                let _ = tx.try_send(());
+                let _ = tx.try_send(Trigger::Files);
             }
         },
     )?;
@@ -204,6 +244,7 @@ fn is_relevant(p: &Path) -> bool {
         || name.starts_with(".#")
         || name == "4913"
         || name.ends_with(".fst")
+        || name.ends_with(".keys")
         || name.ends_with(".meta.json")
         || name.ends_with(".meta"))
 }

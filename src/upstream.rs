@@ -37,6 +37,9 @@ pub struct Answer {
     pub ttl: u32,
 }
 
+/// Entries kept by each hickory resolver's own cache.
+const RESOLVER_CACHE: usize = 1024;
+
 /// The forwarding client: one resolver per upstream, tried in order, so each upstream's
 /// failures and latency can be seen separately and a dead one is skipped.
 #[derive(Clone)]
@@ -66,7 +69,9 @@ impl Upstream {
             let mut opts = ResolverOpts::default();
             opts.timeout = timeout;
             opts.attempts = 1;
-            opts.cache_size = cache_size as u64;
+            // schoolgate's answer cache (bytes, serve-stale) is the main cache; the resolver's own
+            // stays small, a second level for names that expire there first.
+            opts.cache_size = cache_size.min(RESOLVER_CACHE) as u64;
             opts.use_hosts_file = ResolveHosts::Never;
             opts.preserve_intermediates = true;
             opts.ndots = 0;

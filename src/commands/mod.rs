@@ -1,8 +1,10 @@
 //! One function per subcommand. This is the binary's edge: errors become `anyhow` here.
 
+mod changes;
 mod check;
 mod compile;
 mod exempt;
+mod list;
 mod logs;
 mod report;
 mod serve;
@@ -19,6 +21,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => check::run(&cli.config, args),
         Command::Compile => compile::run(&cli.config),
         Command::Exempt(cmd) => exempt::run(&cli.config, cmd),
+        Command::List(cmd) => list::run(&cli.config, cmd),
+        Command::Allow(args) => list::allow(&cli.config, args),
+        Command::Changes(args) => changes::run(&cli.config, args),
         Command::Report(cmd) => report::run(&cli.config, cmd),
         Command::Logs(args) => logs::run(&cli.config, args),
     }

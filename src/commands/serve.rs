@@ -11,8 +11,9 @@ use schoolgate::admin;
 use schoolgate::alerts::Alerter;
 use schoolgate::cache::AnswerCache;
 use schoolgate::journal::Journal;
+use schoolgate::lists::refresh_forever;
 use schoolgate::metrics::Metrics;
-use schoolgate::reload::{self, Adjust, ReloadResult};
+use schoolgate::reload::{self, Adjust, ReloadResult, Trigger};
 use schoolgate::server::{self, Handler};
 use schoolgate::upstream::Upstream;
 use tokio::signal::unix::{signal, SignalKind};
@@ -68,7 +69,7 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let listeners = server::bind(&config.listen, workers)?;
         let upstream = Upstream::new(
             &config.upstreams,
@@ -102,23 +103,43 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
 
         let (tx, rx) = mpsc::channel(1);
-        let watch = match reload::watch(&config, tx.clone()) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!("cannot watch list files ({e}); reload with SIGHUP instead");
-                None
+        let watch = if config.watch {
+            match reload::watch(&config, tx.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("cannot watch list files ({e}); reload with SIGHUP instead");
+                    None
+                }
             }
+        } else {
+            None
         };
+        let startup_config = config.clone();
+        tokio::task::spawn_blocking(move || reload::record_changes(&startup_config));
         tokio::spawn(reloader(
             handler.clone(),
             config_path.to_path_buf(),
             adjust,
             rx,
         ));
+        if config.categories.iter().any(|c| !c.sources.is_empty()) {
+            let (current, remote_tx) = (handler.clone(), tx.clone());
+            std::thread::Builder::new()
+                .name("list-download".into())
+                .spawn(move || {
+                    refresh_forever(
+                        || current.engine().config().clone(),
+                        || {
+                            let _ = remote_tx.try_send(Trigger::Remote);
+                        },
+                    )
+                })
+                .context("cannot start the list download thread")?;
+        }
         let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                let _ = tx.try_send(());
+                let _ = tx.try_send(Trigger::Signal);
             }
         });
         tracing::info!("ready");
@@ -137,7 +158,10 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         tracing::info!("stopped");
         anyhow::Ok(())
-    })?;
+    });
+    // Background work (a reload mid-compile, an idle connection) must not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -145,17 +169,27 @@ async fn reloader(
     handler: Arc<Handler>,
     config_path: std::path::PathBuf,
     adjust: Adjust,
-    mut rx: mpsc::Receiver<()>,
+    mut rx: mpsc::Receiver<Trigger>,
 ) {
-    while rx.recv().await.is_some() {
+    while let Some(trigger) = rx.recv().await {
         match reload::reload(&handler, &config_path, &adjust).await {
-            ReloadResult::Applied { recompiled, took } => {
+            ReloadResult::Applied {
+                recompiled,
+                took,
+                changes,
+            } => {
                 handler.metrics().reloaded(true);
-                tracing::info!(?recompiled, took_ms = took.as_millis() as u64, "reloaded");
+                tracing::info!(
+                    ?trigger,
+                    ?recompiled,
+                    changes = changes.len(),
+                    took_ms = took.as_millis() as u64,
+                    "reloaded"
+                );
             }
             ReloadResult::Failed(e) => {
                 handler.metrics().reloaded(false);
-                tracing::error!("reload failed, previous lists stay in force: {e}");
+                tracing::error!(?trigger, "reload failed, previous lists stay in force: {e}");
             }
         }
     }

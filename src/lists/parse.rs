@@ -158,8 +158,10 @@ struct Zone {
 }
 
 fn parse_line(file: &Path, line: u32, text: &str, zone: &mut Zone, out: &mut Parsed) {
-    // Inline comments after a name (`example.com # why`).
-    let text = text.split(" #").next().unwrap_or(text).trim();
+    // Inline comments after a name (`example.com # why`, or after a tab in hosts files).
+    let text = inline_comment_start(text)
+        .map_or(text, |i| &text[..i])
+        .trim();
     let push = |name: &str, kind: EntryKind, out: &mut Parsed| match normalise(name) {
         Ok(name) => out.entries.push(Entry { name, line, kind }),
         Err(e) => out.reject(file, line, e.to_string()),
@@ -221,6 +223,14 @@ fn parse_line(file: &Path, line: u32, text: &str, zone: &mut Zone, out: &mut Par
             "not a domain, hosts line, adblock rule or RPZ record",
         ),
     }
+}
+
+/// Where a `#` that follows whitespace starts; a `#` inside a token is not a comment.
+fn inline_comment_start(text: &str) -> Option<usize> {
+    text.char_indices()
+        .zip(text.chars().skip(1))
+        .find(|((_, c), next)| c.is_whitespace() && *next == '#')
+        .map(|((i, _), _)| i)
 }
 
 fn adblock_domain(rule: &str) -> Option<&str> {
@@ -386,6 +396,45 @@ mod tests {
             ]
         );
         assert_eq!(p.bad_count, 1);
+    }
+
+    #[test]
+    fn hosts_variants_ipv6_tabs_inline_comments_and_idn() {
+        let text = "::1\tlocalhost ip6-localhost\n:: v6.example\n0.0.0.0\tTabbed.Example.\t# ads\n127.0.0.1 a.test b.test c.test # three\n||*.sub.example^$important\n||пример.рф^\n@@||Straße.de^\n||example.com/path^\n";
+        let p = parse(Path::new("hosts"), text.as_bytes());
+        assert_eq!(
+            names(&p),
+            vec![
+                ("v6.example", EntryKind::Block, 2),
+                ("tabbed.example", EntryKind::Block, 3),
+                ("a.test", EntryKind::Block, 4),
+                ("b.test", EntryKind::Block, 4),
+                ("c.test", EntryKind::Block, 4),
+                ("sub.example", EntryKind::Block, 5),
+                ("xn--e1afmkfd.xn--p1ai", EntryKind::Block, 6),
+                ("xn--strae-oqa.de", EntryKind::Allow, 7),
+            ]
+        );
+        assert_eq!(p.bad_count, 1);
+        assert_eq!(
+            p.bad[0].to_string(),
+            "hosts:8: unsupported adblock rule (only ||domain^)"
+        );
+    }
+
+    #[test]
+    fn rpz_with_crlf_bom_and_absolute_owners() {
+        let text = "\u{feff}$ORIGIN rpz.example.\r\n@ 3600 IN SOA ns. admin. 1 1 1 1 1\r\nads.example CNAME .\r\n*.ads.example CNAME *.\r\nother.zone. CNAME .\r\n; comment\r\n";
+        let p = parse(Path::new("z"), text.as_bytes());
+        assert_eq!(
+            names(&p),
+            vec![
+                ("ads.example", EntryKind::Block, 3),
+                ("ads.example", EntryKind::Block, 4),
+                ("other.zone", EntryKind::Block, 5),
+            ]
+        );
+        assert_eq!(p.bad_count, 0);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::Path;
 use chrono::{DateTime, NaiveDate};
 use serde_json::Value;
 
-use super::Change;
+use super::{Change, NAMES_SHOWN};
 
 /// The day's changes and exemptions (entries with `"kind": "exemption"`). A missing file is
 /// an empty day.
@@ -28,13 +28,27 @@ pub(super) fn read(
         if day_of(&time, tz) != Some(date) {
             return;
         }
+        let mut added = names(&v, &["added", "add", "domains", "categories"]);
+        let mut removed = names(&v, &["removed", "remove"]);
+        let count = |key: &str, shown: usize| {
+            v.get(key)
+                .and_then(Value::as_u64)
+                .unwrap_or(shown as u64)
+                .max(shown as u64)
+        };
+        let added_count = count("added_count", added.len());
+        let removed_count = count("removed_count", removed.len());
+        added.truncate(NAMES_SHOWN);
+        removed.truncate(NAMES_SHOWN);
         let change = Change {
             time,
             by: text(&v, &["by", "who", "user"]),
             action: text(&v, &["action"]),
             target: text(&v, &["list", "category", "client", "target"]),
-            added: names(&v, &["added", "add", "domains", "categories"]),
-            removed: names(&v, &["removed", "remove"]),
+            added,
+            removed,
+            added_count,
+            removed_count,
             reason: text(&v, &["reason"]),
         };
         if v.get("kind").and_then(Value::as_str) == Some("exemption") {
@@ -104,5 +118,21 @@ mod tests {
         assert_eq!(e[0].target, "LIB-PC-07");
         assert_eq!(e[0].added, vec!["social_media"]);
         assert_eq!(e[0].action, "grant");
+    }
+
+    #[test]
+    fn big_first_loads_are_counted_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("changes.jsonl");
+        let names: Vec<String> = (0..30).map(|i| format!("n{i}.example")).collect();
+        let line = serde_json::json!({
+            "time": "2026-11-26T08:00:00Z", "by": "initial load", "category": "adult",
+            "added": names, "removed": [], "added_count": 1000, "removed_count": 0,
+        });
+        std::fs::write(&p, format!("{line}\n")).unwrap();
+        let d = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
+        let (c, _) = read(&p, d, chrono_tz::Europe::London).unwrap();
+        assert_eq!(c[0].added.len(), NAMES_SHOWN);
+        assert_eq!((c[0].added_count, c[0].removed_count), (1000, 0));
     }
 }

@@ -128,6 +128,9 @@ pub struct Incident {
     pub later_queries: u64,
 }
 
+/// Names listed per change; a first load of a big list is counted, not listed.
+pub const NAMES_SHOWN: usize = 20;
+
 /// How many of an incident device's later blocked attempts are listed.
 pub const LATER_SHOWN: usize = 50;
 
@@ -207,10 +210,14 @@ pub struct Change {
     pub action: String,
     /// The list, category or client it applies to.
     pub target: String,
-    /// Names (or, for an exemption, categories) added.
+    /// Names (or, for an exemption, categories) added (up to [`NAMES_SHOWN`]).
     pub added: Vec<String>,
-    /// Names removed.
+    /// Names removed (up to [`NAMES_SHOWN`]).
     pub removed: Vec<String>,
+    /// Names added in all.
+    pub added_count: u64,
+    /// Names removed in all.
+    pub removed_count: u64,
     /// Why.
     pub reason: String,
 }
@@ -302,7 +309,7 @@ pub fn build(config: &Config, date: NaiveDate, anonymise: bool) -> Result<Report
 
 impl Report {
     fn changes_from(&mut self, config: &Config, date: NaiveDate) -> Result<(), ReportError> {
-        let path = &config.report.changes_file;
+        let path = &config.changes_log;
         let (changes, exemptions) =
             changes::read(path, date, config.time_zone).map_err(|source| ReportError::Read {
                 path: path.clone(),

@@ -67,6 +67,15 @@ pub struct Handler {
     limiter: RateLimiter,
 }
 
+/// One query in flight: the snapshot deciding it, who asked, what, over what, since when.
+struct Ctx<'a, 'q> {
+    snap: &'a Snapshot,
+    client: ClientId,
+    q: &'a Query<'q>,
+    transport: Transport,
+    received: Instant,
+}
+
 /// How a query ended, for counting and logging.
 struct Done<'a> {
     decision: Option<Decision>,
@@ -135,6 +144,13 @@ impl Handler {
         let engine = &snap.engine;
         let addr = crate::clients::canonical(src.ip());
         let client = engine.identify_query(addr, q.edns.and_then(|e| e.hint));
+        let cx = Ctx {
+            snap: &snap,
+            client,
+            q: &q,
+            transport,
+            received,
+        };
         if !engine
             .config()
             .client_networks
@@ -147,15 +163,7 @@ impl Handler {
                 rcode::REFUSED,
                 Some((ede::PROHIBITED, "schoolgate: not a school network")),
             );
-            return self.done(
-                &snap,
-                &client,
-                &q,
-                transport,
-                received,
-                buf,
-                Done::refused(),
-            );
+            return self.done(&cx, buf, Done::refused());
         }
         match self.limiter.check(client.addr, received) {
             Verdict::Pass => {}
@@ -184,15 +192,7 @@ impl Handler {
         }
         if q.qclass != 1 || matches!(q.qtype, rtype::AXFR | rtype::IXFR) {
             self.error(&q, buf, rcode::REFUSED, None);
-            return self.done(
-                &snap,
-                &client,
-                &q,
-                transport,
-                received,
-                buf,
-                Done::refused(),
-            );
+            return self.done(&cx, buf, Done::refused());
         }
         let decision = engine.decide(&client, &q.name, Utc::now());
         match decision.action {
@@ -208,15 +208,7 @@ impl Handler {
                         )),
                     );
                 }
-                self.done(
-                    &snap,
-                    &client,
-                    &q,
-                    transport,
-                    received,
-                    buf,
-                    Done::decided(decision, None),
-                )
+                self.done(&cx, buf, Done::decided(decision, None))
             }
             Action::Rewrite => {
                 let written = match engine.rewrite_target(&decision.rule) {
@@ -230,65 +222,25 @@ impl Handler {
                     self.metrics.cache_misses.inc();
                     return Outcome::Upstream;
                 }
-                self.done(
-                    &snap,
-                    &client,
-                    &q,
-                    transport,
-                    received,
-                    buf,
-                    Done::decided(decision, None),
-                )
+                self.done(&cx, buf, Done::decided(decision, None))
             }
             Action::Block => {
                 self.sinkhole(engine, &q, &decision, None, buf);
-                self.done(
-                    &snap,
-                    &client,
-                    &q,
-                    transport,
-                    received,
-                    buf,
-                    Done::decided(decision, None),
-                )
+                self.done(&cx, buf, Done::decided(decision, None))
             }
             Action::Allow => {
                 if q.qtype == rtype::ANY {
                     self.minimal_any(&q, buf);
-                    return self.done(
-                        &snap,
-                        &client,
-                        &q,
-                        transport,
-                        received,
-                        buf,
-                        Done::decided(decision, None),
-                    );
+                    return self.done(&cx, buf, Done::decided(decision, None));
                 }
                 if is_resolver_arpa(&q.name) {
                     // RFC 9462 discovery: advertise no encrypted resolver, so devices stay here.
                     self.error(&q, buf, rcode::NOERROR, None);
-                    return self.done(
-                        &snap,
-                        &client,
-                        &q,
-                        transport,
-                        received,
-                        buf,
-                        Done::decided(decision, None),
-                    );
+                    return self.done(&cx, buf, Done::decided(decision, None));
                 }
                 if q.name.is_root() {
                     self.error(&q, buf, rcode::REFUSED, None);
-                    return self.done(
-                        &snap,
-                        &client,
-                        &q,
-                        transport,
-                        received,
-                        buf,
-                        Done::refused(),
-                    );
+                    return self.done(&cx, buf, Done::refused());
                 }
                 if self.cache.serve(&q, buf, false).is_none() {
                     self.metrics.cache_misses.inc();
@@ -298,27 +250,11 @@ impl Handler {
                 match self.cloaked(engine, &client, buf) {
                     Some((blocked, target)) => {
                         self.sinkhole(engine, &q, &blocked, Some(&target), buf);
-                        self.done(
-                            &snap,
-                            &client,
-                            &q,
-                            transport,
-                            received,
-                            buf,
-                            Done::decided(blocked, Some(&target)),
-                        )
+                        self.done(&cx, buf, Done::decided(blocked, Some(&target)))
                     }
                     None => {
                         finish_edns(buf, &q, None);
-                        self.done(
-                            &snap,
-                            &client,
-                            &q,
-                            transport,
-                            received,
-                            buf,
-                            Done::decided(decision, None),
-                        )
+                        self.done(&cx, buf, Done::decided(decision, None))
                     }
                 }
             }
@@ -339,12 +275,19 @@ impl Handler {
         };
         {
             let snap = self.snapshot.load_full();
-            let client = snap.engine.identify(crate::clients::canonical(src.ip()));
+            let client = snap
+                .engine
+                .identify_query(src.ip(), q.edns.and_then(|e| e.hint));
             let decision = snap.engine.decide(&client, &q.name, Utc::now());
             if decision.action == Action::Rewrite {
-                return self
-                    .rewrite_upstream(&snap, &client, decision, &q, transport, received, buf)
-                    .await;
+                let cx = Ctx {
+                    snap: &snap,
+                    client,
+                    q: &q,
+                    transport,
+                    received,
+                };
+                return self.rewrite_upstream(&cx, decision, buf).await;
             }
         }
         let metrics = &self.metrics;
@@ -358,6 +301,13 @@ impl Handler {
         let engine = &snap.engine;
         let client = engine.identify_query(src.ip(), q.edns.and_then(|e| e.hint));
         let decision = engine.decide(&client, &q.name, Utc::now());
+        let cx = Ctx {
+            snap: &snap,
+            client,
+            q: &q,
+            transport,
+            received,
+        };
         let done = match result {
             Ok(answer) => {
                 self.cache.insert(
@@ -368,28 +318,12 @@ impl Handler {
                 );
                 if self.cache.serve(&q, buf, true).is_none() {
                     self.error(&q, buf, rcode::SERVFAIL, None);
-                    return self.done(
-                        &snap,
-                        &client,
-                        &q,
-                        transport,
-                        received,
-                        buf,
-                        Done::servfail(),
-                    );
+                    return self.done(&cx, buf, Done::servfail());
                 }
                 match self.cloaked(engine, &client, buf) {
                     Some((blocked, target)) => {
                         self.sinkhole(engine, &q, &blocked, Some(&target), buf);
-                        return self.done(
-                            &snap,
-                            &client,
-                            &q,
-                            transport,
-                            received,
-                            buf,
-                            Done::decided(blocked, Some(&target)),
-                        );
+                        return self.done(&cx, buf, Done::decided(blocked, Some(&target)));
                     }
                     None => {
                         finish_edns(buf, &q, None);
@@ -430,24 +364,20 @@ impl Handler {
                 }
             }
         };
-        self.done(&snap, &client, &q, transport, received, buf, done)
+        self.done(&cx, buf, done)
     }
 
     /// Resolves a safe host through the upstream, caches it under its own name, and answers.
-    #[allow(clippy::too_many_arguments)]
     async fn rewrite_upstream(
         &self,
-        snap: &Snapshot,
-        client: &ClientId,
+        cx: &Ctx<'_, '_>,
         decision: Decision,
-        q: &Query<'_>,
-        transport: Transport,
-        received: Instant,
         buf: &mut Vec<u8>,
     ) -> Outcome {
-        let Some(target) = snap.engine.rewrite_target(&decision.rule) else {
+        let q = cx.q;
+        let Some(target) = cx.snap.engine.rewrite_target(&decision.rule) else {
             self.error(q, buf, rcode::SERVFAIL, None);
-            return self.done(snap, client, q, transport, received, buf, Done::servfail());
+            return self.done(cx, buf, Done::servfail());
         };
         let metrics = &self.metrics;
         match self
@@ -474,17 +404,9 @@ impl Handler {
                     "schoolgate: upstream resolver failed",
                 )),
             );
-            return self.done(snap, client, q, transport, received, buf, Done::servfail());
+            return self.done(cx, buf, Done::servfail());
         }
-        self.done(
-            snap,
-            client,
-            q,
-            transport,
-            received,
-            buf,
-            Done::decided(decision, None),
-        )
+        self.done(cx, buf, Done::decided(decision, None))
     }
 
     /// Writes a rewrite answer: CNAME to `target`, then (for A and AAAA) the target's cached
@@ -603,17 +525,9 @@ impl Handler {
     }
 
     /// Counts, logs and size-checks an answer that is ready in `buf`.
-    #[allow(clippy::too_many_arguments)]
-    fn done(
-        &self,
-        snap: &Snapshot,
-        client: &ClientId,
-        q: &Query<'_>,
-        transport: Transport,
-        received: Instant,
-        buf: &mut Vec<u8>,
-        done: Done<'_>,
-    ) -> Outcome {
+    fn done(&self, cx: &Ctx<'_, '_>, buf: &mut Vec<u8>, done: Done<'_>) -> Outcome {
+        let (snap, client, q) = (cx.snap, &cx.client, cx.q);
+        let (transport, received) = (cx.transport, cx.received);
         let outcome = self.finish(q, transport, buf);
         let latency = received.elapsed();
         self.metrics.latency.observe(latency.as_secs_f64());

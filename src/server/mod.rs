@@ -59,42 +59,70 @@ pub fn bind(listen: &[SocketAddr], per_addr: usize) -> Result<Listeners, BindErr
         addrs: Vec::new(),
     };
     for &want in listen {
-        let first = udp_socket(want).map_err(|source| BindError::Bind {
-            addr: want,
-            proto: "udp",
-            source,
-        })?;
-        let addr = first.local_addr().map_err(|source| BindError::Bind {
-            addr: want,
-            proto: "udp",
-            source,
-        })?;
-        l.udp.push(Arc::new(first));
-        for _ in 1..per_addr {
-            let s = udp_socket(addr).map_err(|source| BindError::Bind {
-                addr,
-                proto: "udp",
-                source,
-            })?;
-            l.udp.push(Arc::new(s));
-        }
-        l.tcp
-            .push(tcp_listener(addr).map_err(|source| BindError::Bind {
-                addr,
-                proto: "tcp",
-                source,
-            })?);
+        let (udp, tcp, addr) = if want.port() == 0 {
+            bind_any_port(want)?
+        } else {
+            let err = |proto| {
+                move |source| BindError::Bind {
+                    addr: want,
+                    proto,
+                    source,
+                }
+            };
+            let udp = (0..per_addr.max(1))
+                .map(|_| udp_socket(want, true).map(Arc::new).map_err(err("udp")))
+                .collect::<Result<Vec<_>, _>>()?;
+            (udp, tcp_listener(want).map_err(err("tcp"))?, want)
+        };
+        l.udp.extend(udp);
+        l.tcp.push(tcp);
         l.addrs.push(addr);
     }
     Ok(l)
 }
 
-fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+/// Port 0 (tests, ad-hoc runs): one UDP socket without SO_REUSEPORT, so the kernel's choice
+/// cannot be a port another process shares, and TCP on the same number, retried if taken.
+fn bind_any_port(
+    want: SocketAddr,
+) -> Result<(Vec<Arc<UdpSocket>>, TcpListener, SocketAddr), BindError> {
+    let mut last = None;
+    for _ in 0..20 {
+        let udp = udp_socket(want, false).map_err(|source| BindError::Bind {
+            addr: want,
+            proto: "udp",
+            source,
+        })?;
+        let addr = udp.local_addr().map_err(|source| BindError::Bind {
+            addr: want,
+            proto: "udp",
+            source,
+        })?;
+        match tcp_listener(addr) {
+            Ok(tcp) => return Ok((vec![Arc::new(udp)], tcp, addr)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+            Err(source) => {
+                return Err(BindError::Bind {
+                    addr,
+                    proto: "tcp",
+                    source,
+                })
+            }
+        }
+    }
+    Err(BindError::Bind {
+        addr: want,
+        proto: "tcp",
+        source: last.unwrap_or_else(|| std::io::Error::other("no free port")),
+    })
+}
+
+fn udp_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
-    s.set_reuse_port(true)?;
+    s.set_reuse_port(reuse_port)?;
     s.set_nonblocking(true)?;
     // Bursts from a whole school arrive at once; a deeper queue drops fewer.
     let _ = s.set_recv_buffer_size(4 << 20);
@@ -141,49 +169,66 @@ pub async fn serve(
     let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
 }
 
+/// Packets answered per wake-up before yielding, so one busy socket cannot starve the others.
+const UDP_BATCH: usize = 256;
+
+/// Drains a UDP socket: after each readiness wake-up every queued packet is read and answered
+/// without going back to the reactor, which is where most per-packet overhead would be.
 async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelToken) {
     let mut packet = vec![0u8; 4096];
     let mut buf = Vec::with_capacity(1500);
     let inflight = Arc::new(Semaphore::new(4096));
-    loop {
-        let (len, src) = tokio::select! {
-            r = sock.recv_from(&mut packet) => match r {
+    'wait: loop {
+        tokio::select! {
+            r = sock.readable() => if let Err(e) = r {
+                tracing::debug!(error = %e, "udp socket error");
+                continue;
+            },
+            _ = cancel.cancelled() => break,
+        }
+        for _ in 0..UDP_BATCH {
+            let (len, src) = match sock.try_recv_from(&mut packet) {
                 Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue 'wait,
                 Err(e) => {
                     tracing::debug!(error = %e, "udp receive error");
                     continue;
                 }
-            },
-            _ = cancel.cancelled() => break,
-        };
-        let received = Instant::now();
-        let pkt = &packet[..len];
-        match handler.answer_now(pkt, src, Transport::Udp, received, &mut buf) {
-            Outcome::Reply => {
-                let _ = sock.send_to(&buf, src).await;
-            }
-            Outcome::Drop => {}
-            Outcome::Upstream => {
-                // Bound the lookups in flight so a flood of unique names cannot exhaust memory.
-                let Ok(permit) = inflight.clone().try_acquire_owned() else {
-                    continue;
-                };
-                let handler = handler.clone();
-                let sock = sock.clone();
-                let pkt = pkt.to_vec();
-                tokio::spawn(async move {
-                    let mut out = Vec::with_capacity(512);
-                    if handler
-                        .answer_upstream(&pkt, src, Transport::Udp, received, &mut out)
-                        .await
-                        == Outcome::Reply
-                    {
-                        let _ = sock.send_to(&out, src).await;
+            };
+            let received = Instant::now();
+            let pkt = &packet[..len];
+            match handler.answer_now(pkt, src, Transport::Udp, received, &mut buf) {
+                Outcome::Reply => {
+                    if let Err(e) = sock.try_send_to(&buf, src) {
+                        if e.kind() == std::io::ErrorKind::WouldBlock {
+                            let _ = sock.send_to(&buf, src).await;
+                        }
                     }
-                    drop(permit);
-                });
+                }
+                Outcome::Drop => {}
+                Outcome::Upstream => {
+                    // Bound the lookups in flight so a flood of unique names cannot exhaust memory.
+                    let Ok(permit) = inflight.clone().try_acquire_owned() else {
+                        continue;
+                    };
+                    let handler = handler.clone();
+                    let sock = sock.clone();
+                    let pkt = pkt.to_vec();
+                    tokio::spawn(async move {
+                        let mut out = Vec::with_capacity(512);
+                        if handler
+                            .answer_upstream(&pkt, src, Transport::Udp, received, &mut out)
+                            .await
+                            == Outcome::Reply
+                        {
+                            let _ = sock.send_to(&out, src).await;
+                        }
+                        drop(permit);
+                    });
+                }
             }
         }
+        tokio::task::yield_now().await;
     }
     // Let spawned upstream lookups answer before the socket goes.
     let _ = tokio::time::timeout(Duration::from_secs(3), inflight.acquire_many(4096)).await;

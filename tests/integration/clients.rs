@@ -241,13 +241,21 @@ fn exemption_takes_effect_on_a_running_server_and_expires_by_itself() {
     );
     let changes = std::fs::read_to_string(setup.dir.path().join("state/logs/changes.jsonl"))
         .expect("change-control log");
-    let record: serde_json::Value =
-        serde_json::from_str(changes.lines().next().expect("one record")).expect("JSON");
+    let record: serde_json::Value = changes
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+        .find(|r| r["kind"] == "exemption")
+        .expect("an exemption record");
     assert_eq!(record["kind"], "exemption");
     assert_eq!(record["action"], "add");
     assert_eq!(record["by"], "Head Teacher");
     assert_eq!(record["client"], "Pupil tablet");
     assert_eq!(record["reason"], "media studies coursework");
+    let (_, shown, _) = setup.run(&["changes"]);
+    assert!(
+        shown.contains("Head Teacher  exemption add: social_media lifted for Pupil tablet"),
+        "`schoolgate changes` shows exemptions beside list edits: {shown}"
+    );
 
     // It ends on its own: no edit, no reload. (One save can reach the watcher as two batches,
     // so let reloads settle before counting.)

@@ -26,6 +26,7 @@ pub struct Setup {
     pub dir: tempfile::TempDir,
     server_extra: String,
     logs_extra: String,
+    lists_extra: String,
     extra: String,
 }
 
@@ -37,6 +38,7 @@ impl Setup {
             dir: tempfile::tempdir().expect("tempdir"),
             server_extra: String::new(),
             logs_extra: String::new(),
+            lists_extra: String::new(),
             extra: String::new(),
         };
         s.list("illegal.txt", "# placeholder\niwf-test.schoolgate.test\n");
@@ -75,6 +77,13 @@ impl Setup {
         self
     }
 
+    /// Extra lines for the `[lists]` table.
+    pub fn lists(mut self, lines: &str) -> Self {
+        self.lists_extra.push_str(lines);
+        self.lists_extra.push('\n');
+        self
+    }
+
     /// Extra TOML appended after the categories (groups, clients, sinkhole...).
     pub fn toml(mut self, text: &str) -> Self {
         self.extra.push_str(text);
@@ -97,7 +106,7 @@ upstream_timeout_ms = 1000
 dir = "../blocklists"
 cache_dir = "../state/compiled"
 allow = "allow.txt"
-
+{lists}
 [logs]
 dir = "../state/logs"
 {logs}
@@ -126,6 +135,7 @@ files = ["circumvention.txt"]
 {extra}"#,
             server = self.server_extra,
             logs = self.logs_extra,
+            lists = self.lists_extra,
             extra = self.extra,
             default_group = if has_default_group {
                 ""
@@ -216,7 +226,7 @@ impl Server {
                     if let Some(rest) = line.split("admin endpoint on http://").nth(1) {
                         server.admin = rest.split('/').next().and_then(|a| a.parse().ok());
                     }
-                    if line.contains("ready") {
+                    if line.trim_end().ends_with(": ready") {
                         break;
                     }
                 }

@@ -9,6 +9,7 @@
 //! - `ops`: metrics, health, rate limiting.
 //! - `fuzz`: property-driven fuzzing of decoding, normalisation and decision.
 //! - `reliability`: hostile packets, every query type, CNAME cloaking, outages, full disk.
+//! - `lists`: hot reload, bad lists kept out, list edits, the change-control log, remote sources.
 //! - `report`: the daily summary in every format, anonymising, email, alerts, `logs --client`.
 
 mod fixture;
@@ -17,7 +18,9 @@ mod harness;
 mod clients;
 mod core;
 mod fuzz;
+mod http;
 mod keywords;
+mod lists;
 mod logs;
 mod ops;
 mod reliability;

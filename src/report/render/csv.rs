@@ -160,8 +160,8 @@ pub(super) fn render(r: &Report) -> String {
                     } else {
                         format!("{}; ", c.action)
                     },
-                    c.added.join(" "),
-                    c.removed.join(" "),
+                    super::text::names(&c.added, c.added_count),
+                    super::text::names(&c.removed, c.removed_count),
                     c.reason
                 ),
                 ..Row::default()

@@ -216,8 +216,8 @@ fn changes(o: &mut String, list: &[crate::report::Change]) {
                     format!("{} ({})", esc(&c.by), esc(&c.action))
                 },
                 esc(&c.target),
-                esc(&c.added.join(", ")),
-                esc(&c.removed.join(", ")),
+                esc(&super::text::names(&c.added, c.added_count)),
+                esc(&super::text::names(&c.removed, c.removed_count)),
                 esc(&c.reason),
             ]
         }),

@@ -140,11 +140,11 @@ pub(super) fn render(r: &Report) -> String {
     }
     for c in &r.changes {
         let _ = writeln!(o, "  {}  {} changed {}", clock(&c.time), c.by, c.target);
-        if !c.added.is_empty() {
-            let _ = writeln!(o, "    added: {}", c.added.join(", "));
+        if c.added_count > 0 {
+            let _ = writeln!(o, "    added: {}", names(&c.added, c.added_count));
         }
-        if !c.removed.is_empty() {
-            let _ = writeln!(o, "    removed: {}", c.removed.join(", "));
+        if c.removed_count > 0 {
+            let _ = writeln!(o, "    removed: {}", names(&c.removed, c.removed_count));
         }
         if !c.reason.is_empty() {
             let _ = writeln!(o, "    reason: {}", c.reason);
@@ -190,6 +190,15 @@ pub(super) fn render(r: &Report) -> String {
         o.push('\n');
     }
     o
+}
+
+/// Names, with how many more there are.
+pub(super) fn names(shown: &[String], count: u64) -> String {
+    let mut s = shown.join(", ");
+    if count > shown.len() as u64 {
+        let _ = write!(s, " ... ({count} in all)");
+    }
+    s
 }
 
 fn section(o: &mut String, title: &str) {

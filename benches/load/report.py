@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Turns the raw lines benches/load.sh records into the markdown tables of benches/RESULTS.md.
+
+Each input line is `server key=value ...`. The summary compares schoolgate with the better of
+its peers on every measure and says whether the targets of issue 8 are met.
+"""
+
+import argparse
+import datetime
+
+PEERS = ["unbound", "dnsmasq"]
+MIXES = ["blocked", "cached", "mixed"]
+TOOLS = [("dnsperf", "dnsperf"), ("loadgen", "batching client, saturating"),
+         ("half", "batching client, half of peak")]
+
+
+def parse(path):
+    rows = []
+    for line in open(path):
+        parts = line.split()
+        if not parts:
+            continue
+        row = {"server": parts[0]}
+        for p in parts[1:]:
+            k, _, v = p.partition("=")
+            row[k] = v
+        rows.append(row)
+    return rows
+
+
+def num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        return f"{v:,.0f}{unit}"
+    return f"{v:.1f}{unit}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--names", type=int, required=True)
+    ap.add_argument("--seconds", required=True)
+    ap.add_argument("--machine", required=True)
+    ap.add_argument("--versions", required=True)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    rows = parse(a.results)
+    servers = [s for s in ["schoolgate"] + PEERS if any(r["server"] == s for r in rows)]
+
+    def get(server, key, **match):
+        for r in rows:
+            if r["server"] == server and key in r and all(r.get(k) == v for k, v in match.items()):
+                return num(r[key])
+        return None
+
+    out = []
+    w = out.append
+    w("# Load benchmark results\n")
+    w(f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    w(f"- Machine: {a.machine}")
+    w(f"- Versions: {a.versions}")
+    la = (get("machine", "loadavg_start"), get("machine", "loadavg_end"))
+    w(f"- Load average from other work on the machine: {la[0]} at the start, {la[1]} at the end "
+      "(measured processes ran at nice -10; background jobs still disturb latency most)")
+    w(f"- Listed names: {a.names:,} (the same names for every server); {a.seconds} s per measurement")
+    w("- Each server pinned to one CPU, the load (dnsperf or the batching client) and the upstream "
+      "(knot) to the other; all on loopback. `per CPU-s` is answers divided by the server's own "
+      "CPU time (utime+stime from /proc) during the run.\n")
+
+    w("## Summary: schoolgate against the better peer\n")
+    w("| measure | " + " | ".join(servers) + " | schoolgate / best peer | target | met |")
+    w("|---|" + "---:|" * len(servers) + "---:|---|---|")
+
+    def line(label, values, higher_better, target=None, check=None):
+        peers = [values[s] for s in servers if s != "schoolgate" and values.get(s) is not None]
+        sg = values.get("schoolgate")
+        best = (max(peers) if higher_better else min(peers)) if peers else None
+        ratio = f"{sg / best:.2f}x" if sg is not None and best else "-"
+        met = "-" if check is None or sg is None else ("yes" if check(sg, best) else "**no**")
+        w(f"| {label} | " + " | ".join(fmt(values.get(s)) for s in servers)
+          + f" | {ratio} | {target or ''} | {met} |")
+
+    for mix, factor in [("blocked", 2.0), ("cached", 1.5), ("mixed", None)]:
+        vals = {s: get(s, "cpu_qps", mix=mix, tool="loadgen") for s in servers}
+        line(f"{mix}: answers per server CPU-second", vals, True,
+             f">= {factor}x best peer" if factor else None,
+             (lambda sg, best, f=factor: best is not None and sg >= f * best) if factor else None)
+    for mix in MIXES:
+        vals = {s: get(s, "qps", mix=mix, tool="loadgen") for s in servers}
+        line(f"{mix}: qps, batching client", vals, True, ">= best peer",
+             lambda sg, best: best is not None and sg >= best)
+    for mix in MIXES:
+        vals = {s: get(s, "qps", mix=mix, tool="dnsperf") for s in servers}
+        line(f"{mix}: qps, dnsperf (client-bound)", vals, True)
+    for mix in MIXES:
+        vals = {s: get(s, "p99_us", mix=mix, tool="half") for s in servers}
+        line(f"{mix}: p99 latency at half of peak, us", vals, False, "< 1000 us",
+             lambda sg, best: sg < 1000)
+    vals = {s: get(s, "startup_ms") for s in servers}
+    line("start-up to first answer, ms (compiled lists)", vals, False, "< 100 ms",
+         lambda sg, best: sg < 100)
+    vals = {s: (get(s, "rss_kib") or 0) / 1024 or None for s in servers}
+    line("peak RSS, MiB", vals, False, "< 25 MiB", lambda sg, best: sg < 25)
+    w("")
+    w("| RSS, MiB | " + " | ".join(servers) + " |")
+    w("|---|" + "---:|" * len(servers))
+    for key, label in [("rss_start_kib", "after start-up (one probe answered)"),
+                       ("rss_after_blocked_kib", "after the blocked runs"),
+                       ("rss_after_cached_kib", "after the cached runs"),
+                       ("rss_after_mixed_kib", "after the mixed runs"),
+                       ("rss_kib", "peak (VmHWM)")]:
+        w(f"| {label} | " + " | ".join(fmt((get(s, key) or 0) / 1024 or None) for s in servers) + " |")
+    lost = sum(int(get(s, "lost", mix=m, tool=t) or 0) for s in ["schoolgate"] for m in MIXES
+               for t in ("loadgen", "half"))
+    w("")
+    compile_ms = get("schoolgate", "startup_compile_ms")
+    if compile_ms is not None:
+        w(f"- schoolgate start-up when the lists must first be compiled: {fmt(compile_ms)} ms.")
+    took = get("schoolgate", "took_ms")
+    if any("took_ms" in r for r in rows):
+        r = next(r for r in rows if "took_ms" in r)
+        w(f"- schoolgate reload of all {a.names:,} names under load ({r.get('qps_offered')} qps offered): "
+          f"took {r.get('took_ms')} ms; {r.get('answered')} answered, **{r.get('lost')} lost**, "
+          f"p99 {r.get('p99_us')} us, max-RSS after the reload {fmt(num(r.get('rss_after_reload_kib', 0)) / 1024)} MiB"
+          + (" (target: no query lost)." if took is not None else "."))
+    w(f"- Queries lost by schoolgate in the batching-client runs: {lost}.\n")
+
+    w("## All runs\n")
+    w("| server | mix | client | qps | per CPU-s | server CPU s | avg us | p99 us | lost | answered | rcodes (noerror/nxdomain/servfail/refused) |")
+    w("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    labels = dict(TOOLS)
+    for s in servers:
+        for mix in MIXES:
+            for tool, _ in TOOLS:
+                r = next((r for r in rows if r["server"] == s and r.get("mix") == mix and r.get("tool") == tool), None)
+                if r is None:
+                    continue
+                rc = "/".join(r.get(k, "-") for k in ("noerror", "nxdomain", "servfail", "refused"))
+                w(f"| {s} | {mix} | {labels[tool]} | {fmt(num(r.get('qps')))} | {fmt(num(r.get('cpu_qps')))} | "
+                  f"{r.get('cpu_s', '-')} | {r.get('avg_us', '-')} | {r.get('p99_us', '-')} | {r.get('lost', '-')} | "
+                  f"{r.get('answered', '-')} | {rc if tool != 'dnsperf' else '-'} |")
+    text = "\n".join(out) + "\n"
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,564 @@
+//! The change-control log: every change to what is filtered, who made it, why, and the diff.
+//!
+//! School policy asks for "logs of changes to ... the filtering systems". Changes arrive three
+//! ways (a technician's `schoolgate list` command, a hand edit of a list file, a remote source
+//! refreshing), so the log is built from diffs, not from the commands: each list file has a
+//! snapshot of its entries under the state directory, and whoever notices the file differs from
+//! its snapshot appends one JSON line and moves the snapshot on. A command edit records itself
+//! (with `--by` and `--reason`) and moves the snapshot, so the server's later diff finds nothing
+//! left to record; a hand edit is found by the server's diff (on reload, or at start-up if it
+//! happened while the server was down) and recorded as a "file edit".
+//!
+//! Both sides hold an exclusive lock on `changes.lock` while they compare, write and record, so
+//! an edit is never recorded twice or half. The log file is only ever appended to.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::lists::{parse, EntryKind};
+
+/// Names listed in one record; larger diffs (a remote refresh) keep only the counts beyond this.
+const MAX_NAMES: usize = 1000;
+/// Who a diff found without a recorded author is attributed to.
+pub const FILE_EDIT: &str = "file edit";
+/// Who a list's first sighting is attributed to.
+pub const INITIAL_LOAD: &str = "initial load";
+/// Who a remote source's refresh is attributed to.
+pub const REMOTE_SOURCE: &str = "remote source";
+
+/// Why the change log could not be read or written.
+#[derive(Debug, Error)]
+pub enum ChangeError {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ChangeError + '_ {
+    move |source| ChangeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Who made a change.
+#[derive(Debug, Clone, Copy)]
+pub enum Actor<'a> {
+    /// Nobody recorded it: someone edited the file.
+    FileEdit,
+    /// A technician through the command line.
+    Person {
+        /// `--by`.
+        by: &'a str,
+        /// `--reason`.
+        reason: &'a str,
+    },
+    /// A remote source's refresh.
+    Remote {
+        /// The source.
+        url: &'a str,
+    },
+}
+
+/// One record of the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// When it was recorded.
+    pub time: DateTime<Utc>,
+    /// `--by`, "file edit", "remote source" or "initial load".
+    pub by: String,
+    /// `--reason`, for command edits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The category (or `allow`).
+    pub category: String,
+    /// The list file that changed.
+    pub file: PathBuf,
+    /// The remote source, for refreshes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Names added (`@@name` for an exception, `keyword:rule` for a keyword), at most 1000.
+    pub added: Vec<String>,
+    /// Names removed, at most 1000.
+    pub removed: Vec<String>,
+    /// How many were added in all.
+    pub added_count: usize,
+    /// How many were removed in all.
+    pub removed_count: usize,
+    /// Entries across the category's files before the change.
+    pub size_before: usize,
+    /// And after.
+    pub size_after: usize,
+}
+
+/// An exemption granted or withdrawn by `schoolgate exempt`, in the same log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExemptionChange {
+    /// When it was recorded.
+    pub time: DateTime<Utc>,
+    /// Always `exemption`: tells these records from list changes.
+    pub kind: String,
+    /// `add` or `remove`.
+    pub action: String,
+    /// The approver.
+    pub by: String,
+    /// The client exempted.
+    pub client: String,
+    /// The categories lifted.
+    pub categories: Vec<String>,
+    /// When it ends.
+    pub until: DateTime<Utc>,
+    /// Why.
+    pub reason: String,
+}
+
+/// A line of the change-control log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Record {
+    /// An exemption (tried first: only it has `kind`).
+    Exemption(ExemptionChange),
+    /// A list change.
+    List(Change),
+}
+
+impl Record {
+    /// When it was recorded.
+    pub fn time(&self) -> DateTime<Utc> {
+        match self {
+            Record::Exemption(e) => e.time,
+            Record::List(c) => c.time,
+        }
+    }
+}
+
+/// The log and the snapshots it is diffed against.
+pub struct ChangeLog {
+    log: PathBuf,
+    snapshots: PathBuf,
+    lock: PathBuf,
+}
+
+/// Held while comparing, editing and recording; released on drop.
+pub struct Lock {
+    _file: File,
+}
+
+/// A list file's entries as last recorded, sorted and distinct.
+struct Snapshot {
+    stamp: String,
+    entries: Vec<String>,
+}
+
+impl ChangeLog {
+    /// The log and snapshots a config names.
+    pub fn new(config: &Config) -> Self {
+        ChangeLog {
+            log: config.changes_log.clone(),
+            snapshots: config.state_dir.join("snapshots"),
+            lock: config.state_dir.join("changes.lock"),
+        }
+    }
+
+    /// The log file.
+    pub fn path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Takes the lock that serialises every writer of lists, snapshots and the log.
+    pub fn lock(&self) -> Result<Lock, ChangeError> {
+        if let Some(dir) = self.lock.parent() {
+            fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock)
+            .map_err(io(&self.lock))?;
+        file.lock().map_err(io(&self.lock))?;
+        Ok(Lock { _file: file })
+    }
+
+    /// Records every list file of `config` that differs from its snapshot. Returns what was
+    /// recorded and the files that could not be compared.
+    pub fn record_all(&self, config: &Config) -> (Vec<Change>, Vec<ChangeError>) {
+        let mut changes = Vec::new();
+        let mut errors = Vec::new();
+        let lock = match self.lock() {
+            Ok(l) => l,
+            Err(e) => return (changes, vec![e]),
+        };
+        for (list, files) in lists_of(config) {
+            for file in &files {
+                let url = config
+                    .categories
+                    .iter()
+                    .flat_map(|c| &c.sources)
+                    .find(|s| &s.copy == file)
+                    .map(|s| s.url.as_str());
+                let actor = url.map_or(Actor::FileEdit, |url| Actor::Remote { url });
+                match self.record(&lock, &list, file, &files, actor) {
+                    Ok(Some(c)) => changes.push(c),
+                    Ok(None) => {}
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        (changes, errors)
+    }
+
+    /// Compares one list file with its snapshot; if they differ, appends a record attributed to
+    /// `actor` and moves the snapshot on. `category_files` are all files of the list, for sizes.
+    pub fn record(
+        &self,
+        _lock: &Lock,
+        list: &str,
+        file: &Path,
+        category_files: &[PathBuf],
+        actor: Actor<'_>,
+    ) -> Result<Option<Change>, ChangeError> {
+        let snap_path = self.snapshot_path(list, file);
+        let previous = read_snapshot(&snap_path);
+        let stamp = stamp(file).map_err(io(file))?;
+        if previous.as_ref().is_some_and(|p| p.stamp == stamp) {
+            return Ok(None);
+        }
+        let current = entries_of(file).map_err(io(file))?;
+        let before: &[String] = previous.as_ref().map_or(&[], |p| &p.entries);
+        let (added, removed) = diff(before, &current);
+        let mut change = None;
+        if !added.is_empty() || !removed.is_empty() {
+            let others: usize = category_files
+                .iter()
+                .filter(|f| f.as_path() != file)
+                .filter_map(|f| read_snapshot(&self.snapshot_path(list, f)))
+                .map(|s| s.entries.len())
+                .sum();
+            let (by, reason, url) = match (&previous, actor) {
+                (_, Actor::Person { by, reason }) => (by, Some(reason.to_string()), None),
+                (_, Actor::Remote { url }) => (REMOTE_SOURCE, None, Some(url.to_string())),
+                (None, Actor::FileEdit) => (INITIAL_LOAD, None, None),
+                (Some(_), Actor::FileEdit) => (FILE_EDIT, None, None),
+            };
+            let c = Change {
+                time: Utc::now(),
+                by: by.to_string(),
+                reason,
+                category: list.to_string(),
+                file: file.to_path_buf(),
+                url,
+                added_count: added.len(),
+                removed_count: removed.len(),
+                added: added.into_iter().take(MAX_NAMES).cloned().collect(),
+                removed: removed.into_iter().take(MAX_NAMES).cloned().collect(),
+                size_before: others + before.len(),
+                size_after: others + current.len(),
+            };
+            self.append(&c)?;
+            change = Some(c);
+        }
+        write_snapshot(&snap_path, &stamp, &current)?;
+        Ok(change)
+    }
+
+    /// Appends one record as one write to a file opened for appending only.
+    fn append(&self, change: &Change) -> Result<(), ChangeError> {
+        if let Some(dir) = self.log.parent() {
+            fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        let mut line = serde_json::to_vec(change).unwrap_or_default();
+        line.push(b'\n');
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(&self.log)
+            .map_err(io(&self.log))?;
+        f.write_all(&line).map_err(io(&self.log))?;
+        f.sync_data().map_err(io(&self.log))
+    }
+
+    fn snapshot_path(&self, list: &str, file: &Path) -> PathBuf {
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        let hash = file
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        self.snapshots
+            .join(list)
+            .join(format!("{name}-{:08x}.snapshot", hash as u32))
+    }
+}
+
+/// Reads the log, oldest first, keeping records at or after `since`. Lines that do not parse
+/// (a write cut short by a crash) are returned by number so they can be reported.
+pub fn read_log(
+    path: &Path,
+    since: Option<DateTime<Utc>>,
+) -> Result<(Vec<Record>, Vec<usize>), ChangeError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let mut changes = Vec::new();
+    let mut bad = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io(path))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Record>(&line) {
+            Ok(c) if since.is_none_or(|s| c.time() >= s) => changes.push(c),
+            Ok(_) => {}
+            Err(_) => bad.push(i + 1),
+        }
+    }
+    Ok((changes, bad))
+}
+
+/// Every list of a config with the files it is compiled from.
+fn lists_of(config: &Config) -> Vec<(String, Vec<PathBuf>)> {
+    let mut out = Vec::new();
+    if let Some(allow) = &config.allow_file {
+        out.push(("allow".to_string(), vec![allow.clone()]));
+    }
+    for c in &config.categories {
+        out.push((c.name.clone(), c.sources_on_disk()));
+    }
+    out
+}
+
+/// The entries of a list file as the log names them, sorted and distinct.
+fn entries_of(file: &Path) -> std::io::Result<Vec<String>> {
+    let parsed = parse(file, &fs::read(file)?);
+    let mut entries: Vec<String> = parsed
+        .entries
+        .into_iter()
+        .map(|e| match e.kind {
+            EntryKind::Block => e.name,
+            EntryKind::Allow => format!("@@{}", e.name),
+        })
+        .collect();
+    entries.extend(
+        parsed
+            .keywords
+            .into_iter()
+            .map(|k| format!("keyword:{}", k.text)),
+    );
+    entries.sort_unstable();
+    entries.dedup();
+    Ok(entries)
+}
+
+/// (added, removed) between two sorted, distinct lists, in one pass over both.
+fn diff<'a>(before: &'a [String], after: &'a [String]) -> (Vec<&'a String>, Vec<&'a String>) {
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    let (mut b, mut a) = (before.iter().peekable(), after.iter().peekable());
+    loop {
+        match (b.peek(), a.peek()) {
+            (Some(x), Some(y)) if x == y => {
+                b.next();
+                a.next();
+            }
+            (Some(x), Some(y)) if x < y => removed.extend(b.next()),
+            (_, Some(_)) => added.extend(a.next()),
+            (Some(_), None) => removed.extend(b.next()),
+            (None, None) => return (added, removed),
+        }
+    }
+}
+
+/// Size and modification time: equal stamps mean the file was not touched since the snapshot.
+fn stamp(file: &Path) -> std::io::Result<String> {
+    let md = fs::metadata(file)?;
+    let mtime = md
+        .modified()?
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    Ok(format!("{}:{}", md.len(), mtime))
+}
+
+fn read_snapshot(path: &Path) -> Option<Snapshot> {
+    let text = fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    let stamp = lines.next()?.strip_prefix("# stamp ")?.to_string();
+    let mut entries: Vec<String> = lines.map(str::to_string).collect();
+    entries.sort_unstable();
+    entries.dedup();
+    Some(Snapshot { stamp, entries })
+}
+
+fn write_snapshot(path: &Path, stamp: &str, entries: &[String]) -> Result<(), ChangeError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let mut text = String::with_capacity(entries.len() * 24 + 64);
+    text.push_str("# stamp ");
+    text.push_str(stamp);
+    text.push('\n');
+    for e in entries {
+        text.push_str(e);
+        text.push('\n');
+    }
+    let tmp = path.with_extension("snapshot.tmp");
+    fs::write(&tmp, text).map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, ChangeLog, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ChangeLog {
+            log: dir.path().join("logs/changes.jsonl"),
+            snapshots: dir.path().join("state/snapshots"),
+            lock: dir.path().join("state/changes.lock"),
+        };
+        let file = dir.path().join("adult.txt");
+        (dir, log, file)
+    }
+
+    /// Writes and moves the mtime on, as a later edit would.
+    fn edit(file: &Path, text: &str) {
+        let before = fs::metadata(file).and_then(|m| m.modified()).ok();
+        fs::write(file, text).unwrap();
+        if let Some(t) = before {
+            let later = t + std::time::Duration::from_secs(1);
+            File::options()
+                .write(true)
+                .open(file)
+                .unwrap()
+                .set_modified(later)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn first_sight_then_hand_edit_then_person_each_recorded_once() {
+        let (_dir, log, file) = setup();
+        let files = vec![file.clone()];
+        edit(&file, "a.example\nb.example\n");
+        let lock = log.lock().unwrap();
+        let first = log
+            .record(&lock, "adult", &file, &files, Actor::FileEdit)
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.by, INITIAL_LOAD);
+        assert_eq!(first.added, vec!["a.example", "b.example"]);
+        assert!(log
+            .record(&lock, "adult", &file, &files, Actor::FileEdit)
+            .unwrap()
+            .is_none());
+
+        edit(&file, "a.example\n@@||ok.b.example^\nc.example\n");
+        let hand = log
+            .record(&lock, "adult", &file, &files, Actor::FileEdit)
+            .unwrap()
+            .unwrap();
+        assert_eq!(hand.by, FILE_EDIT);
+        assert_eq!(hand.added, vec!["@@ok.b.example", "c.example"]);
+        assert_eq!(hand.removed, vec!["b.example"]);
+        assert_eq!((hand.size_before, hand.size_after), (2, 3));
+
+        edit(
+            &file,
+            "a.example\n@@||ok.b.example^\nc.example\nd.example\n",
+        );
+        let by = Actor::Person {
+            by: "alice",
+            reason: "ticket 42",
+        };
+        let person = log
+            .record(&lock, "adult", &file, &files, by)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (person.by.as_str(), person.reason.as_deref()),
+            ("alice", Some("ticket 42"))
+        );
+        assert!(log
+            .record(&lock, "adult", &file, &files, Actor::FileEdit)
+            .unwrap()
+            .is_none());
+
+        let (all, bad) = read_log(log.path(), None).unwrap();
+        assert_eq!(
+            all,
+            vec![
+                Record::List(first),
+                Record::List(hand),
+                Record::List(person.clone())
+            ]
+        );
+        assert!(bad.is_empty());
+        let (since, _) = read_log(log.path(), Some(person.time)).unwrap();
+        assert_eq!(since, vec![Record::List(person)]);
+    }
+
+    #[test]
+    fn diff_walks_both_sorted_lists() {
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (before, after) = (v(&["a", "c", "d", "f"]), v(&["b", "c", "e", "f", "g"]));
+        let (added, removed) = diff(&before, &after);
+        assert_eq!(added, ["b", "e", "g"]);
+        assert_eq!(removed, ["a", "d"]);
+        assert_eq!(diff(&[], &before).0.len(), 4);
+        assert_eq!(diff(&before, &[]).1.len(), 4);
+    }
+
+    #[test]
+    fn touching_without_changing_records_nothing() {
+        let (_dir, log, file) = setup();
+        let files = vec![file.clone()];
+        edit(&file, "a.example\n");
+        let lock = log.lock().unwrap();
+        log.record(&lock, "adult", &file, &files, Actor::FileEdit)
+            .unwrap();
+        edit(&file, "# a comment now\na.example\n");
+        assert!(log
+            .record(&lock, "adult", &file, &files, Actor::FileEdit)
+            .unwrap()
+            .is_none());
+        let (all, _) = read_log(log.path(), None).unwrap();
+        assert_eq!(all.len(), 1);
+    }
+
+    #[test]
+    fn log_is_created_0640_and_only_appended() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, log, file) = setup();
+        let files = vec![file.clone()];
+        let lock = log.lock().unwrap();
+        edit(&file, "a.example\n");
+        log.record(&lock, "adult", &file, &files, Actor::FileEdit)
+            .unwrap();
+        let first = fs::read(log.path()).unwrap();
+        edit(&file, "b.example\n");
+        log.record(&lock, "adult", &file, &files, Actor::FileEdit)
+            .unwrap();
+        let second = fs::read(log.path()).unwrap();
+        assert!(second.starts_with(&first) && second.len() > first.len());
+        let mode = fs::metadata(log.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o137, 0, "mode {mode:o}");
+    }
+}

@@ -1,0 +1,709 @@
+//! Lists while the server runs: hot reload (watch, save-by-rename, SIGHUP), bad lists and
+//! configs keeping the old lists in force, no query lost during reloads, technicians' edits,
+//! the change-control log, and remote sources with their last good copy.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use serde_json::Value;
+
+use crate::fixture::{Fixture, Zone};
+use crate::harness::{addresses, run, Ask, Server, Setup};
+use crate::http::{ListServer, Reply};
+
+fn blocked(server: &Server, name: &str) -> bool {
+    addresses(&server.query(name, RecordType::A)) == ["0.0.0.0"]
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn count(server: &Server, needle: &str) -> usize {
+    server.log().matches(needle).count()
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+fn config_path(setup: &Setup) -> PathBuf {
+    setup.dir.path().join("config/schoolgate.toml")
+}
+
+/// The change-control log as `schoolgate changes --json` prints it.
+fn changes(setup: &Setup) -> Vec<Value> {
+    let (ok, out, err) = run(&config_path(setup), &["changes", "--json"]);
+    assert!(ok, "{err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn changes_by(setup: &Setup, by: &str, category: &str) -> Vec<Value> {
+    changes(setup)
+        .into_iter()
+        .filter(|c| c["by"] == by && c["category"] == category)
+        .collect()
+}
+
+#[test]
+fn a_line_added_to_a_list_blocks_within_two_seconds_and_is_logged_as_a_file_edit() {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new();
+    let server = setup.start(up.addr);
+    assert_eq!(
+        addresses(&server.query("www.example.org", RecordType::A)),
+        ["192.0.2.11"]
+    );
+    assert!(wait_until(Duration::from_secs(5), || !changes_by(
+        &setup,
+        "initial load",
+        "adult"
+    )
+    .is_empty()));
+
+    append(&setup.list_path("adult.txt"), "example.org\n");
+    assert!(
+        wait_until(Duration::from_secs(2), || blocked(
+            &server,
+            "www.example.org"
+        )),
+        "not blocked within 2 s:\n{}",
+        server.log()
+    );
+    assert!(wait_until(Duration::from_secs(5), || !changes_by(
+        &setup,
+        "file edit",
+        "adult"
+    )
+    .is_empty()));
+    let edit = &changes_by(&setup, "file edit", "adult")[0];
+    assert_eq!(edit["added"], serde_json::json!(["example.org"]));
+    assert_eq!(edit["removed"], serde_json::json!([]));
+    assert_eq!(
+        (edit["size_before"].as_u64(), edit["size_after"].as_u64()),
+        (Some(2), Some(3))
+    );
+    assert!(edit["file"].as_str().unwrap().ends_with("adult.txt"));
+}
+
+#[test]
+fn an_editor_saving_by_rename_is_picked_up() {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new();
+    let server = setup.start(up.addr);
+    let list = setup.list_path("adult.txt");
+    let dir = list.parent().unwrap();
+    // What vim does with `backupcopy=no`: probe, move the original aside, write anew, clean up.
+    fs::write(dir.join("4913"), "").unwrap();
+    fs::remove_file(dir.join("4913")).unwrap();
+    fs::rename(&list, dir.join("adult.txt~")).unwrap();
+    fs::write(&list, "pornhub.com\nxvideos.com\nexample.org\n").unwrap();
+    fs::remove_file(dir.join("adult.txt~")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || blocked(
+            &server,
+            "www.example.org"
+        )),
+        "{}",
+        server.log()
+    );
+    assert!(blocked(&server, "pornhub.com"));
+}
+
+#[test]
+fn a_garbage_or_missing_list_keeps_the_previous_lists_in_force() {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new();
+    let server = setup.start(up.addr);
+    setup.list(
+        "adult.txt",
+        "<html>\n<body>503 Service Unavailable</body>\n</html>\n",
+    );
+    assert!(
+        server.wait_for_log("reload failed", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    assert!(server.log().contains("adult.txt:1"), "{}", server.log());
+    assert!(
+        blocked(&server, "pornhub.com"),
+        "the old adult list must stay in force"
+    );
+
+    fs::remove_file(setup.list_path("adult.txt")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || count(&server, "reload failed")
+            >= 2),
+        "{}",
+        server.log()
+    );
+    assert!(blocked(&server, "xvideos.com"));
+
+    setup.list("adult.txt", "pornhub.com\nexample.org\n");
+    assert!(
+        wait_until(Duration::from_secs(5), || blocked(
+            &server,
+            "www.example.org"
+        )),
+        "{}",
+        server.log()
+    );
+    assert!(
+        !blocked(&server, "xvideos.com"),
+        "the fixed list replaced the old one"
+    );
+}
+
+#[test]
+fn a_broken_config_keeps_the_server_filtering() {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new();
+    let server = setup.start(up.addr);
+    fs::write(
+        config_path(&setup),
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[lists\n",
+    )
+    .unwrap();
+    assert!(
+        server.wait_for_log("reload failed", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    assert!(
+        server.log().contains("schoolgate.toml:3"),
+        "{}",
+        server.log()
+    );
+    assert!(blocked(&server, "tiktok.com"));
+    assert_eq!(
+        addresses(&server.query("www.example.org", RecordType::A)),
+        ["192.0.2.11"]
+    );
+
+    setup.config();
+    setup.list("gambling.txt", "bet365.com\nexample.org\n");
+    assert!(
+        wait_until(Duration::from_secs(5), || blocked(&server, "example.org")),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn sighup_reloads_with_watching_turned_off() {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new().lists("watch = false");
+    let server = setup.start(up.addr);
+    append(&setup.list_path("adult.txt"), "example.org\n");
+    server.signal("HUP");
+    assert!(
+        wait_until(Duration::from_secs(5), || blocked(&server, "example.org")),
+        "{}",
+        server.log()
+    );
+    assert!(
+        server.wait_for_log("trigger=Signal", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn no_query_goes_unanswered_while_lists_reload() {
+    let up = Fixture::start(Zone::standard());
+    // Two clients asking as fast as they can would otherwise meet the per-client rate limit.
+    let setup = Setup::new().server("rate_limit_qps = 0");
+    let filler: String = (0..50_000)
+        .map(|i| format!("filler{i}.example\n"))
+        .collect();
+    setup.list("gambling.txt", &format!("bet365.com\n{filler}"));
+    let server = setup.start(up.addr);
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let lost = Arc::new(AtomicUsize::new(0));
+    let wrong = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, sent, lost, wrong) =
+                (stop.clone(), sent.clone(), lost.clone(), wrong.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    for (name, want) in [
+                        ("www.example.org", "192.0.2.11"),
+                        ("pornhub.com", "0.0.0.0"),
+                    ] {
+                        sent.fetch_add(1, Ordering::SeqCst);
+                        match Ask::new(name, RecordType::A)
+                            .timeout(Duration::from_secs(2))
+                            .send(addr)
+                        {
+                            None => {
+                                lost.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Some(m) if addresses(&m) != [want] => {
+                                wrong.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    for i in 0..4 {
+        let before = count(&server, "reloaded");
+        setup.list(
+            "gambling.txt",
+            &format!("bet365.com\nextra{i}.example\n{filler}"),
+        );
+        if i % 2 == 1 {
+            server.signal("HUP");
+        }
+        assert!(
+            wait_until(Duration::from_secs(10), || count(&server, "reloaded")
+                > before),
+            "{}",
+            server.log()
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (sent, lost, wrong) = (
+        sent.load(Ordering::SeqCst),
+        lost.load(Ordering::SeqCst),
+        wrong.load(Ordering::SeqCst),
+    );
+    assert!(sent > 100, "only {sent} queries sent");
+    assert_eq!((lost, wrong), (0, 0), "of {sent} queries during 4 reloads");
+    assert!(
+        wait_until(Duration::from_secs(5), || blocked(
+            &server,
+            "extra3.example"
+        )),
+        "{}",
+        server.log()
+    );
+    assert!(!blocked(&server, "extra0.example"));
+}
+
+#[test]
+fn technician_edits_are_written_to_the_list_and_recorded_once() {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new();
+    let server = setup.start(up.addr);
+    let cfg = config_path(&setup);
+
+    let reloads = count(&server, "reloaded");
+    let (ok, out, err) = run(
+        &cfg,
+        &[
+            "list",
+            "add",
+            "adult",
+            "Example.ORG",
+            "--by",
+            "alice",
+            "--reason",
+            "ticket 7",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("example.org: added to adult"), "{out}");
+    assert_eq!(
+        fs::read_to_string(setup.list_path("adult.txt")).unwrap(),
+        "pornhub.com\nxvideos.com\nexample.org\n"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || blocked(
+            &server,
+            "www.example.org"
+        )),
+        "{}",
+        server.log()
+    );
+    assert!(wait_until(Duration::from_secs(5), || count(
+        &server, "reloaded"
+    ) > reloads));
+
+    let alice = changes_by(&setup, "alice", "adult");
+    assert_eq!(alice.len(), 1, "{alice:?}");
+    assert_eq!(alice[0]["reason"], "ticket 7");
+    assert_eq!(alice[0]["added"], serde_json::json!(["example.org"]));
+    assert_eq!(
+        (
+            alice[0]["size_before"].as_u64(),
+            alice[0]["size_after"].as_u64()
+        ),
+        (Some(2), Some(3))
+    );
+
+    setup.list("adult.txt", "pornhub.com\nexample.org\n");
+    assert!(wait_until(Duration::from_secs(5), || !changes_by(
+        &setup,
+        "file edit",
+        "adult"
+    )
+    .is_empty()));
+    assert_eq!(
+        changes_by(&setup, "file edit", "adult")[0]["removed"],
+        serde_json::json!(["xvideos.com"])
+    );
+
+    let (ok, _, err) = run(
+        &cfg,
+        &[
+            "list",
+            "remove",
+            "adult",
+            "example.org",
+            "--by",
+            "bob",
+            "--reason",
+            "false positive",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        fs::read_to_string(setup.list_path("adult.txt")).unwrap(),
+        "pornhub.com\n"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || !blocked(
+            &server,
+            "www.example.org"
+        )),
+        "{}",
+        server.log()
+    );
+
+    let (ok, _, err) = run(
+        &cfg,
+        &[
+            "allow",
+            "tiktok.com",
+            "--by",
+            "carol",
+            "--reason",
+            "media studies",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(wait_until(Duration::from_secs(5), || {
+        server
+            .query("tiktok.com", RecordType::A)
+            .metadata
+            .response_code
+            == ResponseCode::NXDomain
+    }));
+
+    std::thread::sleep(Duration::from_millis(800));
+    let all = changes(&setup);
+    let mine: Vec<(&str, &str)> = all
+        .iter()
+        .filter(|c| c["by"] != "initial load")
+        .map(|c| (c["by"].as_str().unwrap(), c["category"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        mine,
+        [
+            ("alice", "adult"),
+            ("file edit", "adult"),
+            ("bob", "adult"),
+            ("carol", "allow")
+        ]
+    );
+
+    let (ok, text, _) = run(&cfg, &["changes", "--since", "2000-01-01"]);
+    assert!(ok);
+    assert!(
+        text.contains("alice  adult  +1 -0  (2 -> 3 entries)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("reason: ticket 7") && text.contains("    + example.org"),
+        "{text}"
+    );
+    let (_, future, _) = run(&cfg, &["changes", "--since", "2999-01-01", "--json"]);
+    assert_eq!(future, "");
+}
+
+#[test]
+fn edit_commands_refuse_bad_input_and_show_lists() {
+    let setup = Setup::new();
+    let cfg = setup.config();
+    let (ok, _, err) = run(
+        &cfg,
+        &[
+            "list",
+            "add",
+            "adlt",
+            "x.example",
+            "--by",
+            "a",
+            "--reason",
+            "r",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("no category named \"adlt\"") && err.contains("adult, gambling"),
+        "{err}"
+    );
+
+    let (ok, _, err) = run(
+        &cfg,
+        &[
+            "list",
+            "add",
+            "adult",
+            "good.example",
+            "bad name!",
+            "--by",
+            "a",
+            "--reason",
+            "r",
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("\"bad name!\""), "{err}");
+    assert_eq!(
+        fs::read_to_string(setup.list_path("adult.txt")).unwrap(),
+        "pornhub.com\nxvideos.com\n"
+    );
+
+    let (ok, out, _) = run(
+        &cfg,
+        &[
+            "list",
+            "remove",
+            "adult",
+            "absent.example",
+            "--by",
+            "a",
+            "--reason",
+            "r",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("absent.example: not in the local list files"),
+        "{out}"
+    );
+
+    setup.list("gambling.txt", "<html>\n</html>\n");
+    let (ok, _, err) = run(
+        &cfg,
+        &[
+            "list",
+            "add",
+            "gambling",
+            "bet.example",
+            "--by",
+            "a",
+            "--reason",
+            "r",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("gambling.txt:1") && err.contains("fix the file first"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_to_string(setup.list_path("gambling.txt")).unwrap(),
+        "<html>\n</html>\n"
+    );
+
+    let (ok, out, _) = run(&cfg, &["list", "show", "adult"]);
+    assert!(ok);
+    assert!(
+        out.contains("xvideos.com\t") && out.contains("adult.txt:2"),
+        "{out}"
+    );
+    let recorded: Vec<Value> = changes(&setup)
+        .into_iter()
+        .filter(|c| c["by"] != "initial load")
+        .collect();
+    assert!(
+        recorded.is_empty(),
+        "refused edits record nothing: {recorded:?}"
+    );
+}
+
+#[test]
+fn edits_made_while_the_server_is_down_are_recorded_at_start_up_once() {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new();
+    let first = setup.start(up.addr);
+    assert!(wait_until(Duration::from_secs(5), || {
+        changes_by(&setup, "initial load", "social_media").len() == 1
+    }));
+    drop(first);
+    let cfg = config_path(&setup);
+    append(&setup.list_path("gambling.txt"), "example.org\n");
+    let (ok, _, err) = run(
+        &cfg,
+        &[
+            "list",
+            "add",
+            "social_media",
+            "snapchat.com",
+            "--by",
+            "dave",
+            "--reason",
+            "policy",
+        ],
+    );
+    assert!(ok, "{err}");
+    let server = setup.start(up.addr);
+    assert!(wait_until(Duration::from_secs(5), || !changes_by(
+        &setup,
+        "file edit",
+        "gambling"
+    )
+    .is_empty()));
+    assert_eq!(
+        changes_by(&setup, "file edit", "gambling")[0]["added"],
+        serde_json::json!(["example.org"])
+    );
+    assert!(blocked(&server, "snapchat.com"));
+    assert!(
+        changes_by(&setup, "file edit", "social_media").is_empty(),
+        "{:?}",
+        changes(&setup)
+    );
+    assert_eq!(changes_by(&setup, "dave", "social_media").len(), 1);
+}
+
+fn remote_setup(url: &str) -> Setup {
+    Setup::new().toml(&format!(
+        "[[category]]\nname = \"remote_ads\"\nsources = [{{ url = \"{url}\", refresh = \"1s\" }}]\n\n[groups.default]\nblock = [\"illegal\", \"adult\", \"gambling\", \"social_media\", \"circumvention\", \"remote_ads\"]\n"
+    ))
+}
+
+#[test]
+fn a_remote_source_keeps_its_last_good_copy_when_it_goes_away() {
+    let up = Fixture::start(Zone::standard());
+    let http = ListServer::start("# ads\nremote-ads.example\n0.0.0.0 tracker.example\n");
+    let setup = remote_setup(&http.url());
+    let server = setup.start(up.addr);
+    assert!(
+        wait_until(Duration::from_secs(5), || blocked(
+            &server,
+            "remote-ads.example"
+        )),
+        "{}",
+        server.log()
+    );
+    assert!(blocked(&server, "tracker.example"));
+    let remote = changes_by(&setup, "remote source", "remote_ads");
+    assert_eq!(remote.len(), 1, "{remote:?}");
+    assert_eq!(remote[0]["url"], http.url().as_str());
+    assert_eq!(remote[0]["added_count"], 2);
+
+    http.set(Reply::Status(503));
+    let served = http.served();
+    assert!(wait_until(Duration::from_secs(5), || http.served() > served));
+    assert!(
+        server.wait_for_log("download failed", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    assert!(blocked(&server, "remote-ads.example"));
+
+    drop(http);
+    drop(server);
+    let offline = setup.start(up.addr);
+    assert!(
+        blocked(&offline, "remote-ads.example"),
+        "the last good copy loads at start-up"
+    );
+    assert!(
+        offline.wait_for_log("download failed", Duration::from_secs(5)),
+        "{}",
+        offline.log()
+    );
+    assert!(blocked(&offline, "tracker.example"));
+}
+
+#[test]
+fn a_remote_source_that_shrinks_or_turns_to_garbage_is_not_applied() {
+    let up = Fixture::start(Zone::standard());
+    let names = |r: std::ops::Range<usize>| -> String {
+        r.map(|i| format!("n{i}.remote.example\n")).collect()
+    };
+    let http = ListServer::start(&names(0..10));
+    let setup = remote_setup(&http.url());
+    let server = setup.start(up.addr);
+    assert!(
+        wait_until(Duration::from_secs(5), || blocked(
+            &server,
+            "n9.remote.example"
+        )),
+        "{}",
+        server.log()
+    );
+
+    http.set(Reply::Body(names(0..2)));
+    assert!(
+        server.wait_for_log("not applied", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    assert!(
+        server.log().contains("2 entries against 10"),
+        "{}",
+        server.log()
+    );
+    assert!(blocked(&server, "n9.remote.example"));
+
+    http.set(Reply::Body("<html><body>Moved</body></html>\n".into()));
+    assert!(
+        server.wait_for_log("no usable entry", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    assert!(blocked(&server, "n9.remote.example"));
+
+    http.set(Reply::Body(names(1..11)));
+    assert!(
+        wait_until(Duration::from_secs(5), || blocked(
+            &server,
+            "n10.remote.example"
+        )),
+        "{}",
+        server.log()
+    );
+    assert!(!blocked(&server, "n0.remote.example"));
+    let refreshes = changes_by(&setup, "remote source", "remote_ads");
+    assert_eq!(refreshes.len(), 2, "{refreshes:?}");
+    assert_eq!(
+        (
+            refreshes[1]["added_count"].as_u64(),
+            refreshes[1]["removed_count"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+}
