@@ -89,7 +89,6 @@ pub struct Stats {
 }
 
 enum Msg {
-    Breach(Box<Event>),
     Notice(Notice),
     Flush(Sender<()>),
 }
@@ -98,7 +97,8 @@ enum Msg {
 #[derive(Clone)]
 pub struct Journal {
     access: Sender<Box<Event>>,
-    priority: Sender<Msg>,
+    breaches: Sender<Box<Event>>,
+    control: Sender<Msg>,
     stats: Arc<Stats>,
 }
 
@@ -117,15 +117,17 @@ impl Journal {
     ) -> std::io::Result<Journal> {
         writer::prepare_dir(&logs.dir)?;
         let (access, access_rx) = crossbeam_channel::bounded(logs.queue);
-        let (priority, priority_rx) = crossbeam_channel::unbounded();
+        let (breaches, breach_rx) = crossbeam_channel::unbounded();
+        let (control, control_rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(Stats::default());
         let w = writer::Writer::new(logs.clone(), tz, stats.clone());
         std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || run(w, access_rx, priority_rx, alerts))?;
+            .spawn(move || run(w, access_rx, breach_rx, control_rx, alerts))?;
         Ok(Journal {
             access,
-            priority,
+            breaches,
+            control,
             stats,
         })
     }
@@ -135,7 +137,7 @@ impl Journal {
         let event = Box::new(event);
         if event.is_breach() {
             // Unbounded: the writer keeps breaches even when it cannot write them yet.
-            let _ = self.priority.send(Msg::Breach(event));
+            let _ = self.breaches.send(event);
             return;
         }
         match self.access.try_send(event) {
@@ -148,13 +150,13 @@ impl Journal {
 
     /// Records a notice (rate limiting, etc.) in the day's notice file.
     pub fn notice(&self, notice: Notice) {
-        let _ = self.priority.send(Msg::Notice(notice));
+        let _ = self.control.send(Msg::Notice(notice));
     }
 
     /// Writes everything queued so far and waits (at most `timeout`) until it is on disk.
     pub fn flush(&self, timeout: Duration) -> bool {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        if self.priority.send(Msg::Flush(tx)).is_err() {
+        if self.control.send(Msg::Flush(tx)).is_err() {
             return false;
         }
         rx.recv_timeout(timeout).is_ok()
@@ -166,62 +168,59 @@ impl Journal {
     }
 }
 
+/// How often the writer wakes to drain the queues. The query path never wakes it: a wake-up per
+/// query would cost a context switch per query on a two-core server.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
+/// Writes, flushes and housekeeping happen on every fifth drain (within a second of a breach).
+const WRITE_EVERY: u32 = 5;
+
 fn run(
     mut w: writer::Writer,
     access: Receiver<Box<Event>>,
-    priority: Receiver<Msg>,
+    breaches: Receiver<Box<Event>>,
+    control: Receiver<Msg>,
     mut alerts: Option<Alerter>,
 ) {
-    let tick = crossbeam_channel::tick(Duration::from_millis(250));
-    let mut access_open = true;
-    let mut priority_open = true;
-    while access_open || priority_open {
+    let tick = crossbeam_channel::tick(DRAIN_EVERY);
+    let mut ticks = 0u32;
+    loop {
         crossbeam_channel::select! {
-            recv(access) -> ev => match ev {
-                Ok(ev) => {
-                    w.access(&ev);
-                    // Drain what is already queued before looking at the clock again.
-                    for ev in access.try_iter().take(4096) {
-                        w.access(&ev);
-                    }
-                }
-                Err(_) => access_open = false,
-            },
-            recv(priority) -> msg => match msg {
-                Ok(Msg::Breach(ev)) => breach(&mut w, &mut alerts, &ev),
+            recv(control) -> msg => match msg {
                 Ok(Msg::Notice(n)) => w.notice(&n),
                 Ok(Msg::Flush(done)) => {
-                    for ev in access.try_iter() {
-                        w.access(&ev);
-                    }
-                    drain_priority(&mut w, &priority, &mut alerts);
+                    drain(&mut w, &access, &breaches, &mut alerts);
                     w.flush();
                     let _ = done.send(());
                 }
-                Err(_) => priority_open = false,
+                Err(_) => break,
             },
-            recv(tick) -> _ => w.tick(),
+            recv(tick) -> _ => {
+                drain(&mut w, &access, &breaches, &mut alerts);
+                ticks += 1;
+                if ticks.is_multiple_of(WRITE_EVERY) {
+                    w.tick();
+                }
+            }
         }
     }
+    drain(&mut w, &access, &breaches, &mut alerts);
     w.flush();
 }
 
-/// Alerts are decided before the breach is written, so a slow disk never delays them.
-fn breach(w: &mut writer::Writer, alerts: &mut Option<Alerter>, ev: &Event) {
-    if let Some(a) = alerts {
-        a.offer(ev);
-    }
-    w.breach(ev);
-}
-
-fn drain_priority(w: &mut writer::Writer, priority: &Receiver<Msg>, alerts: &mut Option<Alerter>) {
-    for msg in priority.try_iter() {
-        match msg {
-            Msg::Breach(ev) => breach(w, alerts, &ev),
-            Msg::Notice(n) => w.notice(&n),
-            Msg::Flush(done) => {
-                let _ = done.send(());
-            }
+fn drain(
+    w: &mut writer::Writer,
+    access: &Receiver<Box<Event>>,
+    breaches: &Receiver<Box<Event>>,
+    alerts: &mut Option<Alerter>,
+) {
+    for ev in breaches.try_iter() {
+        // Alerts are decided before the breach is written, so a slow disk never delays them.
+        if let Some(a) = alerts {
+            a.offer(&ev);
         }
+        w.breach(&ev);
+    }
+    for ev in access.try_iter() {
+        w.access(&ev);
     }
 }
