@@ -267,3 +267,22 @@ fn empty_lists_refuse_to_start() {
     assert!(!ok);
     assert!(err.contains("refusing to run unfiltered"), "{err}");
 }
+
+#[test]
+fn tcp_clients_are_told_apart_by_address_too() {
+    let up = Fixture::start(Zone::standard());
+    let server = Setup::new()
+        .server("client_networks = [\"127.0.0.1/32\"]")
+        .start(up.addr);
+    let outsider = Ask::new("www.example.org", RecordType::A)
+        .tcp()
+        .from("127.0.0.7")
+        .send(server.addr)
+        .unwrap();
+    assert_eq!(outsider.metadata.response_code, ResponseCode::Refused);
+    let insider = Ask::new("www.example.org", RecordType::A)
+        .tcp()
+        .send(server.addr)
+        .unwrap();
+    assert_eq!(addresses(&insider), vec!["192.0.2.11"]);
+}

@@ -367,17 +367,21 @@ impl Ask {
         m.to_vec().expect("encode")
     }
 
+    /// The source address to use towards `server` (IPv6 loopback for an IPv6 server).
+    fn source_towards(&self, server: SocketAddr) -> IpAddr {
+        match (server, self.from) {
+            (SocketAddr::V6(_), IpAddr::V4(_)) => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            _ => self.from,
+        }
+    }
+
     /// Sends and returns the answer, or `None` on timeout.
     pub fn send(&self, server: SocketAddr) -> Option<Message> {
         let bytes = self.bytes();
         let reply = if self.tcp {
-            raw_tcp(server, &bytes, self.timeout)?
+            raw_tcp_from(server, self.source_towards(server), &bytes, self.timeout)?
         } else {
-            let from = match (server, self.from) {
-                (SocketAddr::V6(_), IpAddr::V4(_)) => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-                _ => self.from,
-            };
-            raw_udp_from(server, from, &bytes, self.timeout)?
+            raw_udp_from(server, self.source_towards(server), &bytes, self.timeout)?
         };
         Some(Message::from_vec(&reply).expect("decodable answer"))
     }
@@ -413,8 +417,30 @@ fn raw_udp_from(
 
 /// Sends raw bytes over TCP (length-prefixed); returns the reply bytes.
 pub fn raw_tcp(server: SocketAddr, bytes: &[u8], timeout: Duration) -> Option<Vec<u8>> {
+    let from = match server {
+        SocketAddr::V4(_) => IpAddr::from([127, 0, 0, 1]),
+        SocketAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    };
+    raw_tcp_from(server, from, bytes, timeout)
+}
+
+/// Sends raw bytes over TCP from a chosen loopback address (a different device).
+fn raw_tcp_from(
+    server: SocketAddr,
+    from: IpAddr,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Option<Vec<u8>> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&server, timeout).ok()?;
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(server),
+        socket2::Type::STREAM,
+        None,
+    )
+    .ok()?;
+    sock.bind(&SocketAddr::new(from, 0).into()).ok()?;
+    sock.connect_timeout(&server.into(), timeout).ok()?;
+    let mut s: std::net::TcpStream = sock.into();
     s.set_read_timeout(Some(timeout)).ok()?;
     let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
     framed.extend_from_slice(bytes);
