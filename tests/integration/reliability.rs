@@ -467,3 +467,34 @@ fn escaped_and_unicode_spellings_of_a_blocked_name_match() {
     let m = Message::from_vec(&reply).unwrap();
     assert_eq!(addresses(&m), vec!["0.0.0.0"]);
 }
+
+#[test]
+fn one_device_cannot_hold_every_tcp_connection() {
+    use std::io::Read;
+    let up = Fixture::start(Zone::standard());
+    let server = Setup::new().start(up.addr);
+    // A device opens far more connections than it is allowed and leaves them idle.
+    let mut held = Vec::new();
+    for _ in 0..schoolgate::server::MAX_TCP_PER_CLIENT + 4 {
+        held.push(std::net::TcpStream::connect(server.addr).unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut closed = 0;
+    for s in &mut held {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        if matches!(s.read(&mut [0u8; 1]), Ok(0)) {
+            closed += 1;
+        }
+    }
+    assert_eq!(
+        closed, 4,
+        "connections over the per-device limit are closed at once"
+    );
+    // Another device is still served over TCP.
+    let other = Ask::new("pornhub.com", RecordType::A)
+        .tcp()
+        .from("127.0.0.8")
+        .send(server.addr);
+    assert!(other.is_some_and(|m| addresses(&m) == vec!["0.0.0.0"]));
+}
