@@ -380,6 +380,19 @@ fn load(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// One message header per buffer, for sendmmsg/recvmmsg.
+fn headers(iovs: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
+    iovs.iter_mut()
+        .map(|iov| {
+            // SAFETY: an all-zero msghdr is a valid "no address, no control data" header.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect()
+}
+
 fn send_batch(sock: &UdpSocket, bufs: &mut [[u8; MAX_PACKET]], lens: &[usize]) -> usize {
     let mut iovs: Vec<libc::iovec> = bufs
         .iter_mut()
@@ -389,16 +402,7 @@ fn send_batch(sock: &UdpSocket, bufs: &mut [[u8; MAX_PACKET]], lens: &[usize]) -
             iov_len: len,
         })
         .collect();
-    let mut msgs: Vec<libc::mmsghdr> = iovs
-        .iter_mut()
-        .map(|iov| {
-            // SAFETY: an all-zero msghdr is a valid "no address, no control data" header.
-            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            h.msg_hdr.msg_iov = iov;
-            h.msg_hdr.msg_iovlen = 1;
-            h
-        })
-        .collect();
+    let mut msgs = headers(&mut iovs);
     // SAFETY: `msgs` points at live iovecs over live buffers for the duration of the call.
     let n = unsafe {
         libc::sendmmsg(
@@ -419,16 +423,7 @@ fn recv_batch(sock: &UdpSocket, bufs: &mut [[u8; MAX_PACKET]]) -> (usize, [usize
             iov_len: MAX_PACKET,
         })
         .collect();
-    let mut msgs: Vec<libc::mmsghdr> = iovs
-        .iter_mut()
-        .map(|iov| {
-            // SAFETY: as in `send_batch`.
-            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            h.msg_hdr.msg_iov = iov;
-            h.msg_hdr.msg_iovlen = 1;
-            h
-        })
-        .collect();
+    let mut msgs = headers(&mut iovs);
     // SAFETY: `msgs` points at live iovecs over live, writable buffers for the duration of the call.
     let n = unsafe {
         libc::recvmmsg(
