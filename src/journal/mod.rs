@@ -136,8 +136,13 @@ impl Journal {
     pub fn log(&self, event: Event) {
         let event = Box::new(event);
         if event.is_breach() {
-            // Unbounded: the writer keeps breaches even when it cannot write them yet.
-            let _ = self.breaches.send(event);
+            // Breaches are not dropped for a slow writer or a full disk; only a backlog this deep
+            // (a sustained flood far beyond the writer) is cut, counted, so memory stays bounded.
+            if self.breaches.len() >= MAX_QUEUED_BREACHES {
+                self.stats.breach_lost.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let _ = self.breaches.send(event);
+            }
             return;
         }
         match self.access.try_send(event) {
@@ -167,6 +172,9 @@ impl Journal {
         &self.stats
     }
 }
+
+/// Breach events waiting for the writer before new ones are counted lost (about 60 MB).
+pub const MAX_QUEUED_BREACHES: usize = 100_000;
 
 /// How often the writer wakes to drain the queues. The query path never wakes it: a wake-up per
 /// query would cost a context switch per query on a two-core server.
