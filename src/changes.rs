@@ -202,6 +202,11 @@ impl ChangeLog {
             Ok(l) => l,
             Err(e) => return (changes, vec![e]),
         };
+        match self.record_policy(&lock, config) {
+            Ok(Some(c)) => changes.push(c),
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
         for (list, files) in lists_of(config) {
             for file in &files {
                 let url = config
@@ -275,6 +280,45 @@ impl ChangeLog {
         Ok(change)
     }
 
+    /// Records a change to the filtering settings of the config itself (what groups block,
+    /// schedules, locked categories, who is in which group...), diffed as readable lines against
+    /// the last recorded settings, so a config edit is in the log like a list edit.
+    fn record_policy(&self, _lock: &Lock, config: &Config) -> Result<Option<Change>, ChangeError> {
+        let snap_path = self.snapshots.join("config").join("policy.snapshot");
+        let current = policy_lines(config);
+        let stamp = format!("{:016x}", fnv(current.join("\n").as_bytes()));
+        let previous = read_snapshot(&snap_path);
+        if previous.as_ref().is_some_and(|p| p.stamp == stamp) {
+            return Ok(None);
+        }
+        let before: &[String] = previous.as_ref().map_or(&[], |p| &p.entries);
+        let (added, removed) = diff(before, &current);
+        let change = Change {
+            time: Utc::now(),
+            by: if previous.is_some() {
+                FILE_EDIT
+            } else {
+                INITIAL_LOAD
+            }
+            .to_string(),
+            reason: None,
+            category: "config".to_string(),
+            file: config.path.clone(),
+            url: None,
+            added_count: added.len(),
+            removed_count: removed.len(),
+            added: added.into_iter().take(MAX_NAMES).cloned().collect(),
+            removed: removed.into_iter().take(MAX_NAMES).cloned().collect(),
+            size_before: before.len(),
+            size_after: current.len(),
+        };
+        if change.added_count + change.removed_count > 0 {
+            self.append(&change)?;
+        }
+        write_snapshot(&snap_path, &stamp, &current)?;
+        Ok((change.added_count + change.removed_count > 0).then_some(change))
+    }
+
     /// Appends one record as one write to a file opened for appending only.
     fn append(&self, change: &Change) -> Result<(), ChangeError> {
         if let Some(dir) = self.log.parent() {
@@ -294,13 +338,7 @@ impl ChangeLog {
 
     fn snapshot_path(&self, list: &str, file: &Path) -> PathBuf {
         let name = file.file_name().unwrap_or_default().to_string_lossy();
-        let hash = file
-            .as_os_str()
-            .as_encoded_bytes()
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-            });
+        let hash = fnv(file.as_os_str().as_encoded_bytes());
         self.snapshots
             .join(list)
             .join(format!("{name}-{:08x}.snapshot", hash as u32))
@@ -332,6 +370,85 @@ pub fn read_log(
         }
     }
     Ok((changes, bad))
+}
+
+/// The config's filtering settings as sorted, readable lines: the unit a config diff is made of.
+fn policy_lines(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in &config.categories {
+        if c.locked {
+            out.push(format!("category {} is locked", c.name));
+        }
+        if c.alert {
+            out.push(format!("category {} raises alerts", c.name));
+        }
+        for f in &c.files {
+            out.push(format!("category {} reads {}", c.name, f.display()));
+        }
+        for s in &c.sources {
+            out.push(format!("category {} downloads {}", c.name, s.url));
+        }
+    }
+    for g in config.groups.values() {
+        for c in &g.block {
+            out.push(format!("group {} blocks {c}", g.name));
+        }
+        for s in &g.schedules {
+            let days: Vec<String> = s.days.iter().map(|d| d.to_string()).collect();
+            out.push(format!(
+                "group {} schedule {:?}: {} {}-{}, blocks [{}], allows [{}]",
+                g.name,
+                s.name,
+                days.join(","),
+                s.from.format("%H:%M"),
+                s.to.format("%H:%M"),
+                s.block.join(", "),
+                s.unblock.join(", ")
+            ));
+        }
+        out.push(format!("group {} safe search {:?}", g.name, g.safesearch).to_lowercase());
+        if g.block_unsafe_search {
+            out.push(format!(
+                "group {} blocks search engines without safe search",
+                g.name
+            ));
+        }
+        for f in &g.allow_files {
+            out.push(format!("group {} allows names in {}", g.name, f.display()));
+        }
+        for f in &g.block_files {
+            out.push(format!("group {} blocks names in {}", g.name, f.display()));
+        }
+    }
+    for c in &config.clients {
+        let who = match &c.matcher {
+            crate::config::ClientMatch::Net(n) => n.to_string(),
+            crate::config::ClientMatch::Mac(m) => m
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+            crate::config::ClientMatch::Hostname(h) => format!("hostname {h}"),
+        };
+        let name = c.name.as_deref().unwrap_or("");
+        out.push(format!("client {who} {name:?} is in group {}", c.group));
+    }
+    for n in &config.client_networks {
+        out.push(format!("answers network {n}"));
+    }
+    for a in &config.approvers {
+        out.push(format!("exemptions approved by {a}"));
+    }
+    out.push(format!("blocked names answered {:?}", config.sinkhole.mode).to_lowercase());
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Every list of a config with the files it is compiled from.

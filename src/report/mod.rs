@@ -346,6 +346,11 @@ impl Report {
             }
             // Free text can name a pupil.
             c.reason.clear();
+            // Config settings name client addresses and devices: governors get the counts.
+            if c.target == "config" {
+                c.added.clear();
+                c.removed.clear();
+            }
         }
         for e in &mut self.exemptions {
             e.by = p.person(&e.by);

@@ -707,3 +707,46 @@ fn a_remote_source_that_shrinks_or_turns_to_garbage_is_not_applied() {
         (Some(1), Some(1))
     );
 }
+
+#[test]
+fn a_config_edit_to_what_a_group_blocks_is_in_the_change_log() {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new().toml(
+        "[groups.staff]\nblock = [\"illegal\", \"adult\"]\n[[client]]\nname = \"Staff laptop\"\naddr = \"127.0.0.3\"\ngroup = \"staff\"\n",
+    );
+    let server = setup.start(up.addr);
+    assert!(wait_until(Duration::from_secs(5), || !changes_by(
+        &setup,
+        "initial load",
+        "config"
+    )
+    .is_empty()));
+    let staff_gambling = || {
+        let m = Ask::new("bet365.com", RecordType::A)
+            .from("127.0.0.3")
+            .send(server.addr)
+            .unwrap();
+        m.metadata.response_code == ResponseCode::NXDomain
+    };
+    assert!(
+        staff_gambling(),
+        "staff may reach gambling sites before the edit"
+    );
+    let path = config_path(&setup);
+    let text = fs::read_to_string(&path).unwrap().replace(
+        "[groups.staff]\nblock = [\"illegal\", \"adult\"]",
+        "[groups.staff]\nblock = [\"illegal\", \"adult\", \"gambling\"]",
+    );
+    fs::write(&path, text).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !staff_gambling()),
+        "the edit took effect"
+    );
+    let edits = changes_by(&setup, "file edit", "config");
+    assert_eq!(edits.len(), 1, "{edits:?}");
+    assert_eq!(
+        edits[0]["added"],
+        serde_json::json!(["group staff blocks gambling"])
+    );
+    assert_eq!(edits[0]["removed"], serde_json::json!([]));
+}
