@@ -191,7 +191,7 @@ impl Writer {
 
     pub(super) fn access(&mut self, ev: &Event) {
         let date = self.date_of(ev.time);
-        let line = self.line(ev);
+        let line = self.line(ev, false);
         self.access.push(date, line);
         if self.access.pending.len() >= ACCESS_BATCH {
             self.write_access();
@@ -200,8 +200,9 @@ impl Writer {
 
     pub(super) fn breach(&mut self, ev: &Event) {
         let date = self.date_of(ev.time);
-        let line = self.line(ev);
-        self.access.push(date, line.clone());
+        let line = self.line(ev, false);
+        self.access.push(date, line);
+        let line = self.line(ev, true);
         self.breach.push(date, line);
         while self.breach.pending.len() > MAX_PENDING_BREACHES {
             self.breach.pending.pop_front();
@@ -346,7 +347,10 @@ impl Writer {
     /// writer formats a couple of hundred thousand lines a second on a core it shares with the
     /// server, so it reuses a buffer, formats the time once per second and allocates nothing
     /// for the fields.
-    fn line(&mut self, ev: &Event) -> String {
+    ///
+    /// Access lines carry what was asked and what happened; breach lines add the rule, list and
+    /// `file:line` that decided (looked up only for them).
+    fn line(&mut self, ev: &Event, breach: bool) -> String {
         let engine = &ev.engine;
         let group = ev.decision.map_or(ev.client.group, |d| d.group);
         let action = match ev.outcome {
@@ -381,12 +385,12 @@ impl Writer {
             if let Some(c) = d.category.and_then(|c| engine.categories().get(c as usize)) {
                 field(&mut out, "category", &c.name);
             }
-            if let Some(o) = engine.origin(&ev.name, &d.rule) {
+            if let Some(label) = engine.rule_label(&d.rule) {
+                field(&mut out, "rule", &label);
+            } else if let Some(o) = breach.then(|| engine.origin(&ev.name, &d.rule)).flatten() {
                 field(&mut out, "rule", &o.entry);
                 field(&mut out, "list", &o.list);
                 field(&mut out, "source", &o.location());
-            } else if let Some(label) = engine.rule_label(&d.rule) {
-                field(&mut out, "rule", &label);
             }
         }
         if let Some(via) = ev.via.as_deref() {
