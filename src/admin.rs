@@ -21,8 +21,14 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves `/metrics` and `/healthz` until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, handler: Arc<Handler>) {
+/// Serves `/metrics` and `/healthz` until the task is dropped. `/healthz` asks the DNS
+/// listener at `probe` a real question, so "answering" means a query really got an answer.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    handler: Arc<Handler>,
+    probe: Option<SocketAddr>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -33,7 +39,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, handler: Arc<Ha
             let svc = hyper::service::service_fn(move |req| {
                 let metrics = metrics.clone();
                 let handler = handler.clone();
-                async move { Ok::<_, Infallible>(route(&req, &metrics, &handler)) }
+                async move {
+                    let answering = req.uri().path() == "/healthz" && answers(probe).await;
+                    Ok::<_, Infallible>(route(&req, &metrics, &handler, answering))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -42,7 +51,43 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, handler: Arc<Ha
     }
 }
 
-fn route(req: &Request<Incoming>, metrics: &Metrics, handler: &Handler) -> Response<Full<Bytes>> {
+/// Sends one query the server answers itself (`resolver.arpa`, never forwarded) over UDP.
+async fn answers(probe: Option<SocketAddr>) -> bool {
+    let Some(mut to) = probe else {
+        return false;
+    };
+    if to.ip().is_unspecified() {
+        to.set_ip(if to.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let local: SocketAddr = if to.is_ipv4() {
+        (std::net::Ipv4Addr::LOCALHOST, 0).into()
+    } else {
+        (std::net::Ipv6Addr::LOCALHOST, 0).into()
+    };
+    let Ok(sock) = tokio::net::UdpSocket::bind(local).await else {
+        return false;
+    };
+    // ID 0x5347, RD, one question: resolver.arpa A IN.
+    let query =
+        b"\x53\x47\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x08resolver\x04arpa\x00\x00\x01\x00\x01";
+    if sock.send_to(query, to).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(1), sock.recv(&mut buf)).await;
+    matches!(answer, Ok(Ok(n)) if n >= 12 && buf[..2] == [0x53, 0x47] && buf[2] & 0x80 != 0)
+}
+
+fn route(
+    req: &Request<Incoming>,
+    metrics: &Metrics,
+    handler: &Handler,
+    answering: bool,
+) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" => reply(
             StatusCode::OK,
@@ -52,13 +97,18 @@ fn route(req: &Request<Incoming>, metrics: &Metrics, handler: &Handler) -> Respo
         "/healthz" => {
             let engine = handler.engine();
             let loaded = engine.index_len() > 0 || engine.config().start_unfiltered;
+            let status = match (answering, loaded) {
+                (false, _) => "not answering",
+                (true, false) => "unfiltered",
+                (true, true) => "ok",
+            };
             let body = serde_json::json!({
-                "status": if loaded { "ok" } else { "unfiltered" },
-                "answering": true,
+                "status": status,
+                "answering": answering,
                 "lists_loaded": loaded,
                 "names": engine.index_len(),
             });
-            let code = if loaded {
+            let code = if loaded && answering {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -99,7 +99,13 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot listen on {addr} (admin endpoint)"))?;
             let bound = listener.local_addr().unwrap_or(addr);
             tracing::info!("admin endpoint on http://{bound}/metrics");
-            tokio::spawn(admin::serve(listener, metrics.clone(), handler.clone()));
+            let probe = listeners.addrs.first().copied();
+            tokio::spawn(admin::serve(
+                listener,
+                metrics.clone(),
+                handler.clone(),
+                probe,
+            ));
         }
 
         let (tx, rx) = mpsc::channel(1);

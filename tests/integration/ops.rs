@@ -71,6 +71,10 @@ fn metrics_move_with_queries_and_health_reports_lists() {
     let v: serde_json::Value = serde_json::from_str(&health).unwrap();
     assert_eq!(v["status"], "ok");
     assert_eq!(v["lists_loaded"], true);
+    assert_eq!(
+        v["answering"], true,
+        "a real query to the DNS listener was answered"
+    );
 }
 
 #[test]
