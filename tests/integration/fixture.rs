@@ -172,9 +172,17 @@ impl Fixture {
         let queries = Arc::new(AtomicUsize::new(0));
         let zone = Arc::new(zone);
         let addr = runtime.block_on(async {
-            let udp = UdpSocket::bind("127.0.0.1:0").await.expect("fixture udp");
-            let addr = udp.local_addr().expect("fixture addr");
-            let tcp = TcpListener::bind(addr).await.expect("fixture tcp");
+            // The kernel picks a free UDP port; TCP on the same number may be taken, so retry.
+            let mut bound = None;
+            for _ in 0..20 {
+                let udp = UdpSocket::bind("127.0.0.1:0").await.expect("fixture udp");
+                let addr = udp.local_addr().expect("fixture addr");
+                if let Ok(tcp) = TcpListener::bind(addr).await {
+                    bound = Some((udp, tcp, addr));
+                    break;
+                }
+            }
+            let (udp, tcp, addr) = bound.expect("a port free for both UDP and TCP");
             let (z, n) = (zone.clone(), queries.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
