@@ -273,7 +273,7 @@ impl Writer {
         }
     }
 
-    /// Runs every quarter second: breaches reach the disk within a second of the query.
+    /// Runs after every drain: breaches reach the disk within milliseconds of the query.
     pub(super) fn tick(&mut self) {
         self.flush();
         let dropped = self.stats.access_dropped.load(Ordering::Relaxed);
