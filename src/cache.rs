@@ -29,6 +29,24 @@ struct Entry {
     used: bool,
 }
 
+/// How old a cached entry is, for rewriting its TTLs.
+#[derive(Clone, Copy)]
+struct Aging {
+    expired: bool,
+    age_secs: u32,
+}
+
+impl Aging {
+    /// A record's TTL as the client should see it now.
+    fn aged(self, ttl: u32) -> u32 {
+        if self.expired {
+            STALE_TTL
+        } else {
+            ttl.saturating_sub(self.age_secs)
+        }
+    }
+}
+
 /// Whether a cached answer was fresh or is being served past its TTL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
@@ -112,43 +130,32 @@ impl AnswerCache {
     /// Writes the cached answer for `q` into `buf`, or returns `None` on a miss. Stale answers
     /// are only returned when `allow_stale` (the upstream has just failed).
     pub fn serve(&self, q: &Query<'_>, buf: &mut Vec<u8>, allow_stale: bool) -> Option<Freshness> {
-        let name = q.name.as_str().as_bytes();
-        let k = key(name, q.qtype);
-        let mut shard = self.shards[k as usize % SHARDS]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let e = shard.get_mut(&k)?;
-        if &*e.name != name || e.qtype != q.qtype || e.bytes.len() < 12 + q.question.len() {
-            return None;
-        }
-        e.used = true;
-        let age = e.stored.elapsed();
-        let expired = age >= Duration::from_secs(e.ttl.into());
-        if expired && (!allow_stale || age >= Duration::from_secs(e.ttl.into()) + self.stale_window)
-        {
-            return None;
-        }
-        buf.clear();
-        buf.extend_from_slice(&e.bytes);
-        buf[0..2].copy_from_slice(&q.id.to_be_bytes());
-        buf[2] = (buf[2] & !0x01) | u8::from(q.rd);
-        buf[12..12 + q.question.len()].copy_from_slice(q.question);
-        let age_secs = age.as_secs().min(u64::from(u32::MAX)) as u32;
-        for &off in &e.ttl_offsets {
-            let at = off as usize;
-            let ttl = u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
-            let aged = if expired {
-                STALE_TTL
-            } else {
-                ttl.saturating_sub(age_secs)
-            };
-            buf[at..at + 4].copy_from_slice(&aged.to_be_bytes());
-        }
-        Some(if expired {
-            Freshness::Stale
-        } else {
-            Freshness::Fresh
-        })
+        self.with_entry(
+            q.name.as_str().as_bytes(),
+            q.qtype,
+            allow_stale,
+            |e, aging| {
+                if e.bytes.len() < 12 + q.question.len() {
+                    return None;
+                }
+                buf.clear();
+                buf.extend_from_slice(&e.bytes);
+                buf[0..2].copy_from_slice(&q.id.to_be_bytes());
+                buf[2] = (buf[2] & !0x01) | u8::from(q.rd);
+                buf[12..12 + q.question.len()].copy_from_slice(q.question);
+                for &off in &e.ttl_offsets {
+                    let at = off as usize;
+                    let ttl = u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+                    buf[at..at + 4].copy_from_slice(&aging.aged(ttl).to_be_bytes());
+                }
+                Some(if aging.expired {
+                    Freshness::Stale
+                } else {
+                    Freshness::Fresh
+                })
+            },
+        )
+        .flatten()
     }
 
     /// Hands the cached answer for (`name`, `qtype`) to `f` with a function that ages a TTL,
@@ -160,6 +167,20 @@ impl AnswerCache {
         allow_stale: bool,
         f: impl FnOnce(&[u8], &dyn Fn(u32) -> u32) -> R,
     ) -> Option<R> {
+        self.with_entry(name, qtype, allow_stale, |e, aging| {
+            f(&e.bytes, &|ttl| aging.aged(ttl))
+        })
+    }
+
+    /// The one lookup both readers share: find the entry under its shard's lock, mark it used
+    /// for eviction, and say how old it is; `None` on a miss or an entry too stale to serve.
+    fn with_entry<R>(
+        &self,
+        name: &[u8],
+        qtype: u16,
+        allow_stale: bool,
+        f: impl FnOnce(&Entry, Aging) -> R,
+    ) -> Option<R> {
         let k = key(name, qtype);
         let mut shard = self.shards[k as usize % SHARDS]
             .lock()
@@ -170,20 +191,16 @@ impl AnswerCache {
         }
         e.used = true;
         let age = e.stored.elapsed();
-        let expired = age >= Duration::from_secs(e.ttl.into());
-        if expired && (!allow_stale || age >= Duration::from_secs(e.ttl.into()) + self.stale_window)
-        {
+        let ttl = Duration::from_secs(e.ttl.into());
+        let expired = age >= ttl;
+        if expired && (!allow_stale || age >= ttl + self.stale_window) {
             return None;
         }
-        let age_secs = age.as_secs().min(u64::from(u32::MAX)) as u32;
-        let aged = move |ttl: u32| {
-            if expired {
-                STALE_TTL
-            } else {
-                ttl.saturating_sub(age_secs)
-            }
+        let aging = Aging {
+            expired,
+            age_secs: age.as_secs().min(u64::from(u32::MAX)) as u32,
         };
-        Some(f(&e.bytes, &aged))
+        Some(f(e, aging))
     }
 
     /// Number of entries held.
