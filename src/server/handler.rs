@@ -273,30 +273,7 @@ impl Handler {
         let Ok(q) = wire::parse(packet) else {
             return Outcome::Drop;
         };
-        {
-            let snap = self.snapshot.load_full();
-            let client = snap
-                .engine
-                .identify_query(src.ip(), q.edns.and_then(|e| e.hint));
-            let decision = snap.engine.decide(&client, &q.name, Utc::now());
-            if decision.action == Action::Rewrite {
-                let cx = Ctx {
-                    snap: &snap,
-                    client,
-                    q: &q,
-                    transport,
-                    received,
-                };
-                return self.rewrite_upstream(&cx, decision, buf).await;
-            }
-        }
-        let metrics = &self.metrics;
-        let result = self
-            .upstream
-            .resolve(q.name.as_str(), q.qtype, |server, took, ok| {
-                metrics.upstream(server, took, ok)
-            })
-            .await;
+        // One snapshot for the whole query, held across the lookup (an `Arc`, not a guard).
         let snap = self.snapshot.load_full();
         let engine = &snap.engine;
         let client = engine.identify_query(src.ip(), q.edns.and_then(|e| e.hint));
@@ -308,6 +285,16 @@ impl Handler {
             transport,
             received,
         };
+        if decision.action == Action::Rewrite {
+            return self.rewrite_upstream(&cx, decision, buf).await;
+        }
+        let metrics = &self.metrics;
+        let result = self
+            .upstream
+            .resolve(q.name.as_str(), q.qtype, |server, took, ok| {
+                metrics.upstream(server, took, ok)
+            })
+            .await;
         let done = match result {
             Ok(answer) => {
                 self.cache.insert(
