@@ -159,14 +159,14 @@ impl Alerter {
                 self.school,
                 cat.name,
                 time.get(11..19).unwrap_or(&time),
-                ev.name.as_str()
+                ev.name
             ),
             school: self.school.clone(),
             time,
             client: ev.client.addr.to_string(),
             client_name,
             group: ev.engine.group_name(d.group).to_string(),
-            name: ev.name.as_str().to_string(),
+            name: ev.name.to_string(),
             category: cat.name.clone(),
             suppressed,
         };

@@ -82,16 +82,19 @@ pub fn reverse_key(name: &str, out: &mut Vec<u8>) {
     }
 }
 
-/// Turns a reversed key back into a presentation name.
-pub fn unreverse_key(key: &[u8]) -> String {
-    let mut out = String::with_capacity(key.len());
-    for (i, label) in key.rsplit(|b| *b == b'.').enumerate() {
+/// Reverses the labels of a name (at most 256 bytes) into `out` without allocating.
+pub fn reverse_into<'b>(name: &[u8], out: &'b mut [u8; 256]) -> &'b [u8] {
+    let len = name.len().min(out.len());
+    let mut pos = 0;
+    for (i, label) in name[..len].rsplit(|b| *b == b'.').enumerate() {
         if i > 0 {
-            out.push('.');
+            out[pos] = b'.';
+            pos += 1;
         }
-        out.push_str(&String::from_utf8_lossy(label));
+        out[pos..pos + label.len()].copy_from_slice(label);
+        pos += label.len();
     }
-    out
+    &out[..pos]
 }
 
 /// A query name in both forms the decision needs, kept in fixed buffers so the query path does
@@ -164,16 +167,7 @@ impl QueryName {
     }
 
     fn fill_reversed(&mut self) {
-        let fwd = &self.forward[..self.len];
-        let mut pos = 0;
-        for (i, label) in fwd.rsplit(|b| *b == b'.').enumerate() {
-            if i > 0 {
-                self.reversed[pos] = b'.';
-                pos += 1;
-            }
-            self.reversed[pos..pos + label.len()].copy_from_slice(label);
-            pos += label.len();
-        }
+        reverse_into(&self.forward[..self.len], &mut self.reversed);
     }
 
     /// The normalised name, `www.example.com`.
@@ -217,7 +211,12 @@ mod tests {
         let mut k = Vec::new();
         reverse_key("www.example.com", &mut k);
         assert_eq!(k, b"com.example.www");
-        assert_eq!(unreverse_key(&k), "www.example.com");
+        let mut buf = [0u8; 256];
+        assert_eq!(
+            reverse_into(b"www.example.com", &mut buf),
+            b"com.example.www"
+        );
+        assert_eq!(reverse_into(b"", &mut buf), b"");
     }
 
     #[test]

@@ -51,11 +51,6 @@ pub struct KeywordRule {
 }
 
 impl KeywordRule {
-    /// The rule as breach records and `check` name it: `keyword:<word>`.
-    pub fn label(&self) -> String {
-        format!("keyword:{}", self.word)
-    }
-
     /// Whether a match at `at` in `name` counts, given token mode and exceptions.
     fn fires(&self, name: &[u8], at: usize) -> bool {
         let end = at + self.word.len();

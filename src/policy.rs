@@ -622,15 +622,26 @@ impl Engine {
         }
     }
 
-    /// The list file and line behind a listed rule, for explanations and breach records.
+    /// The list file and line behind a listed rule, for explanations.
     pub fn origin(&self, name: &QueryName, rule: &Rule) -> Option<Origin> {
+        self.origin_of(name.as_str(), rule).map(|o| Origin {
+            list: o.list.to_string(),
+            entry: o.entry.to_string(),
+            file: o.file.to_path_buf(),
+            line: o.line,
+        })
+    }
+
+    /// As [`Engine::origin`], borrowed from the engine and the normalised `name`: the journal
+    /// writes one for every breach and should not allocate for it.
+    pub fn origin_of<'a>(&'a self, name: &'a str, rule: &Rule) -> Option<OriginRef<'a>> {
         if let Rule::Keyword { rule, .. } = *rule {
             let k = self.keywords.rules().get(rule as usize)?;
             let list = self.lists.get(k.list as usize)?;
-            return Some(Origin {
-                list: list.name.clone(),
-                entry: k.label(),
-                file: k.file.clone(),
+            return Some(OriginRef {
+                list: &list.name,
+                entry: Entry::Keyword(&k.word),
+                file: &k.file,
                 line: k.line,
             });
         }
@@ -643,14 +654,17 @@ impl Engine {
             return None;
         };
         let l = self.lists.get(list as usize)?;
-        let key = &name.key()[..key_len as usize];
+        // Reversing labels keeps the length, so the entry is the name's last `key_len` bytes.
+        let entry = name.get(name.len().checked_sub(key_len as usize)?..)?;
+        let mut key = [0u8; 256];
+        let key = crate::domain::reverse_into(entry.as_bytes(), &mut key);
         // The allow list's entries are plain lines, stored as its "block" names.
         let exception = allow && self.allow_lists & (1 << list) == 0;
         let (file, line) = l.origin(key, exception)?;
-        Some(Origin {
-            list: l.name.clone(),
-            entry: crate::domain::unreverse_key(key),
-            file: file.to_path_buf(),
+        Some(OriginRef {
+            list: &l.name,
+            entry: Entry::Name(entry),
+            file,
             line,
         })
     }
@@ -719,12 +733,39 @@ pub struct Origin {
 impl Origin {
     /// `file:line`.
     pub fn location(&self) -> String {
-        format!("{}:{}", display_path(&self.file), self.line)
+        format!("{}:{}", self.file.display(), self.line)
     }
 }
 
-fn display_path(p: &Path) -> String {
-    p.display().to_string()
+/// [`Origin`], borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct OriginRef<'a> {
+    /// The list's name.
+    pub list: &'a str,
+    /// What matched.
+    pub entry: Entry<'a>,
+    /// The file it is in.
+    pub file: &'a Path,
+    /// Its line.
+    pub line: u32,
+}
+
+/// What matched: a listed name (the query itself or a parent) or a keyword.
+#[derive(Debug, Clone, Copy)]
+pub enum Entry<'a> {
+    /// A listed name.
+    Name(&'a str),
+    /// A keyword rule's word, shown as `keyword:WORD`.
+    Keyword(&'a str),
+}
+
+impl std::fmt::Display for Entry<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Entry::Name(n) => f.write_str(n),
+            Entry::Keyword(w) => write!(f, "keyword:{w}"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,19 +1,26 @@
 //! Per-client access and breach logs, written off the query path.
 //!
-//! The query path hands each query to [`Journal::log`], which never waits: access records go
-//! through a bounded queue and are dropped (and counted) if the writer falls behind; breach
-//! records are not dropped for a slow writer or a full disk (see [`MAX_QUEUED_BREACHES`]). A dedicated writer thread turns
-//! events into JSON lines in small batches every few milliseconds, rotates files at
-//! local midnight, compresses finished days and deletes days past their retention.
+//! The query path describes each answered query as a borrowed [`Event`] and hands it to
+//! [`Journal::log`] (one record, sent at once) or [`Journal::log_deferred`] (appended to this
+//! thread's batch, sent by [`flush_deferred`] before the caller next waits: the UDP loop answers
+//! a socket's backlog and then sends one batch). A batch holds its records compactly (the names
+//! share one buffer) and is sent over one channel to a dedicated writer thread, which turns them
+//! into JSON lines every few milliseconds, rotates files at local midnight, compresses finished
+//! days and deletes days past their retention.
+//!
+//! Nothing here waits. Access records beyond the configured queue are dropped and counted when
+//! the writer falls behind; breach records are not dropped for a slow writer or a full disk (see
+//! [`MAX_QUEUED_BREACHES`]).
 
 mod record;
 mod writer;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 
 pub use record::{read_lines, Notice, Record, Stream};
 pub use writer::format_time;
@@ -21,7 +28,6 @@ pub use writer::format_time;
 use crate::alerts::Alerter;
 use crate::clients::ClientId;
 use crate::config::Logs;
-use crate::domain::QueryName;
 use crate::policy::{Decision, Engine};
 
 /// What the server did with a query, beyond the policy decision.
@@ -37,17 +43,18 @@ pub enum Outcome {
     Stale,
 }
 
-/// One answered query, as the query path hands it over. Holds the engine snapshot it was
-/// decided with, so names and list lines are looked up by the writer, not on the query path.
-pub struct Event {
+/// One answered query, borrowed from the query path. Carries the engine snapshot that decided
+/// it, so names and list lines are looked up by the writer, not on the query path.
+#[derive(Clone, Copy)]
+pub struct Event<'a> {
     /// When it arrived.
     pub time: SystemTime,
     /// The engine that decided.
-    pub engine: Arc<Engine>,
+    pub engine: &'a Arc<Engine>,
     /// Who asked.
     pub client: ClientId,
-    /// What for.
-    pub name: QueryName,
+    /// What for (normalised).
+    pub name: &'a str,
     /// Query type.
     pub qtype: u16,
     /// The policy decision, if one was made.
@@ -59,10 +66,10 @@ pub struct Event {
     /// Time from receipt to answer.
     pub latency: Duration,
     /// The CNAME target that caused a block (cloaking).
-    pub via: Option<Box<str>>,
+    pub via: Option<&'a str>,
 }
 
-impl Event {
+impl Event<'_> {
     /// Blocked queries go to the breach log as well.
     pub fn is_breach(&self) -> bool {
         self.outcome == Outcome::Decided && self.decision.is_some_and(|d| d.action.is_breach())
@@ -93,13 +100,159 @@ enum Msg {
     Flush(Sender<()>),
 }
 
+/// Records one thread logged, decided by one engine. The names share `text`.
+#[derive(Default)]
+struct Batch {
+    engine: Option<Arc<Engine>>,
+    records: Vec<Compact>,
+    text: String,
+    breaches: usize,
+}
+
+/// An [`Event`] with its strings moved into the batch's buffer.
+struct Compact {
+    time: SystemTime,
+    client: ClientId,
+    qtype: u16,
+    decision: Option<Decision>,
+    outcome: Outcome,
+    rcode: u8,
+    latency: Duration,
+    name: (u32, u32),
+    via: Option<(u32, u32)>,
+}
+
+impl Batch {
+    fn push(&mut self, ev: &Event<'_>) {
+        let mut keep = |s: &str| {
+            let at = self.text.len() as u32;
+            self.text.push_str(s);
+            (at, self.text.len() as u32)
+        };
+        let name = keep(ev.name);
+        let via = ev.via.map(&mut keep);
+        self.breaches += usize::from(ev.is_breach());
+        self.records.push(Compact {
+            time: ev.time,
+            client: ev.client,
+            qtype: ev.qtype,
+            decision: ev.decision,
+            outcome: ev.outcome,
+            rcode: ev.rcode,
+            latency: ev.latency,
+            name,
+            via,
+        });
+    }
+
+    /// The batch's records as events, for the writer.
+    fn events(&self) -> impl Iterator<Item = Event<'_>> {
+        let engine = self.engine.as_ref();
+        let text = |(a, b): (u32, u32)| self.text.get(a as usize..b as usize).unwrap_or("");
+        self.records.iter().filter_map(move |r| {
+            Some(Event {
+                time: r.time,
+                engine: engine?,
+                client: r.client,
+                name: text(r.name),
+                qtype: r.qtype,
+                decision: r.decision,
+                outcome: r.outcome,
+                rcode: r.rcode,
+                latency: r.latency,
+                via: r.via.map(text),
+            })
+        })
+    }
+
+    fn clear(&mut self) {
+        self.engine = None;
+        self.records.clear();
+        self.text.clear();
+        self.breaches = 0;
+    }
+}
+
+/// Records a batch holds before it is sent even without a flush.
+const BATCH_MAX: usize = 256;
+
+/// What the handles share with each other and the writer's counters.
+struct Shared {
+    batches: Sender<Batch>,
+    /// Emptied batches coming back, so steady logging allocates nothing.
+    spare: Receiver<Batch>,
+    control: Sender<Msg>,
+    stats: Arc<Stats>,
+    access_limit: usize,
+    /// Access-only records sent and not yet formatted.
+    queued_access: AtomicUsize,
+    /// Breach records sent and not yet formatted.
+    queued_breaches: AtomicUsize,
+}
+
+impl Shared {
+    fn take_batch(&self) -> Batch {
+        self.spare.try_recv().unwrap_or_default()
+    }
+
+    /// Sends a batch, first cutting what the queue bounds allow no room for: access records
+    /// when the writer is that far behind, breaches only past [`MAX_QUEUED_BREACHES`].
+    fn send(&self, mut batch: Batch) {
+        let access = batch.records.len() - batch.breaches;
+        if access > 0 && self.queued_access.load(Ordering::Relaxed) + access > self.access_limit {
+            batch.records.retain(|r| {
+                r.outcome == Outcome::Decided && r.decision.is_some_and(|d| d.action.is_breach())
+            });
+            self.stats
+                .access_dropped
+                .fetch_add(access as u64, Ordering::Relaxed);
+        }
+        let access = batch.records.len() - batch.breaches;
+        if batch.breaches > 0
+            && self.queued_breaches.load(Ordering::Relaxed) + batch.breaches > MAX_QUEUED_BREACHES
+        {
+            self.stats
+                .breach_lost
+                .fetch_add(batch.breaches as u64, Ordering::Relaxed);
+            batch.records.clear();
+            batch.breaches = 0;
+        }
+        if batch.records.is_empty() {
+            return;
+        }
+        self.queued_access.fetch_add(access, Ordering::Relaxed);
+        self.queued_breaches
+            .fetch_add(batch.breaches, Ordering::Relaxed);
+        let _ = self.batches.send(batch);
+    }
+}
+
 /// The handle the server holds. Cloning is cheap.
 #[derive(Clone)]
 pub struct Journal {
-    access: Sender<Box<Event>>,
-    breaches: Sender<Box<Event>>,
-    control: Sender<Msg>,
-    stats: Arc<Stats>,
+    shared: Arc<Shared>,
+}
+
+/// This thread's deferred records and the journal they are for.
+#[derive(Default)]
+struct Deferred {
+    journal: Option<Arc<Shared>>,
+    batch: Batch,
+}
+
+thread_local! {
+    static DEFERRED: RefCell<Deferred> = RefCell::default();
+}
+
+/// Sends the records this thread deferred. Call it before the task that logged them waits.
+pub fn flush_deferred() {
+    DEFERRED.with(|d| {
+        let mut d = d.borrow_mut();
+        if let Some(shared) = d.journal.take() {
+            let batch = std::mem::replace(&mut d.batch, shared.take_batch());
+            shared.send(batch);
+        }
+    });
 }
 
 impl Journal {
@@ -116,52 +269,80 @@ impl Journal {
         alerts: Option<Alerter>,
     ) -> std::io::Result<Journal> {
         writer::prepare_dir(&logs.dir)?;
-        let (access, access_rx) = crossbeam_channel::bounded(logs.queue);
-        let (breaches, breach_rx) = crossbeam_channel::unbounded();
+        let (batches, batch_rx) = crossbeam_channel::unbounded();
+        let (spare_tx, spare) = crossbeam_channel::bounded(64);
         let (control, control_rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(Stats::default());
-        let w = writer::Writer::new(logs.clone(), tz, stats.clone());
+        let shared = Arc::new(Shared {
+            batches,
+            spare,
+            control,
+            stats: stats.clone(),
+            access_limit: logs.queue,
+            queued_access: AtomicUsize::new(0),
+            queued_breaches: AtomicUsize::new(0),
+        });
+        let w = writer::Writer::new(logs.clone(), tz, stats);
+        let queues = Arc::downgrade(&shared);
         std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || run(w, access_rx, breach_rx, control_rx, alerts))?;
-        Ok(Journal {
-            access,
-            breaches,
-            control,
-            stats,
-        })
+            .spawn(move || {
+                run(Drain {
+                    w,
+                    batches: batch_rx,
+                    spare: spare_tx,
+                    control: control_rx,
+                    alerts,
+                    shared: queues,
+                })
+            })?;
+        Ok(Journal { shared })
     }
 
-    /// Logs a query. Never blocks; a breach is never dropped.
-    pub fn log(&self, event: Event) {
-        let event = Box::new(event);
-        if event.is_breach() {
-            // Breaches are not dropped for a slow writer or a full disk; only a backlog this deep
-            // (a sustained flood far beyond the writer) is cut, counted, so memory stays bounded.
-            if self.breaches.len() >= MAX_QUEUED_BREACHES {
-                self.stats.breach_lost.fetch_add(1, Ordering::Relaxed);
-            } else {
-                let _ = self.breaches.send(event);
+    /// Logs a query now. Never blocks; a breach is never dropped.
+    pub fn log(&self, event: &Event<'_>) {
+        let mut batch = self.shared.take_batch();
+        batch.engine = Some(event.engine.clone());
+        batch.push(event);
+        self.shared.send(batch);
+    }
+
+    /// Logs a query into this thread's batch, sent when it is full or at [`flush_deferred`].
+    pub fn log_deferred(&self, event: &Event<'_>) {
+        DEFERRED.with(|d| {
+            let mut d = d.borrow_mut();
+            let d = &mut *d;
+            let same_journal = d
+                .journal
+                .as_ref()
+                .is_some_and(|j| Arc::ptr_eq(j, &self.shared));
+            let same_engine = d
+                .batch
+                .engine
+                .as_ref()
+                .is_some_and(|e| Arc::ptr_eq(e, event.engine));
+            if !(same_journal && same_engine) || d.batch.records.len() >= BATCH_MAX {
+                if let Some(shared) = d.journal.take() {
+                    let batch = std::mem::replace(&mut d.batch, shared.take_batch());
+                    shared.send(batch);
+                }
+                d.journal = Some(self.shared.clone());
+                d.batch.engine = Some(event.engine.clone());
             }
-            return;
-        }
-        match self.access.try_send(event) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.stats.access_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+            d.batch.push(event);
+        });
     }
 
     /// Records a notice (rate limiting, etc.) in the day's notice file.
     pub fn notice(&self, notice: Notice) {
-        let _ = self.control.send(Msg::Notice(notice));
+        let _ = self.shared.control.send(Msg::Notice(notice));
     }
 
     /// Writes everything queued so far and waits (at most `timeout`) until it is on disk.
     pub fn flush(&self, timeout: Duration) -> bool {
+        flush_deferred();
         let (tx, rx) = crossbeam_channel::bounded(1);
-        if self.control.send(Msg::Flush(tx)).is_err() {
+        if self.shared.control.send(Msg::Flush(tx)).is_err() {
             return false;
         }
         rx.recv_timeout(timeout).is_ok()
@@ -169,11 +350,11 @@ impl Journal {
 
     /// The writer's counters.
     pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
+        &self.shared.stats
     }
 }
 
-/// Breach events waiting for the writer before new ones are counted lost (about 60 MB).
+/// Breach records waiting for the writer before new ones are counted lost.
 pub const MAX_QUEUED_BREACHES: usize = 100_000;
 
 /// How often the writer wakes to drain the queues and write. The query path never wakes it: a
@@ -183,49 +364,171 @@ pub const MAX_QUEUED_BREACHES: usize = 100_000;
 /// the events go cold in the cache before they are formatted.
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
-fn run(
-    mut w: writer::Writer,
-    access: Receiver<Box<Event>>,
-    breaches: Receiver<Box<Event>>,
+/// The writer thread's side of the channels.
+struct Drain {
+    w: writer::Writer,
+    batches: Receiver<Batch>,
+    spare: Sender<Batch>,
     control: Receiver<Msg>,
-    mut alerts: Option<Alerter>,
-) {
+    alerts: Option<Alerter>,
+    shared: std::sync::Weak<Shared>,
+}
+
+fn run(mut d: Drain) {
     let tick = crossbeam_channel::tick(DRAIN_EVERY);
     loop {
         crossbeam_channel::select! {
-            recv(control) -> msg => match msg {
-                Ok(Msg::Notice(n)) => w.notice(&n),
+            recv(d.control) -> msg => match msg {
+                Ok(Msg::Notice(n)) => d.w.notice(&n),
                 Ok(Msg::Flush(done)) => {
-                    drain(&mut w, &access, &breaches, &mut alerts);
-                    w.flush();
+                    d.drain();
+                    d.w.flush();
                     let _ = done.send(());
                 }
                 Err(_) => break,
             },
             recv(tick) -> _ => {
-                drain(&mut w, &access, &breaches, &mut alerts);
-                w.tick();
+                d.drain();
+                d.w.tick();
             }
         }
     }
-    drain(&mut w, &access, &breaches, &mut alerts);
-    w.flush();
+    d.drain();
+    d.w.flush();
 }
 
-fn drain(
-    w: &mut writer::Writer,
-    access: &Receiver<Box<Event>>,
-    breaches: &Receiver<Box<Event>>,
-    alerts: &mut Option<Alerter>,
-) {
-    for ev in breaches.try_iter() {
-        // Alerts are decided before the breach is written, so a slow disk never delays them.
-        if let Some(a) = alerts {
-            a.offer(&ev);
+impl Drain {
+    fn drain(&mut self) {
+        for mut batch in self.batches.try_iter() {
+            for ev in batch.events() {
+                if ev.is_breach() {
+                    // Alerts are decided before the breach is written, so a slow disk never
+                    // delays them.
+                    if let Some(a) = &mut self.alerts {
+                        a.offer(&ev);
+                    }
+                    self.w.breach(&ev);
+                } else {
+                    self.w.access(&ev);
+                }
+            }
+            if let Some(shared) = self.shared.upgrade() {
+                let access = batch.records.len() - batch.breaches;
+                shared.queued_access.fetch_sub(access, Ordering::Relaxed);
+                shared
+                    .queued_breaches
+                    .fetch_sub(batch.breaches, Ordering::Relaxed);
+            }
+            batch.clear();
+            let _ = self.spare.try_send(batch);
         }
-        w.breach(&ev);
     }
-    for ev in access.try_iter() {
-        w.access(&ev);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::domain::QueryName;
+    use chrono::Utc;
+
+    fn school() -> (tempfile::TempDir, Arc<Engine>, Logs) {
+        let dir = tempfile::tempdir().unwrap();
+        let lists = dir.path().join("lists");
+        std::fs::create_dir_all(&lists).unwrap();
+        std::fs::write(lists.join("adult.txt"), "# adult\nbad.example\n").unwrap();
+        let text = "[lists]\ndir = \"lists\"\ncache_dir = \"cache\"\n\
+                    [[category]]\nname = \"adult\"\nfiles = [\"adult.txt\"]\n\
+                    [groups.default]\nblock = [\"adult\"]\n";
+        let config = Config::from_toml(&dir.path().join("schoolgate.toml"), text).unwrap();
+        let engine = Arc::new(Engine::load(Arc::new(config)).unwrap().engine);
+        let logs = Logs {
+            dir: dir.path().join("logs"),
+            access_retention_days: 30,
+            breach_retention_days: 365,
+            queue: 1024,
+        };
+        (dir, engine, logs)
+    }
+
+    fn lines(logs: &Logs, prefix: &str) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&logs.dir).unwrap().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(prefix) {
+                read_lines::<serde_json::Value>(&entry.path(), |v| out.push(v)).unwrap();
+            }
+        }
+        out
+    }
+
+    fn ask<'a>(engine: &'a Arc<Engine>, name: &'a QueryName) -> Event<'a> {
+        let client = engine.identify("127.0.0.9".parse().unwrap());
+        Event {
+            time: SystemTime::now(),
+            engine,
+            client,
+            name: name.as_str(),
+            qtype: 1,
+            decision: Some(engine.decide(&client, name, Utc::now())),
+            outcome: Outcome::Decided,
+            rcode: 0,
+            latency: Duration::from_micros(40),
+            via: None,
+        }
+    }
+
+    #[test]
+    fn deferred_records_are_sent_at_the_flush_and_breaches_name_their_list_line() {
+        let (_dir, engine, logs) = school();
+        let journal = Journal::start(&logs, chrono_tz::Europe::London).unwrap();
+        let allowed = QueryName::parse("good.example").unwrap();
+        let blocked = QueryName::parse("www.bad.example").unwrap();
+        journal.log_deferred(&ask(&engine, &allowed));
+        journal.log_deferred(&ask(&engine, &blocked));
+        std::thread::sleep(DRAIN_EVERY * 5);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        journal.shared.control.send(Msg::Flush(tx)).unwrap();
+        rx.recv().unwrap();
+        assert!(lines(&logs, "access").is_empty(), "sent before the flush");
+        flush_deferred();
+        assert!(journal.flush(Duration::from_secs(5)));
+        let access = lines(&logs, "access");
+        assert_eq!(access.len(), 2);
+        assert_eq!(access[0]["name"], "good.example");
+        assert_eq!(access[0]["client"], "127.0.0.9");
+        assert_eq!(access[0]["latency_us"], 40);
+        let breach = lines(&logs, "breach");
+        assert_eq!(breach.len(), 1);
+        assert_eq!(breach[0]["name"], "www.bad.example");
+        assert_eq!(breach[0]["rule"], "bad.example");
+        assert_eq!(breach[0]["list"], "adult");
+        let source = breach[0]["source"].as_str().unwrap();
+        assert!(source.ends_with("adult.txt:2"), "{source}");
+    }
+
+    #[test]
+    fn a_full_queue_drops_access_records_but_keeps_breaches() {
+        let (_dir, engine, logs) = school();
+        let journal = Journal::start(&logs, chrono_tz::Europe::London).unwrap();
+        let allowed = QueryName::parse("good.example").unwrap();
+        let blocked = QueryName::parse("bad.example").unwrap();
+        // As if the writer were a whole queue behind.
+        journal
+            .shared
+            .queued_access
+            .fetch_add(logs.queue, Ordering::Relaxed);
+        for _ in 0..3 {
+            journal.log_deferred(&ask(&engine, &allowed));
+        }
+        journal.log_deferred(&ask(&engine, &blocked));
+        flush_deferred();
+        assert!(journal.flush(Duration::from_secs(5)));
+        assert_eq!(journal.stats().access_dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(lines(&logs, "breach").len(), 1);
+        assert_eq!(
+            lines(&logs, "access").len(),
+            1,
+            "the breach's own access line"
+        );
     }
 }

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -21,6 +22,7 @@ use hickory_proto::rr::RecordType;
 use super::record::{Notice, Stream};
 use super::{Event, Outcome, Stats};
 use crate::config::Logs;
+use crate::policy::Entry;
 
 /// Breach lines held in memory while the disk refuses them; beyond this they are counted lost.
 pub const MAX_PENDING_BREACHES: usize = 1_000_000;
@@ -34,16 +36,28 @@ pub(super) fn prepare_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-/// One daily stream. Lines wait in `pending` until a write of them succeeds, so a line is
-/// only counted written once the kernel has it; after a failed write the next one starts on a
-/// fresh line, so a torn line cannot swallow the one after it.
+/// One daily stream. Lines wait in `pending` chunks until a write of them succeeds, so a line
+/// is only counted written once the kernel has it; after a failed write the next one starts on
+/// a fresh line, so a torn line cannot swallow the one after it.
 struct DayFile {
     stream: Stream,
     date: Option<NaiveDate>,
     file: Option<File>,
-    pending: VecDeque<(NaiveDate, String)>,
+    pending: VecDeque<Chunk>,
+    /// Lines in `pending`.
+    lines: usize,
     torn: bool,
 }
+
+/// Consecutive lines of one day, written with one call.
+struct Chunk {
+    date: NaiveDate,
+    text: String,
+    lines: usize,
+}
+
+/// Lines per chunk: bounds one write and what is cut at once when breaches overflow memory.
+const CHUNK_LINES: usize = 4096;
 
 impl DayFile {
     fn new(stream: Stream) -> Self {
@@ -52,45 +66,70 @@ impl DayFile {
             date: None,
             file: None,
             pending: VecDeque::new(),
+            lines: 0,
             torn: false,
         }
     }
 
-    fn push(&mut self, date: NaiveDate, line: String) {
-        self.pending.push_back((date, line));
+    /// The buffer the next line for `date` is appended to (the line is counted as pending).
+    fn line(&mut self, date: NaiveDate) -> &mut String {
+        let fits = self
+            .pending
+            .back()
+            .is_some_and(|c| c.date == date && c.lines < CHUNK_LINES);
+        if !fits {
+            self.pending.push_back(Chunk {
+                date,
+                text: String::with_capacity(64 * 1024),
+                lines: 0,
+            });
+        }
+        self.lines += 1;
+        let chunk = self.pending.back_mut().expect("a chunk was just ensured");
+        chunk.lines += 1;
+        &mut chunk.text
     }
 
-    /// Writes pending lines, a day at a time. Returns how many were written; on error the
+    /// Drops the oldest chunk; returns how many lines it held.
+    fn drop_oldest(&mut self) -> usize {
+        let n = self.pending.pop_front().map_or(0, |c| c.lines);
+        self.lines -= n;
+        n
+    }
+
+    fn clear(&mut self) -> usize {
+        let n = self.lines;
+        self.pending.clear();
+        self.lines = 0;
+        n
+    }
+
+    /// Writes pending lines, a chunk at a time. Returns how many were written; on error the
     /// unwritten lines stay pending.
     fn write_pending(&mut self, dir: &Path) -> Result<usize, std::io::Error> {
         let mut written = 0;
-        let mut chunk = String::new();
-        while let Some((date, _)) = self.pending.front() {
-            let date = *date;
+        while let Some(date) = self.pending.front().map(|c| c.date) {
             if self.date != Some(date) || self.file.is_none() {
                 self.rotate(dir, date)?;
             }
-            chunk.clear();
-            if self.torn {
-                chunk.push('\n');
-            }
-            let run = self.pending.iter().take_while(|(d, _)| *d == date).count();
-            for (_, line) in self.pending.iter().take(run) {
-                chunk.push_str(line);
-                chunk.push('\n');
-            }
+            let chunk = &self.pending[0];
             let file = self
                 .file
                 .as_mut()
                 .ok_or_else(|| std::io::Error::other("log file not open"))?;
-            if let Err(e) = file.write_all(chunk.as_bytes()) {
+            let result = if self.torn {
+                file.write_all(b"\n")
+                    .and_then(|()| file.write_all(chunk.text.as_bytes()))
+            } else {
+                file.write_all(chunk.text.as_bytes())
+            };
+            if let Err(e) = result {
                 self.file = None;
                 self.torn = true;
                 return Err(e);
             }
             self.torn = false;
-            self.pending.drain(..run);
-            written += run;
+            written += self.drop_oldest();
         }
         Ok(written)
     }
@@ -183,40 +222,36 @@ impl Writer {
         Utc::now().with_timezone(&self.tz).date_naive()
     }
 
-    fn date_of(&self, t: SystemTime) -> NaiveDate {
-        DateTime::<Utc>::from(t)
-            .with_timezone(&self.tz)
-            .date_naive()
-    }
-
-    pub(super) fn access(&mut self, ev: &Event) {
-        let date = self.date_of(ev.time);
-        let line = self.line(ev, false);
-        self.access.push(date, line);
-        if self.access.pending.len() >= ACCESS_BATCH {
+    pub(super) fn access(&mut self, ev: &Event<'_>) {
+        let date = self.clock.at(ev.time, self.tz);
+        let out = self.access.line(date);
+        line(out, &self.clock, ev, false);
+        if self.access.lines >= ACCESS_BATCH {
             self.write_access();
         }
     }
 
-    pub(super) fn breach(&mut self, ev: &Event) {
-        let date = self.date_of(ev.time);
-        let line = self.line(ev, false);
-        self.access.push(date, line);
-        let line = self.line(ev, true);
-        self.breach.push(date, line);
-        while self.breach.pending.len() > MAX_PENDING_BREACHES {
-            self.breach.pending.pop_front();
-            self.stats.breach_lost.fetch_add(1, Ordering::Relaxed);
+    pub(super) fn breach(&mut self, ev: &Event<'_>) {
+        let date = self.clock.at(ev.time, self.tz);
+        line(self.access.line(date), &self.clock, ev, false);
+        line(self.breach.line(date), &self.clock, ev, true);
+        while self.breach.lines > MAX_PENDING_BREACHES {
+            let lost = self.breach.drop_oldest();
+            self.stats
+                .breach_lost
+                .fetch_add(lost as u64, Ordering::Relaxed);
         }
         self.stats
             .breach_pending
-            .store(self.breach.pending.len() as u64, Ordering::Relaxed);
+            .store(self.breach.lines as u64, Ordering::Relaxed);
     }
 
     pub(super) fn notice(&mut self, n: &Notice) {
         let date = self.today();
         if let Ok(line) = serde_json::to_string(n) {
-            self.notices.push(date, line);
+            let out = self.notices.line(date);
+            out.push_str(&line);
+            out.push('\n');
         }
     }
 
@@ -230,8 +265,7 @@ impl Writer {
                     .fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e) => {
-                let lost = self.access.pending.len() as u64;
-                self.access.pending.clear();
+                let lost = self.access.clear() as u64;
                 self.stats.access_dropped.fetch_add(lost, Ordering::Relaxed);
                 self.failed(Stream::Access, &e);
             }
@@ -250,7 +284,7 @@ impl Writer {
         }
         self.stats
             .breach_pending
-            .store(self.breach.pending.len() as u64, Ordering::Relaxed);
+            .store(self.breach.lines as u64, Ordering::Relaxed);
     }
 
     fn failed(&mut self, stream: Stream, e: &std::io::Error) {
@@ -301,7 +335,7 @@ impl Writer {
         self.write_breaches();
         self.write_access();
         if let Err(e) = self.notices.write_pending(&self.logs.dir) {
-            self.notices.pending.clear();
+            self.notices.clear();
             self.failed(Stream::Notices, &e);
         }
     }
@@ -342,64 +376,100 @@ impl Writer {
     fn now_string(&self) -> String {
         format_time(SystemTime::now(), self.tz)
     }
+}
 
-    /// One JSON line for `ev`, in the shape of [`Record`], written by hand: at full load the
-    /// writer formats a couple of hundred thousand lines a second on a core it shares with the
-    /// server, so it reuses a buffer, formats the time once per second and allocates nothing
-    /// for the fields.
-    ///
-    /// Access lines carry what was asked and what happened; breach lines add the rule, list and
-    /// `file:line` that decided (looked up only for them).
-    fn line(&mut self, ev: &Event, breach: bool) -> String {
-        let engine = &ev.engine;
-        let group = ev.decision.map_or(ev.client.group, |d| d.group);
-        let action = match ev.outcome {
-            Outcome::Refused => "refused",
-            Outcome::ServFail => "servfail",
-            Outcome::Stale => "stale",
-            Outcome::Decided => ev.decision.map_or("allow", |d| d.action.as_str()),
-        };
-        let mut out = String::with_capacity(256);
-        out.push_str("{\"time\":\"");
-        self.clock.push_time(&mut out, ev.time, self.tz);
-        out.push_str("\",\"client\":\"");
-        let _ = write!(out, "{}", ev.client.addr);
-        out.push('"');
-        if let Some(name) = engine.client_name(&ev.client) {
-            field(&mut out, "client_name", name);
+/// Appends one JSON line for `ev`, in the shape of [`Record`](super::Record), written by hand:
+/// at full load the writer formats a couple of hundred thousand lines a second on a core it
+/// shares with the server, so it formats the time once per second and allocates nothing.
+///
+/// Access lines carry what was asked and what happened; breach lines add the rule, list and
+/// `file:line` that decided (looked up only for them).
+fn line(out: &mut String, clock: &Clock, ev: &Event<'_>, breach: bool) {
+    let engine = ev.engine;
+    let group = ev.decision.map_or(ev.client.group, |d| d.group);
+    let action = match ev.outcome {
+        Outcome::Refused => "refused",
+        Outcome::ServFail => "servfail",
+        Outcome::Stale => "stale",
+        Outcome::Decided => ev.decision.map_or("allow", |d| d.action.as_str()),
+    };
+    out.push_str("{\"time\":\"");
+    clock.push_time(out, ev.time);
+    out.push_str("\",\"client\":\"");
+    push_ip(out, ev.client.addr);
+    out.push('"');
+    if let Some(name) = engine.client_name(&ev.client) {
+        field(out, "client_name", name);
+    }
+    field(out, "group", engine.group_name(group));
+    field(out, "name", ev.name);
+    out.push_str(",\"type\":\"");
+    push_type(out, ev.qtype);
+    out.push('"');
+    field(out, "action", action);
+    if let Some(d) = ev.decision {
+        if let Some(c) = d.category.and_then(|c| engine.categories().get(c as usize)) {
+            field(out, "category", &c.name);
         }
-        field(&mut out, "group", engine.group_name(group));
-        field(&mut out, "name", ev.name.as_str());
-        out.push_str(",\"type\":\"");
-        match RecordType::from(ev.qtype) {
-            RecordType::Unknown(n) => {
-                let _ = write!(out, "TYPE{n}");
+        if let Some(label) = engine.rule_label(&d.rule) {
+            field(out, "rule", &label);
+        } else if let Some(o) = breach.then(|| engine.origin_of(ev.name, &d.rule)).flatten() {
+            out.push_str(",\"rule\":");
+            match o.entry {
+                Entry::Name(n) => json_str(out, n),
+                Entry::Keyword(w) => {
+                    out.push_str("\"keyword:");
+                    json_inner(out, w);
+                    out.push('"');
+                }
             }
-            t => {
-                let _ = write!(out, "{t}");
+            field(out, "list", o.list);
+            out.push_str(",\"source\":\"");
+            json_inner(out, &o.file.to_string_lossy());
+            out.push(':');
+            out.push_str(itoa::Buffer::new().format(o.line));
+            out.push('"');
+        }
+    }
+    if let Some(via) = ev.via {
+        field(out, "via", via);
+    }
+    field(out, "rcode", rcode_name(ev.rcode));
+    let latency = ev.latency.as_micros().min(u128::from(u32::MAX)) as u32;
+    out.push_str(",\"latency_us\":");
+    out.push_str(itoa::Buffer::new().format(latency));
+    out.push_str("}\n");
+}
+
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut b = itoa::Buffer::new();
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(b.format(o));
             }
         }
-        out.push('"');
-        field(&mut out, "action", action);
-        if let Some(d) = ev.decision {
-            if let Some(c) = d.category.and_then(|c| engine.categories().get(c as usize)) {
-                field(&mut out, "category", &c.name);
-            }
-            if let Some(label) = engine.rule_label(&d.rule) {
-                field(&mut out, "rule", &label);
-            } else if let Some(o) = breach.then(|| engine.origin(&ev.name, &d.rule)).flatten() {
-                field(&mut out, "rule", &o.entry);
-                field(&mut out, "list", &o.list);
-                field(&mut out, "source", &o.location());
-            }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
         }
-        if let Some(via) = ev.via.as_deref() {
-            field(&mut out, "via", via);
+    }
+}
+
+fn push_type(out: &mut String, qtype: u16) {
+    match RecordType::from(qtype) {
+        RecordType::A => out.push('A'),
+        RecordType::AAAA => out.push_str("AAAA"),
+        RecordType::HTTPS => out.push_str("HTTPS"),
+        RecordType::Unknown(n) => {
+            out.push_str("TYPE");
+            out.push_str(itoa::Buffer::new().format(n));
         }
-        field(&mut out, "rcode", rcode_name(ev.rcode));
-        let latency = ev.latency.as_micros().min(u128::from(u32::MAX));
-        let _ = write!(out, ",\"latency_us\":{latency}}}");
-        out
+        t => {
+            let _ = write!(out, "{t}");
+        }
     }
 }
 
@@ -411,46 +481,69 @@ fn field(out: &mut String, key: &str, value: &str) {
     json_str(out, value);
 }
 
-/// A JSON string literal. Domain names never need escaping; client names from the config might.
+/// A JSON string literal.
 fn json_str(out: &mut String, s: &str) {
     out.push('"');
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push_str(s);
-    } else {
-        for c in s.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                c if (c as u32) < 0x20 => {
-                    let _ = write!(out, "\\u{:04x}", c as u32);
-                }
-                c => out.push(c),
-            }
-        }
-    }
+    json_inner(out, s);
     out.push('"');
 }
 
-/// The formatted time of the current second and its zone offset, reused for every line in it.
+/// A JSON string's content. Domain names never need escaping; client names from the config and
+/// file paths might.
+fn json_inner(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push_str(s);
+        return;
+    }
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// The local date, formatted time and zone offset of one second, reused for every line in it.
 #[derive(Default)]
 struct Clock {
     second: i64,
+    date: Option<NaiveDate>,
     prefix: String,
     offset: String,
 }
 
 impl Clock {
-    fn push_time(&mut self, out: &mut String, t: SystemTime, tz: chrono_tz::Tz) {
+    /// Moves the clock to `t`'s second in `tz`; returns its local date.
+    fn at(&mut self, t: SystemTime, tz: chrono_tz::Tz) -> NaiveDate {
         let utc = DateTime::<Utc>::from(t);
         let second = utc.timestamp();
-        if second != self.second || self.prefix.is_empty() {
-            let local = utc.with_timezone(&tz);
-            self.prefix = local.format("%Y-%m-%dT%H:%M:%S").to_string();
-            self.offset = local.format("%:z").to_string();
-            self.second = second;
+        match self.date {
+            Some(date) if second == self.second => date,
+            _ => {
+                let local = utc.with_timezone(&tz);
+                self.prefix.clear();
+                self.offset.clear();
+                let _ = write!(self.prefix, "{}", local.format("%Y-%m-%dT%H:%M:%S"));
+                let _ = write!(self.offset, "{}", local.format("%:z"));
+                self.second = second;
+                *self.date.insert(local.date_naive())
+            }
         }
+    }
+
+    /// Appends `t` (in the second [`Clock::at`] was last moved to) with microseconds.
+    fn push_time(&self, out: &mut String, t: SystemTime) {
         out.push_str(&self.prefix);
-        let _ = write!(out, ".{:06}", utc.timestamp_subsec_micros());
+        let micros = DateTime::<Utc>::from(t).timestamp_subsec_micros();
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(micros);
+        out.push('.');
+        out.extend(std::iter::repeat_n('0', 6 - digits.len().min(6)));
+        out.push_str(digits);
         out.push_str(&self.offset);
     }
 }
@@ -512,7 +605,9 @@ mod tests {
         let t = Utc.with_ymd_and_hms(2026, 7, 1, 12, 0, 0).unwrap()
             + chrono::Duration::microseconds(42);
         let mut out = String::new();
-        clock.push_time(&mut out, t.into(), chrono_tz::Europe::London);
+        let date = clock.at(t.into(), chrono_tz::Europe::London);
+        assert_eq!(date, NaiveDate::from_ymd_opt(2026, 7, 1).unwrap());
+        clock.push_time(&mut out, t.into());
         assert_eq!(out, "2026-07-01T13:00:00.000042+01:00");
         assert_eq!(out, format_time(t.into(), chrono_tz::Europe::London));
     }

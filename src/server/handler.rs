@@ -74,6 +74,8 @@ struct Ctx<'a, 'q> {
     q: &'a Query<'q>,
     transport: Transport,
     received: Instant,
+    /// Logged into this thread's journal batch: the UDP loop flushes it before it waits.
+    deferred: bool,
 }
 
 /// How a query ended, for counting and logging.
@@ -116,12 +118,20 @@ impl Handler {
         self.snapshot.store(Arc::new(Snapshot { engine, counters }));
     }
 
+    /// Sends the journal records [`Handler::answer_now`] deferred on this thread.
+    pub fn flush_log(&self) {
+        journal::flush_deferred();
+    }
+
     /// The metrics this handler feeds.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
     /// Answers from memory if possible. `buf` receives the answer on [`Outcome::Reply`].
+    ///
+    /// UDP answers are logged into this thread's journal batch: the caller must call
+    /// [`Handler::flush_log`] before it next awaits.
     pub fn answer_now(
         &self,
         packet: &[u8],
@@ -150,6 +160,7 @@ impl Handler {
             q: &q,
             transport,
             received,
+            deferred: transport == Transport::Udp,
         };
         if !engine
             .config()
@@ -284,6 +295,7 @@ impl Handler {
             q: &q,
             transport,
             received,
+            deferred: false,
         };
         if decision.action == Action::Rewrite {
             return self.rewrite_upstream(&cx, decision, buf).await;
@@ -528,18 +540,23 @@ impl Handler {
         snap.counters
             .count(action, done.decision.and_then(|d| d.category), group);
         if let Some(j) = &self.journal {
-            j.log(Event {
+            let event = Event {
                 time: SystemTime::now() - latency,
-                engine: snap.engine.clone(),
+                engine: &snap.engine,
                 client: *client,
-                name: q.name.clone(),
+                name: q.name.as_str(),
                 qtype: q.qtype,
                 decision: done.decision,
                 outcome: done.outcome,
                 rcode: buf.get(3).map_or(0, |b| b & 0x0F),
                 latency,
-                via: done.via.map(Into::into),
-            });
+                via: done.via,
+            };
+            if cx.deferred {
+                j.log_deferred(&event);
+            } else {
+                j.log(&event);
+            }
         }
         outcome
     }

@@ -189,7 +189,10 @@ async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelTok
         for _ in 0..UDP_BATCH {
             let (len, src) = match sock.try_recv_from(&mut packet) {
                 Ok(x) => x,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue 'wait,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    handler.flush_log();
+                    continue 'wait;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "udp receive error");
                     continue;
@@ -201,6 +204,7 @@ async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelTok
                 Outcome::Reply => {
                     if let Err(e) = sock.try_send_to(&buf, src) {
                         if e.kind() == std::io::ErrorKind::WouldBlock {
+                            handler.flush_log();
                             let _ = sock.send_to(&buf, src).await;
                         }
                     }
@@ -228,6 +232,7 @@ async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelTok
                 }
             }
         }
+        handler.flush_log();
         tokio::task::yield_now().await;
     }
     // Let spawned upstream lookups answer before the socket goes.
