@@ -660,7 +660,17 @@ impl Engine {
         let key = crate::domain::reverse_into(entry.as_bytes(), &mut key);
         // The allow list's entries are plain lines, stored as its "block" names.
         let exception = allow && self.allow_lists & (1 << list) == 0;
-        let (file, line) = l.origin(key, exception)?;
+        let bit = if exception {
+            1 << (32 + list)
+        } else {
+            1 << list
+        };
+        let (file, line) = match self.index.origin(key) {
+            Some((mask, kept)) if mask == bit => {
+                (l.sources.get(kept.source())?.as_path(), kept.line())
+            }
+            _ => l.origin(key, exception)?,
+        };
         Some(OriginRef {
             list: &l.name,
             entry: Entry::Name(entry),

@@ -142,11 +142,17 @@ impl DomainIndex {
             .map_err(|e| ListError::fst(&path, e))?;
         while let Some(Reverse((key, _))) = heap.peek().copied() {
             let mut mask = 0u64;
+            let mut origin = None;
             while let Some(Reverse((k, i))) = heap.peek().copied() {
                 if k != key {
                     break;
                 }
                 heap.pop();
+                // Kept only for a name one list holds once; others are looked up in the list.
+                origin = match origin {
+                    None => Some(Origin::pack(streams[i].value(next[i]))),
+                    Some(_) => Some(Origin::NONE),
+                };
                 let list = i / 2;
                 mask |= if i % 2 == 0 {
                     1 << list
@@ -161,7 +167,7 @@ impl DomainIndex {
             builder
                 .insert(key, mask)
                 .map_err(|e| ListError::fst(&path, e))?;
-            table.insert(key, mask);
+            table.insert(key, mask, origin.unwrap_or(Origin::NONE));
         }
         let mut w = builder.into_inner().map_err(|e| ListError::fst(&path, e))?;
         w.flush().map_err(|e| ListError::io(&tmp, e))?;
@@ -195,6 +201,13 @@ impl DomainIndex {
         }
     }
 
+    /// The list file and line of a listed key that exactly one list holds, without reading the
+    /// list: the breach log asks for one per blocked query. `None` when the table does not know
+    /// (a name several lists hold, no table); [`CompiledList::origin`] knows every one.
+    pub fn origin(&self, key: &[u8]) -> Option<(u64, Origin)> {
+        self.table.as_ref()?.origin(key_hash(key))
+    }
+
     /// The same answer as [`lookup`](Self::lookup), read from the FST.
     pub fn walk(&self, key: &[u8]) -> Matches {
         let fst = self.map.as_fst();
@@ -222,7 +235,37 @@ impl DomainIndex {
 }
 
 /// Marks a table file and its layout; a file without it is rebuilt, never trusted.
-const TABLE_MAGIC: &[u8; 8] = b"SGKTAB01";
+const TABLE_MAGIC: &[u8; 8] = b"SGKTAB02";
+
+/// Where a listed key came from, packed in 32 bits beside its slot: the source file's index in
+/// its list (high 8 bits, plus one) and the line (low 24 bits). Zero: not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin(u32);
+
+impl Origin {
+    const NONE: Origin = Origin(0);
+    const LINE_BITS: u32 = 24;
+
+    /// From a list value (`source << 32 | line`); [`Origin::NONE`] if it does not fit.
+    fn pack(value: u64) -> Origin {
+        let (source, line) = (value >> 32, value as u32);
+        if source < 255 && line < 1 << Self::LINE_BITS {
+            Origin(((source as u32 + 1) << Self::LINE_BITS) | line)
+        } else {
+            Origin::NONE
+        }
+    }
+
+    /// Index of the source file in its list.
+    pub fn source(self) -> usize {
+        ((self.0 >> Self::LINE_BITS) - 1) as usize
+    }
+
+    /// Line in that file.
+    pub fn line(self) -> u32 {
+        self.0 & ((1 << Self::LINE_BITS) - 1)
+    }
+}
 /// Slots per key: low enough that probes stay within a cache line or two.
 const TABLE_LOAD: (usize, usize) = (4, 3);
 /// Mask classes a slot can name (its low byte).
@@ -270,6 +313,8 @@ fn fingerprint(hash: u64) -> u64 {
 /// Collects keys while the FST is written, then writes the table file.
 struct TableBuilder {
     slots: Vec<u64>,
+    /// Parallel to `slots`.
+    origins: Vec<u32>,
     classes: Vec<u64>,
     overflow: bool,
 }
@@ -279,12 +324,13 @@ impl TableBuilder {
         let slots = (most_keys * TABLE_LOAD.0 / TABLE_LOAD.1).max(8);
         TableBuilder {
             slots: vec![0; slots],
+            origins: vec![0; slots],
             classes: Vec::new(),
             overflow: false,
         }
     }
 
-    fn insert(&mut self, key: &[u8], mask: u64) {
+    fn insert(&mut self, key: &[u8], mask: u64, origin: Origin) {
         let class = match self.classes.iter().position(|&c| c == mask) {
             Some(c) => c,
             None if self.classes.len() < MAX_CLASSES => {
@@ -305,6 +351,7 @@ impl TableBuilder {
             i = if i + 1 == n { 0 } else { i + 1 };
         }
         self.slots[i] = fp | class as u64;
+        self.origins[i] = origin.0;
     }
 
     /// Writes the table; an empty one (no slots) says "walk the FST" when the lists have more
@@ -312,6 +359,7 @@ impl TableBuilder {
     fn write(mut self, path: &Path) -> Result<(), ListError> {
         if self.overflow {
             self.slots.clear();
+            self.origins.clear();
             self.classes.clear();
         }
         let tmp = tmp_path(path);
@@ -322,6 +370,11 @@ impl TableBuilder {
         let result = w
             .write_all(TABLE_MAGIC)
             .and_then(|()| words.try_for_each(|v| w.write_all(&v.to_le_bytes())))
+            .and_then(|()| {
+                self.origins
+                    .iter()
+                    .try_for_each(|o| w.write_all(&o.to_le_bytes()))
+            })
             .and_then(|()| w.flush());
         result.map_err(|e| ListError::io(&tmp, e))?;
         drop(w);
@@ -329,7 +382,9 @@ impl TableBuilder {
     }
 }
 
-/// The mapped table: `magic, slots, classes, class masks..., slots...`, little-endian u64s.
+/// The mapped table: `magic, slots, classes, class masks..., slots...` as little-endian u64s,
+/// then one u32 [`Origin`] per slot. The origins are read only for breaches, so their pages
+/// stay on disk until a blocked name needs one.
 struct KeyTable {
     bytes: Mmap,
     classes: [u64; MAX_CLASSES],
@@ -365,7 +420,7 @@ impl KeyTable {
             word(2).ok_or_else(corrupt)? as usize,
         );
         let slots_at = 8 * (3 + n_classes);
-        if n_classes > MAX_CLASSES || bytes.len() != slots_at + 8 * slots {
+        if n_classes > MAX_CLASSES || bytes.len() != slots_at + 12 * slots {
             return Err(corrupt());
         }
         if slots == 0 {
@@ -395,6 +450,12 @@ impl KeyTable {
     /// The mask of a listed key with this hash, if it is listed.
     #[inline]
     fn probe(&self, hash: u64) -> Option<u64> {
+        self.find(hash).map(|(_, mask)| mask)
+    }
+
+    /// The slot and mask of a listed key with this hash.
+    #[inline]
+    fn find(&self, hash: u64) -> Option<(usize, u64)> {
         let fp = fingerprint(hash);
         let mut i = home(hash, self.slots);
         loop {
@@ -403,10 +464,18 @@ impl KeyTable {
                 return None;
             }
             if s & !0xFF == fp {
-                return Some(self.classes[(s & 0xFF) as usize]);
+                return Some((i, self.classes[(s & 0xFF) as usize]));
             }
             i = if i + 1 == self.slots { 0 } else { i + 1 };
         }
+    }
+
+    /// The mask and kept origin of a listed key with this hash.
+    fn origin(&self, hash: u64) -> Option<(u64, Origin)> {
+        let (i, mask) = self.find(hash)?;
+        let at = self.slots_at + 8 * self.slots + 4 * i;
+        let word = self.bytes.get(at..at + 4)?.try_into().ok()?;
+        Some((mask, Origin(u32::from_le_bytes(word)))).filter(|(_, o)| *o != Origin::NONE)
     }
 
     #[inline]
@@ -521,6 +590,42 @@ mod tests {
         assert!(again.table.is_some());
         crate::domain::reverse_key("www.n4.example4", &mut key);
         assert!(again.lookup(&key).blocks(0));
+    }
+
+    #[test]
+    fn the_table_keeps_the_origin_of_names_one_list_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, a2, b) = (
+            dir.path().join("a.txt"),
+            dir.path().join("a2.txt"),
+            dir.path().join("b.txt"),
+        );
+        fs::write(&a, "# a\nonly-a.example\nshared.example\n").unwrap();
+        fs::write(&a2, "\n\nsecond-file.example\n").unwrap();
+        fs::write(&b, "shared.example\n@@||ok.only-a.example^\n").unwrap();
+        let cache = dir.path().join("c");
+        let lists = vec![
+            compile_list("a", &[a, a2], &cache).unwrap(),
+            compile_list("b", &[b], &cache).unwrap(),
+        ];
+        let idx = DomainIndex::build(&lists, &cache).unwrap();
+        let mut key = Vec::new();
+        for (name, bit, list, allow) in [
+            ("only-a.example", 1u64, 0, false),
+            ("second-file.example", 1, 0, false),
+            ("ok.only-a.example", 1 << 33, 1, true),
+        ] {
+            crate::domain::reverse_key(name, &mut key);
+            let (mask, kept) = idx.origin(&key).expect(name);
+            assert_eq!(mask, bit, "{name}");
+            let (file, line) = lists[list].origin(&key, allow).unwrap();
+            assert_eq!(lists[list].sources[kept.source()], file, "{name}");
+            assert_eq!(kept.line(), line, "{name}");
+        }
+        crate::domain::reverse_key("shared.example", &mut key);
+        assert_eq!(idx.origin(&key), None, "two lists hold it: ask the lists");
+        crate::domain::reverse_key("unlisted.example", &mut key);
+        assert_eq!(idx.origin(&key), None);
     }
 
     #[test]
