@@ -752,10 +752,13 @@ impl Config {
                 }]));
             }
         };
-        let base = path
+        // Absolute, so every path (and the compiled-list cache keyed on them) is the same
+        // whether the config was named as `schoolgate.toml` or `/etc/schoolgate/schoolgate.toml`.
+        let parent = path
             .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
         let config = v.validate(raw, &base);
         if v.problems.is_empty() {
             Ok(config)
@@ -1413,6 +1416,17 @@ mod tests {
         std::fs::write(dir.path().join("adult.txt"), "").unwrap();
         let path = dir.path().join("schoolgate.toml");
         Config::from_toml(&path, text)
+    }
+
+    #[test]
+    fn paths_are_absolute_however_the_config_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[lists]\ndir = \"lists\"\ncache_dir = \"cache\"\n";
+        let named = Config::from_toml(Path::new("schoolgate.toml"), text).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(named.cache_dir, cwd.join("cache"));
+        let full = Config::from_toml(&dir.path().join("schoolgate.toml"), text).unwrap();
+        assert_eq!(full.lists_dir, dir.path().join("lists"));
     }
 
     #[test]
