@@ -205,7 +205,7 @@ impl SortedKeys {
             }
         }
         let first = lo.checked_sub(1)? * self.stride;
-        let (mut lo, mut hi) = (first + 1, (first + self.stride).min(self.count));
+        let (mut lo, mut hi) = (first + 1, first.saturating_add(self.stride).min(self.count));
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             match self.key(mid).cmp(key) {
