@@ -6,8 +6,8 @@
 //! what makes compiling a million-name list fast; the one FST a reload builds is the index.
 //!
 //! "Which line listed this?" is asked for every blocked query that is journalled, so [`get`]
-//! must not walk a binary search across the whole mapping (a cache and TLB miss per step, and
-//! every page of the file kept resident). Every `stride`th key's first 8 bytes are stored
+//! must not walk a binary search across the whole mapping (a cache and TLB miss per step, each
+//! in a different part of the file). Every `stride`th key's first 8 bytes are stored
 //! together as a sample array: the search runs over that small, hot array and then over the
 //! one block of `stride` keys that can hold the key, a few neighbouring cache lines.
 //!
