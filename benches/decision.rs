@@ -2,7 +2,8 @@
 //! [`Engine::decide`], with 1,000,000 and 10,000,000 synthetic listed names spread over twelve
 //! categories, for names that are listed (hit), are not (miss), and sit below a listed name
 //! (parent hit). A last group decides for 10,000 named clients, which is what a trust running
-//! one resolver for many schools configures.
+//! one resolver for many schools configures. The `origin` group times finding the list file and
+//! line behind a blocked name, which every breach record does.
 //!
 //! The lists are generated once under `target/bench-data/` and compiled through the real list
 //! cache, so later runs map them in a fraction of a second. Queries cycle through 4,096 names of
@@ -28,7 +29,7 @@ use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use schoolgate::config::Config;
 use schoolgate::domain::QueryName;
-use schoolgate::lists::{compile_list, DomainIndex};
+use schoolgate::lists::{compile_list, CompiledList, DomainIndex};
 use schoolgate::policy::{Action, Engine, Rule};
 
 const CATEGORIES: [&str; 12] = [
@@ -129,6 +130,7 @@ impl Rng {
 /// A generated, compiled data set.
 struct Data {
     engine: Engine,
+    lists: Vec<CompiledList>,
     index: DomainIndex,
     hit: Vec<Wire>,
     parent: Vec<Wire>,
@@ -229,6 +231,7 @@ fn setup(names: usize) -> Data {
             .collect(),
         miss: (0..SAMPLES).map(|_| Wire::new(&miss_rng.name())).collect(),
         engine: loaded.engine,
+        lists: compiled,
         index,
     };
     check(&data);
@@ -372,6 +375,57 @@ fn bench_sets(c: &mut Criterion<ThreadCpu>) {
     }
 }
 
+/// Which list file and line listed a blocked name: what every breach record looks up.
+fn bench_origin(c: &mut Criterion<ThreadCpu>) {
+    let names = 1_000_000;
+    let d = setup(names);
+    let client = d.engine.identify(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let now = Utc::now();
+    let mut g = c.benchmark_group(format!("origin/{names}"));
+    g.throughput(Throughput::Elements(1));
+    for (kind, set) in [("hit", &d.hit), ("parent_hit", &d.parent)] {
+        let ruled: Vec<(QueryName, Rule)> = set
+            .iter()
+            .map(|w| {
+                let q = w.query();
+                let rule = d.engine.decide(&client, &q, now).rule;
+                (q, rule)
+            })
+            .collect();
+        assert!(
+            ruled.iter().all(|(q, r)| d.engine.origin(q, r).is_some()),
+            "every blocked name has an origin"
+        );
+        let mut i = 0;
+        g.bench_function(BenchmarkId::from_parameter(kind), |b| {
+            b.iter(|| {
+                i = (i + 1) % ruled.len();
+                let (q, rule) = &ruled[i];
+                d.engine.origin(black_box(q), rule).map(|o| o.line)
+            })
+        });
+    }
+    // The key file search on its own, without building the `Origin` (three small allocations).
+    let keyed: Vec<(&CompiledList, QueryName)> = d
+        .hit
+        .iter()
+        .map(|w| {
+            let q = w.query();
+            let list = d.lists.iter().find(|l| l.origin(q.key(), false).is_some());
+            (list.expect("every hit is in a list"), q)
+        })
+        .collect();
+    let mut i = 0;
+    g.bench_function("list_hit", |b| {
+        b.iter(|| {
+            i = (i + 1) % keyed.len();
+            let (list, q) = &keyed[i];
+            list.origin(black_box(q.key()), false).map(|(_, line)| line)
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
@@ -379,6 +433,6 @@ criterion_group! {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(30);
-    targets = bench_normalise, bench_sets
+    targets = bench_normalise, bench_sets, bench_origin
 }
 criterion_main!(benches);

@@ -19,7 +19,7 @@ use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
 use super::parse::{parse, parse_keywords, BadLine, EntryKind, KeywordLine};
-use super::sorted::SortedKeys;
+use super::sorted::{prefix, SortedKeys};
 use super::ListError;
 use crate::domain::reverse_key;
 
@@ -194,11 +194,8 @@ struct Keys {
 
 impl Keys {
     fn push(&mut self, key: &[u8], value: u64) {
-        let mut prefix = [0u8; 8];
-        let n = key.len().min(8);
-        prefix[..n].copy_from_slice(&key[..n]);
         self.items.push((
-            u64::from_be_bytes(prefix),
+            prefix(key),
             self.bytes.len() as u32,
             key.len() as u32,
             value,
@@ -315,6 +312,27 @@ mod tests {
         ] {
             assert_eq!(l.origin(key.as_bytes(), false), Some((src.as_path(), line)));
         }
+    }
+
+    #[test]
+    fn key_file_from_an_older_release_is_recompiled() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("adult.txt");
+        fs::write(&src, "b.example\na.example\n").unwrap();
+        let cache = dir.path().join("cache");
+        compile_list("adult", std::slice::from_ref(&src), &cache).unwrap();
+        // The same names in the previous layout, as an upgrade finds them in the cache.
+        let old = super::super::sorted::tests::version_1(&[(b"example.a", 2), (b"example.b", 1)]);
+        fs::write(cache.join("adult.keys"), old).unwrap();
+        let upgraded = compile_list("adult", std::slice::from_ref(&src), &cache).unwrap();
+        assert!(upgraded.recompiled);
+        assert_eq!(
+            upgraded.origin(b"example.a", false),
+            Some((src.as_path(), 2))
+        );
+        let again = compile_list("adult", std::slice::from_ref(&src), &cache).unwrap();
+        assert!(!again.recompiled);
+        assert_eq!(again.origin(b"example.b", false), Some((src.as_path(), 1)));
     }
 
     #[test]
