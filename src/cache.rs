@@ -6,6 +6,7 @@
 //! sinkhole answer. Entries outlive their TTL by the serve-stale window (RFC 8767), so a
 //! flaky internet link does not take known names down with it.
 
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -58,9 +59,41 @@ pub enum Freshness {
 
 /// The answer cache, sharded so the two cores rarely meet on a lock (never held across await).
 pub struct AnswerCache {
-    shards: Vec<Mutex<FxHashMap<u64, Entry>>>,
+    shards: Vec<Mutex<Shard>>,
     per_shard: usize,
     stale_window: Duration,
+}
+
+/// One shard: the entries, and their keys in the order the eviction hand visits them (CLOCK:
+/// a used entry goes round again with its mark cleared, an unused or dead one is evicted), so
+/// making room costs a few steps however full the cache is.
+#[derive(Default)]
+struct Shard {
+    map: FxHashMap<u64, Entry>,
+    hand: VecDeque<u64>,
+}
+
+impl Shard {
+    /// Evicts one entry: the first dead (past the stale window) or unused one the hand meets.
+    fn evict(&mut self, now: Instant, stale_window: Duration) {
+        // Every entry is passed at most twice: the second time its mark is clear.
+        for _ in 0..2 * self.hand.len() {
+            let Some(k) = self.hand.pop_front() else {
+                return;
+            };
+            let Some(e) = self.map.get_mut(&k) else {
+                continue;
+            };
+            let dead =
+                now.duration_since(e.stored) >= Duration::from_secs(e.ttl.into()) + stale_window;
+            if dead || !e.used {
+                self.map.remove(&k);
+                return;
+            }
+            e.used = false;
+            self.hand.push_back(k);
+        }
+    }
 }
 
 fn key(name: &[u8], qtype: u16) -> u64 {
@@ -74,9 +107,7 @@ impl AnswerCache {
     /// A cache of about `capacity` answers, serving stale ones for `stale_window` after expiry.
     pub fn new(capacity: usize, stale_window: Duration) -> Self {
         AnswerCache {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(FxHashMap::default()))
-                .collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
             stale_window,
         }
@@ -92,39 +123,24 @@ impl AnswerCache {
         let mut shard = self.shards[k as usize % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if shard.len() >= self.per_shard && !shard.contains_key(&k) {
-            let window = self.stale_window;
-            shard.retain(|_, e| {
-                now.duration_since(e.stored) < Duration::from_secs(e.ttl.into()) + window
-            });
-            if shard.len() >= self.per_shard {
-                // Second chance: evict an answer nobody asked for since the last pass, so a
-                // flood of one-off names does not push out the names the school uses all day.
-                let mut victim = None;
-                for (key, e) in shard.iter_mut() {
-                    if !e.used {
-                        victim = Some(*key);
-                        break;
-                    }
-                    e.used = false;
-                }
-                if let Some(victim) = victim.or_else(|| shard.keys().next().copied()) {
-                    shard.remove(&victim);
-                }
-            }
+        let entry = Entry {
+            name: name.into(),
+            qtype,
+            bytes,
+            ttl_offsets,
+            stored: now,
+            ttl,
+            used: false,
+        };
+        if let Some(old) = shard.map.get_mut(&k) {
+            *old = entry;
+            return;
         }
-        shard.insert(
-            k,
-            Entry {
-                name: name.into(),
-                qtype,
-                bytes,
-                ttl_offsets,
-                stored: now,
-                ttl,
-                used: false,
-            },
-        );
+        if shard.map.len() >= self.per_shard {
+            shard.evict(now, self.stale_window);
+        }
+        shard.map.insert(k, entry);
+        shard.hand.push_back(k);
     }
 
     /// Writes the cached answer for `q` into `buf`, or returns `None` on a miss. Stale answers
@@ -185,7 +201,7 @@ impl AnswerCache {
         let mut shard = self.shards[k as usize % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let e = shard.get_mut(&k)?;
+        let e = shard.map.get_mut(&k)?;
         if &*e.name != name || e.qtype != qtype {
             return None;
         }
@@ -207,7 +223,7 @@ impl AnswerCache {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().map(|s| s.len()).unwrap_or(0))
+            .map(|s| s.lock().map(|s| s.map.len()).unwrap_or(0))
             .sum()
     }
 
