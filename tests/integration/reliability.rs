@@ -207,6 +207,15 @@ fn malformed_packets_get_formerr_notimp_or_silence_and_the_server_lives() {
         ),
         ("question missing type", good()[..17].to_vec(), Some(1)),
         (
+            "longer than the server reads (a question, then 6000 bytes)",
+            {
+                let mut p = good();
+                p.extend(std::iter::repeat_n(0, 6000));
+                p
+            },
+            Some(1),
+        ),
+        (
             "garbage",
             (0..300u32).map(|i| (i * 7919 % 251) as u8).collect(),
             None,
