@@ -48,6 +48,8 @@ pub struct Metrics {
     pub malformed: IntCounter,
     /// Queries refused or dropped by per-client rate limiting.
     pub rate_limited: IntCounter,
+    /// UDP answers the kernel refused to send (unreachable or filtered destination).
+    pub udp_replies_dropped: IntCounter,
     /// Times a client went over its limit (at most once a minute per client).
     pub rate_limited_clients: IntCounter,
     log_records: IntCounterVec,
@@ -149,6 +151,11 @@ impl Metrics {
                 &r,
                 "schoolgate_rate_limited_total",
                 "Queries over a client's rate limit",
+            ),
+            udp_replies_dropped: counter(
+                &r,
+                "schoolgate_udp_replies_dropped_total",
+                "UDP answers the kernel refused to send (unreachable or filtered destination)",
             ),
             rate_limited_clients: counter(
                 &r,

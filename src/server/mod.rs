@@ -5,6 +5,7 @@
 //! connections are limited in number per client and in total, and time out when idle.
 
 mod handler;
+mod udp;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -171,12 +172,17 @@ pub async fn serve(
 
 /// Packets answered per wake-up before yielding, so one busy socket cannot starve the others.
 const UDP_BATCH: usize = 256;
+/// Datagrams moved per `recvmmsg`/`sendmmsg` call.
+const UDP_PER_CALL: usize = 64;
+/// Largest query read whole; a longer datagram is answered as malformed.
+const UDP_QUERY_MAX: usize = 4096;
 
-/// Drains a UDP socket: after each readiness wake-up every queued packet is read and answered
-/// without going back to the reactor, which is where most per-packet overhead would be.
+/// Drains a UDP socket: after each readiness wake-up queued packets are read a batch per system
+/// call, answered into per-slot buffers, and the replies sent back in one call, without going
+/// back to the reactor, which is where most per-packet overhead would be.
 async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelToken) {
-    let mut packet = vec![0u8; 4096];
-    let mut buf = Vec::with_capacity(1500);
+    let mut rx = udp::RecvBatch::new(UDP_PER_CALL, UDP_QUERY_MAX);
+    let mut tx = udp::SendBatch::new(UDP_PER_CALL, 1500);
     let inflight = Arc::new(Semaphore::new(4096));
     'wait: loop {
         tokio::select! {
@@ -186,50 +192,64 @@ async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelTok
             },
             _ = cancel.cancelled() => break,
         }
-        for _ in 0..UDP_BATCH {
-            let (len, src) = match sock.try_recv_from(&mut packet) {
-                Ok(x) => x,
+        let mut handled = 0;
+        while handled < UDP_BATCH {
+            let n = match rx.try_recv(&sock) {
+                Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     handler.flush_log();
                     continue 'wait;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "udp receive error");
+                    handled += 1;
                     continue;
                 }
             };
+            handled += n;
             let received = Instant::now();
-            let pkt = &packet[..len];
-            match handler.answer_now(pkt, src, Transport::Udp, received, &mut buf) {
-                Outcome::Reply => {
-                    if let Err(e) = sock.try_send_to(&buf, src) {
-                        if e.kind() == std::io::ErrorKind::WouldBlock {
-                            handler.flush_log();
-                            let _ = sock.send_to(&buf, src).await;
-                        }
+            for d in rx.iter() {
+                // A cut-off datagram keeps only its header, which the parser rejects as
+                // malformed (FORMERR with the query's ID), rather than reading half a query.
+                let pkt = if d.truncated {
+                    &d.data[..d.data.len().min(12)]
+                } else {
+                    d.data
+                };
+                let src = d.src;
+                match handler.answer_now(pkt, src, Transport::Udp, received, tx.next_buf()) {
+                    Outcome::Reply => tx.push(src),
+                    Outcome::Drop => {}
+                    Outcome::Upstream => {
+                        // Bound the lookups in flight so a flood of unique names cannot exhaust memory.
+                        let Ok(permit) = inflight.clone().try_acquire_owned() else {
+                            continue;
+                        };
+                        let handler = handler.clone();
+                        let sock = sock.clone();
+                        let pkt = pkt.to_vec();
+                        tokio::spawn(async move {
+                            let mut out = Vec::with_capacity(512);
+                            if handler
+                                .answer_upstream(&pkt, src, Transport::Udp, received, &mut out)
+                                .await
+                                == Outcome::Reply
+                            {
+                                let _ = sock.send_to(&out, src).await;
+                            }
+                            drop(permit);
+                        });
                     }
                 }
-                Outcome::Drop => {}
-                Outcome::Upstream => {
-                    // Bound the lookups in flight so a flood of unique names cannot exhaust memory.
-                    let Ok(permit) = inflight.clone().try_acquire_owned() else {
-                        continue;
-                    };
-                    let handler = handler.clone();
-                    let sock = sock.clone();
-                    let pkt = pkt.to_vec();
-                    tokio::spawn(async move {
-                        let mut out = Vec::with_capacity(512);
-                        if handler
-                            .answer_upstream(&pkt, src, Transport::Udp, received, &mut out)
-                            .await
-                            == Outcome::Reply
-                        {
-                            let _ = sock.send_to(&out, src).await;
-                        }
-                        drop(permit);
-                    });
-                }
+            }
+            let mut dropped = tx.try_send(&sock);
+            if !tx.is_empty() {
+                // The send buffer is full: hand the journal this thread's records before waiting.
+                handler.flush_log();
+                dropped += tx.send(&sock).await;
+            }
+            if dropped > 0 {
+                handler.metrics().udp_replies_dropped.inc_by(dropped as u64);
             }
         }
         handler.flush_log();

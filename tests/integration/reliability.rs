@@ -207,6 +207,15 @@ fn malformed_packets_get_formerr_notimp_or_silence_and_the_server_lives() {
         ),
         ("question missing type", good()[..17].to_vec(), Some(1)),
         (
+            "longer than the server reads (a question, then 6000 bytes)",
+            {
+                let mut p = good();
+                p.extend(std::iter::repeat_n(0, 6000));
+                p
+            },
+            Some(1),
+        ),
+        (
             "garbage",
             (0..300u32).map(|i| (i * 7919 % 251) as u8).collect(),
             None,
@@ -497,4 +506,118 @@ fn one_device_cannot_hold_every_tcp_connection() {
         .from("127.0.0.8")
         .send(server.addr);
     assert!(other.is_some_and(|m| addresses(&m) == vec!["0.0.0.0"]));
+}
+
+/// Every address the server logged as listening on (it logs one line per listen address).
+fn listening(server: &crate::harness::Server) -> Vec<std::net::SocketAddr> {
+    server
+        .log()
+        .lines()
+        .filter_map(|l| l.split("listening on ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// A burst from several devices at once, sent without waiting for answers: the server reads and
+/// answers it in batches, and every device must get exactly its own answers back, none lost,
+/// doubled or crossed between devices.
+#[test]
+fn a_burst_from_many_devices_gets_every_answer_back_to_its_own_sender() {
+    use std::collections::HashMap;
+    use std::net::{SocketAddr, UdpSocket};
+
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::Name;
+
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new();
+    let v6 = UdpSocket::bind("[::1]:0").is_ok();
+    let upstream = up.addr.to_string();
+    let mut args = vec!["--upstream", upstream.as_str()];
+    if v6 {
+        args.extend(["--listen", "[::1]:0"]);
+    } else {
+        eprintln!("no IPv6 loopback here; the burst is IPv4 only");
+    }
+    let server = crate::harness::Server::start(&setup.config(), &args);
+    let addrs = listening(&server);
+    let v4_server = *addrs.iter().find(|a| a.is_ipv4()).expect("IPv4 listener");
+    let mut senders: Vec<(UdpSocket, SocketAddr)> = (1..=4)
+        .map(|i| {
+            let s = UdpSocket::bind(format!("127.0.0.{i}:0")).expect("bind client");
+            (s, v4_server)
+        })
+        .collect();
+    if v6 {
+        let v6_server = *addrs.iter().find(|a| a.is_ipv6()).expect("IPv6 listener");
+        senders.push((UdpSocket::bind("[::1]:0").expect("bind"), v6_server));
+    }
+    const PER_SENDER: u16 = 60;
+    // Per sender: ID -> the name asked. Mostly blocked names (answered from memory), every
+    // tenth an unknown name that goes upstream (NXDOMAIN from the fixture).
+    let mut asked: Vec<HashMap<u16, String>> = Vec::new();
+    let mut packets = Vec::new();
+    for s in 0..senders.len() {
+        let mut mine = HashMap::new();
+        for i in 0..PER_SENDER {
+            let name = if i % 10 == 0 {
+                format!("up{s}-{i}.example.org")
+            } else {
+                format!("d{s}-{i}.pornhub.com")
+            };
+            let id = 1000 + i * 7 + s as u16;
+            let mut m = Message::query();
+            m.metadata.id = id;
+            m.metadata.recursion_desired = true;
+            m.add_query(Query::query(
+                Name::from_ascii(format!("{name}.")).expect("name"),
+                RecordType::A,
+            ));
+            packets.push((s, m.to_vec().expect("encode")));
+            mine.insert(id, name);
+        }
+        asked.push(mine);
+    }
+    // Interleave the senders so the server's batches mix sources.
+    packets.sort_by_key(|(s, p)| (u16::from_be_bytes([p[0], p[1]]), *s));
+    for (s, p) in &packets {
+        let (sock, to) = &senders[*s];
+        sock.send_to(p, to).expect("send");
+    }
+    assert!(packets.len() >= 200);
+    for (s, (sock, _)) in senders.iter().enumerate() {
+        let mut want = asked[s].clone();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = vec![0u8; 4096];
+        while !want.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "sender {s}: no answer to {} queries: {:?}",
+                want.len(),
+                want.values().take(5).collect::<Vec<_>>()
+            );
+            sock.set_read_timeout(Some(left)).expect("timeout");
+            let Ok(len) = sock.recv(&mut buf) else {
+                continue;
+            };
+            let m = Message::from_vec(&buf[..len]).expect("decodable answer");
+            let name = want.remove(&m.metadata.id).unwrap_or_else(|| {
+                panic!("sender {s}: unexpected or repeated ID {}", m.metadata.id)
+            });
+            let q = m.queries.first().expect("question echoed");
+            assert_eq!(q.name().to_ascii().trim_end_matches('.'), name);
+            if name.ends_with("pornhub.com") {
+                assert_eq!(addresses(&m), vec!["0.0.0.0"], "{name}");
+            } else {
+                assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{name}");
+            }
+        }
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        assert!(
+            sock.recv(&mut buf).is_err(),
+            "sender {s}: an answer beyond the ones asked for"
+        );
+    }
 }
