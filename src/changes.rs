@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::Config;
-use crate::lists::{parse, EntryKind};
+use crate::lists::{parse_each, EntryKind};
 
 /// Names listed in one record; larger diffs (a remote refresh) keep only the counts beyond this.
 const MAX_NAMES: usize = 1000;
@@ -160,7 +160,62 @@ pub struct Lock {
 /// A list file's entries as last recorded, sorted and distinct.
 struct Snapshot {
     stamp: String,
-    entries: Vec<String>,
+    entries: Entries,
+}
+
+/// Entries as the log names them, sorted and distinct, in one buffer: a list of millions of
+/// names costs its text and eight bytes a name here, not a `String` each.
+#[derive(Default)]
+struct Entries {
+    text: String,
+    spans: Vec<(u32, u32)>,
+}
+
+impl Entries {
+    fn push(&mut self, entry: &str) {
+        let start = self.text.len() as u32;
+        self.text.push_str(entry);
+        self.spans.push((start, entry.len() as u32));
+    }
+
+    fn get(&self, (start, len): (u32, u32)) -> &str {
+        self.text
+            .get(start as usize..(start + len) as usize)
+            .unwrap_or("")
+    }
+
+    /// Sorts and removes duplicates; call once after the pushes.
+    fn sort(mut self) -> Self {
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.sort_unstable_by(|a, b| self.get(*a).cmp(self.get(*b)));
+        spans.dedup_by(|a, b| self.get(*a) == self.get(*b));
+        self.spans = spans;
+        self
+    }
+
+    fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        self.spans.iter().map(|s| self.get(*s))
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for Entries {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        let mut e = Entries::default();
+        iter.into_iter().for_each(|s| e.push(s.as_ref()));
+        e.sort()
+    }
+}
+
+/// What changed between two sorted entry sets: counts, and the first names of each side.
+struct Diff<'a> {
+    added: usize,
+    removed: usize,
+    added_names: Vec<&'a str>,
+    removed_names: Vec<&'a str>,
 }
 
 impl ChangeLog {
@@ -243,10 +298,11 @@ impl ChangeLog {
             return Ok(None);
         }
         let current = entries_of(file).map_err(io(file))?;
-        let before: &[String] = previous.as_ref().map_or(&[], |p| &p.entries);
-        let (added, removed) = diff(before, &current);
+        let empty = Entries::default();
+        let before = previous.as_ref().map_or(&empty, |p| &p.entries);
+        let d = diff(before, &current);
         let mut change = None;
-        if !added.is_empty() || !removed.is_empty() {
+        if d.added + d.removed > 0 {
             let others: usize = category_files
                 .iter()
                 .filter(|f| f.as_path() != file)
@@ -266,10 +322,10 @@ impl ChangeLog {
                 category: list.to_string(),
                 file: file.to_path_buf(),
                 url,
-                added_count: added.len(),
-                removed_count: removed.len(),
-                added: added.into_iter().take(MAX_NAMES).cloned().collect(),
-                removed: removed.into_iter().take(MAX_NAMES).cloned().collect(),
+                added_count: d.added,
+                removed_count: d.removed,
+                added: d.added_names.iter().map(|n| n.to_string()).collect(),
+                removed: d.removed_names.iter().map(|n| n.to_string()).collect(),
                 size_before: others + before.len(),
                 size_after: others + current.len(),
             };
@@ -285,14 +341,16 @@ impl ChangeLog {
     /// the last recorded settings, so a config edit is in the log like a list edit.
     fn record_policy(&self, _lock: &Lock, config: &Config) -> Result<Option<Change>, ChangeError> {
         let snap_path = self.snapshots.join("config").join("policy.snapshot");
-        let current = policy_lines(config);
-        let stamp = format!("{:016x}", fnv(current.join("\n").as_bytes()));
+        let lines = policy_lines(config);
+        let stamp = format!("{:016x}", fnv(lines.join("\n").as_bytes()));
+        let current: Entries = lines.iter().collect();
         let previous = read_snapshot(&snap_path);
         if previous.as_ref().is_some_and(|p| p.stamp == stamp) {
             return Ok(None);
         }
-        let before: &[String] = previous.as_ref().map_or(&[], |p| &p.entries);
-        let (added, removed) = diff(before, &current);
+        let empty = Entries::default();
+        let before = previous.as_ref().map_or(&empty, |p| &p.entries);
+        let d = diff(before, &current);
         let change = Change {
             time: Utc::now(),
             by: if previous.is_some() {
@@ -305,10 +363,10 @@ impl ChangeLog {
             category: "config".to_string(),
             file: config.path.clone(),
             url: None,
-            added_count: added.len(),
-            removed_count: removed.len(),
-            added: added.into_iter().take(MAX_NAMES).cloned().collect(),
-            removed: removed.into_iter().take(MAX_NAMES).cloned().collect(),
+            added_count: d.added,
+            removed_count: d.removed,
+            added: d.added_names.iter().map(|n| n.to_string()).collect(),
+            removed: d.removed_names.iter().map(|n| n.to_string()).collect(),
             size_before: before.len(),
             size_after: current.len(),
         };
@@ -464,41 +522,59 @@ fn lists_of(config: &Config) -> Vec<(String, Vec<PathBuf>)> {
 }
 
 /// The entries of a list file as the log names them, sorted and distinct.
-fn entries_of(file: &Path) -> std::io::Result<Vec<String>> {
-    let parsed = parse(file, &fs::read(file)?);
-    let mut entries: Vec<String> = parsed
-        .entries
-        .into_iter()
-        .map(|e| match e.kind {
-            EntryKind::Block => e.name,
-            EntryKind::Allow => format!("@@{}", e.name),
-        })
-        .collect();
-    entries.extend(
-        parsed
-            .keywords
-            .into_iter()
-            .map(|k| format!("keyword:{}", k.text)),
-    );
-    entries.sort_unstable();
-    entries.dedup();
-    Ok(entries)
+fn entries_of(file: &Path) -> std::io::Result<Entries> {
+    let mut entries = Entries::default();
+    let parsed = parse_each(file, &fs::read(file)?, |e| match e.kind {
+        EntryKind::Block => entries.push(&e.name),
+        EntryKind::Allow => entries.push(&format!("@@{}", e.name)),
+    });
+    for k in parsed.keywords {
+        entries.push(&format!("keyword:{}", k.text));
+    }
+    Ok(entries.sort())
 }
 
-/// (added, removed) between two sorted, distinct lists, in one pass over both.
-fn diff<'a>(before: &'a [String], after: &'a [String]) -> (Vec<&'a String>, Vec<&'a String>) {
-    let (mut added, mut removed) = (Vec::new(), Vec::new());
+/// Added and removed between two sorted, distinct sets, in one pass over both; names beyond
+/// [`MAX_NAMES`] a side are counted, not kept.
+fn diff<'a>(before: &'a Entries, after: &'a Entries) -> Diff<'a> {
+    let mut d = Diff {
+        added: 0,
+        removed: 0,
+        added_names: Vec::new(),
+        removed_names: Vec::new(),
+    };
+    let add = |d: &mut Diff<'a>, n: &'a str| {
+        d.added += 1;
+        if d.added_names.len() < MAX_NAMES {
+            d.added_names.push(n);
+        }
+    };
+    let remove = |d: &mut Diff<'a>, n: &'a str| {
+        d.removed += 1;
+        if d.removed_names.len() < MAX_NAMES {
+            d.removed_names.push(n);
+        }
+    };
     let (mut b, mut a) = (before.iter().peekable(), after.iter().peekable());
     loop {
-        match (b.peek(), a.peek()) {
+        match (b.peek().copied(), a.peek().copied()) {
             (Some(x), Some(y)) if x == y => {
                 b.next();
                 a.next();
             }
-            (Some(x), Some(y)) if x < y => removed.extend(b.next()),
-            (_, Some(_)) => added.extend(a.next()),
-            (Some(_), None) => removed.extend(b.next()),
-            (None, None) => return (added, removed),
+            (Some(x), Some(y)) if x < y => {
+                remove(&mut d, x);
+                b.next();
+            }
+            (_, Some(y)) => {
+                add(&mut d, y);
+                a.next();
+            }
+            (Some(x), None) => {
+                remove(&mut d, x);
+                b.next();
+            }
+            (None, None) => return d,
         }
     }
 }
@@ -515,28 +591,26 @@ fn stamp(file: &Path) -> std::io::Result<String> {
 
 fn read_snapshot(path: &Path) -> Option<Snapshot> {
     let text = fs::read_to_string(path).ok()?;
-    let mut lines = text.lines();
-    let stamp = lines.next()?.strip_prefix("# stamp ")?.to_string();
-    let mut entries: Vec<String> = lines.map(str::to_string).collect();
-    entries.sort_unstable();
-    entries.dedup();
-    Some(Snapshot { stamp, entries })
+    let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    let stamp = first.strip_prefix("# stamp ")?.to_string();
+    Some(Snapshot {
+        stamp,
+        entries: rest.lines().collect(),
+    })
 }
 
-fn write_snapshot(path: &Path, stamp: &str, entries: &[String]) -> Result<(), ChangeError> {
+fn write_snapshot(path: &Path, stamp: &str, entries: &Entries) -> Result<(), ChangeError> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    let mut text = String::with_capacity(entries.len() * 24 + 64);
-    text.push_str("# stamp ");
-    text.push_str(stamp);
-    text.push('\n');
-    for e in entries {
-        text.push_str(e);
-        text.push('\n');
-    }
     let tmp = path.with_extension("snapshot.tmp");
-    fs::write(&tmp, text).map_err(io(&tmp))?;
+    let file = File::create(&tmp).map_err(io(&tmp))?;
+    let mut w = std::io::BufWriter::new(file);
+    writeln!(w, "# stamp {stamp}")
+        .and_then(|()| entries.iter().try_for_each(|e| writeln!(w, "{e}")))
+        .and_then(|()| w.flush())
+        .map_err(io(&tmp))?;
+    drop(w);
     fs::rename(&tmp, path).map_err(io(path))
 }
 
@@ -634,13 +708,18 @@ mod tests {
 
     #[test]
     fn diff_walks_both_sorted_lists() {
-        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let (before, after) = (v(&["a", "c", "d", "f"]), v(&["b", "c", "e", "f", "g"]));
-        let (added, removed) = diff(&before, &after);
-        assert_eq!(added, ["b", "e", "g"]);
-        assert_eq!(removed, ["a", "d"]);
-        assert_eq!(diff(&[], &before).0.len(), 4);
-        assert_eq!(diff(&before, &[]).1.len(), 4);
+        let before: Entries = ["f", "c", "a", "d", "c"].into_iter().collect();
+        let after: Entries = ["b", "c", "e", "f", "g"].into_iter().collect();
+        let d = diff(&before, &after);
+        assert_eq!(d.added_names, ["b", "e", "g"]);
+        assert_eq!(d.removed_names, ["a", "d"]);
+        assert_eq!((d.added, d.removed), (3, 2));
+        let none = Entries::default();
+        assert_eq!(diff(&none, &before).added, 4);
+        assert_eq!(diff(&before, &none).removed, 4);
+        let many: Entries = (0..MAX_NAMES + 5).map(|i| format!("n{i:05}")).collect();
+        let d = diff(&none, &many);
+        assert_eq!((d.added, d.added_names.len()), (MAX_NAMES + 5, MAX_NAMES));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use fst::Map;
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
-use super::parse::{parse, parse_keywords, BadLine, EntryKind, KeywordLine};
+use super::parse::{parse_each, parse_keywords, BadLine, EntryKind, KeywordLine};
 use super::sorted::{prefix, SortedKeys};
 use super::ListError;
 use crate::domain::reverse_key;
@@ -113,28 +113,29 @@ pub fn compile_list(
     let mut bad_count = 0;
     for (src_idx, path) in sources.iter().enumerate() {
         let bytes = fs::read(path).map_err(|e| ListError::io(path, e))?;
+        let mut key = Vec::new();
+        let mut entries = 0usize;
         let parsed = if path.extension().is_some_and(|e| e == KEYWORDS_EXTENSION) {
             parse_keywords(path, &bytes)
         } else {
-            parse(path, &bytes)
+            parse_each(path, &bytes, |e| {
+                entries += 1;
+                key.clear();
+                reverse_key(&e.name, &mut key);
+                let value = ((src_idx as u64) << 32) | u64::from(e.line);
+                match e.kind {
+                    EntryKind::Block => block.push(&key, value),
+                    EntryKind::Allow => allow.push(&key, value),
+                }
+            })
         };
-        if parsed.entries.is_empty() && parsed.keywords.is_empty() {
+        if entries == 0 && parsed.keywords.is_empty() {
             if let Some(first) = parsed.bad.first() {
                 return Err(ListError::Unusable {
                     path: path.clone(),
                     count: parsed.bad_count,
                     first: first.clone(),
                 });
-            }
-        }
-        let mut key = Vec::new();
-        for e in parsed.entries {
-            key.clear();
-            reverse_key(&e.name, &mut key);
-            let value = ((src_idx as u64) << 32) | u64::from(e.line);
-            match e.kind {
-                EntryKind::Block => block.push(&key, value),
-                EntryKind::Allow => allow.push(&key, value),
             }
         }
         keywords.extend(parsed.keywords.into_iter().map(|k| (src_idx, k)));

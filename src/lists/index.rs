@@ -169,6 +169,8 @@ impl DomainIndex {
                 .map_err(|e| ListError::fst(&path, e))?;
             table.insert(key, mask, origin.unwrap_or(Origin::NONE));
         }
+        // The merge read every key file through its mapping; the query path reads none of them.
+        streams.iter().for_each(|s| s.release());
         let mut w = builder.into_inner().map_err(|e| ListError::fst(&path, e))?;
         w.flush().map_err(|e| ListError::io(&tmp, e))?;
         drop(w);

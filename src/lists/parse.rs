@@ -87,6 +87,16 @@ impl Parsed {
 
 /// Parses list text. `file` is used only to name bad lines.
 pub fn parse(file: &Path, bytes: &[u8]) -> Parsed {
+    let mut entries = Vec::new();
+    let mut out = parse_each(file, bytes, |e| entries.push(e));
+    out.entries = entries;
+    out
+}
+
+/// As [`parse`], handing each entry to `each` as it is read instead of collecting them, so a
+/// list of millions of names is never held as millions of `String`s (the returned
+/// [`Parsed::entries`] is empty).
+pub fn parse_each(file: &Path, bytes: &[u8], mut each: impl FnMut(Entry)) -> Parsed {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut out = Parsed::default();
     let mut zone = Zone::default();
@@ -116,6 +126,7 @@ pub fn parse(file: &Path, bytes: &[u8]) -> Parsed {
             continue;
         }
         parse_line(file, line_no, text, &mut zone, &mut out);
+        out.entries.drain(..).for_each(&mut each);
     }
     out
 }

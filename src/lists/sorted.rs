@@ -150,8 +150,14 @@ impl SortedKeys {
         if (0..samples).any(|j| keys.sample(j) != prefix(keys.key(j * stride))) {
             return Err(corrupt(path, "samples do not match the keys"));
         }
-        super::compile::release(&keys.bytes);
+        keys.release();
         Ok(keys)
+    }
+
+    /// Drops the pages a full pass (a checksum, an index build) brought in, so the file costs
+    /// resident memory only for what lookups touch.
+    pub fn release(&self) {
+        super::compile::release(&self.bytes);
     }
 
     /// Number of keys.
