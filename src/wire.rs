@@ -533,9 +533,180 @@ pub fn cname_targets(p: &[u8], mut each: impl FnMut(QueryName)) -> Option<()> {
     Some(())
 }
 
+/// A query as the forwarder sends it upstream: recursion desired, EDNS0 offering 1232 bytes
+/// (the DNS flag day size, which avoids fragmented answers). `name` is normalised, no root.
+pub fn upstream_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = Vec::with_capacity(HEADER + name.len() + 2 + 4 + 11);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        q.push(label.len().min(63) as u8);
+        q.extend_from_slice(&label.as_bytes()[..label.len().min(63)]);
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&[0, 1]);
+    // OPT: root owner, type 41, class = payload size, TTL 0, no options.
+    q.extend_from_slice(&[0, 0, 41, 0x04, 0xD0, 0, 0, 0, 0, 0, 0]);
+    q
+}
+
+/// What an upstream said to a query from [`upstream_query`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Upstreamed {
+    /// An answer (NOERROR or NXDOMAIN) in the cache's form: ID 0, question in lower case, AA
+    /// and AD clear, no additional section; with the TTL it may be cached for.
+    Answer {
+        /// The encoded answer.
+        bytes: Vec<u8>,
+        /// Smallest answer TTL, or the negative TTL from the SOA, or 60.
+        ttl: u32,
+    },
+    /// Too big for UDP: ask again over TCP.
+    Truncated,
+    /// Not the answer to this query (a stray or forged packet): ignore it and keep waiting.
+    Stray,
+}
+
+/// Checks that `resp` answers `query` (ID and question) and turns it into [`Upstreamed`].
+/// `Err` says why an answer to this query is unusable.
+pub fn upstream_answer(resp: &[u8], query: &[u8]) -> Result<Upstreamed, &'static str> {
+    let (_, _, qname_end) = read_name(query, HEADER).ok_or("bad query")?;
+    let question = query.get(HEADER..qname_end + 4).ok_or("bad query")?;
+    let name_len = qname_end - HEADER;
+    if resp.len() < HEADER + question.len()
+        || resp[..2] != query[..2]
+        || resp[2] & 0x80 == 0
+        || be16(resp, 4) != Some(1)
+        || !resp[HEADER..qname_end].eq_ignore_ascii_case(&question[..name_len])
+        || resp[qname_end..qname_end + 4] != question[name_len..]
+    {
+        return Ok(Upstreamed::Stray);
+    }
+    if resp[2] & 0x02 != 0 {
+        return Ok(Upstreamed::Truncated);
+    }
+    match resp[3] & 0x0F {
+        rcode::NOERROR | rcode::NXDOMAIN => {}
+        rcode::SERVFAIL => return Err("upstream answered SERVFAIL"),
+        rcode::REFUSED => return Err("upstream refused the query"),
+        _ => return Err("upstream answered with an error"),
+    }
+    let an = be16(resp, 6).ok_or("short answer")? as usize;
+    let ns = be16(resp, 8).ok_or("short answer")? as usize;
+    let mut at = HEADER + question.len();
+    let mut ttl: Option<u32> = None;
+    for i in 0..an + ns {
+        let (_, _, after) = read_name(resp, at).ok_or("malformed answer")?;
+        let rt = be16(resp, after).ok_or("malformed answer")?;
+        let rttl = u32::from_be_bytes(
+            resp.get(after + 4..after + 8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or("malformed answer")?,
+        );
+        let end = skip_record(resp, at).ok_or("malformed answer")?;
+        if i < an {
+            ttl = Some(ttl.map_or(rttl, |t| t.min(rttl)));
+        } else if an == 0 && rt == rtype::SOA && end >= after + 14 {
+            // Negative answers are cached for min(SOA TTL, SOA minimum) (RFC 2308).
+            let minimum = u32::from_be_bytes(resp[end - 4..end].try_into().unwrap_or_default());
+            ttl = Some(ttl.map_or(rttl.min(minimum), |t| t.min(rttl).min(minimum)));
+        }
+        at = end;
+    }
+    let mut bytes = resp[..at].to_vec();
+    bytes[0] = 0;
+    bytes[1] = 0;
+    // A forwarder's answer is neither authoritative nor validated here.
+    bytes[2] &= !0x04;
+    bytes[3] &= !0x20;
+    bytes[10] = 0;
+    bytes[11] = 0;
+    bytes[HEADER..qname_end].make_ascii_lowercase();
+    Ok(Upstreamed::Answer {
+        bytes,
+        ttl: ttl.unwrap_or(60),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An upstream's answer to `q` built with hickory: `answers` A records, or a negative answer
+    /// with an SOA, plus an OPT and an additional record.
+    fn upstream_reply(q: &[u8], id: u16, name: &str, answers: &[u32], rcode: u8) -> Vec<u8> {
+        use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+        use hickory_proto::rr::rdata::{A, SOA};
+        use hickory_proto::rr::{Name, RData, Record};
+        let asked = Message::from_vec(q).unwrap();
+        let mut m = Message::new(id, MessageType::Response, OpCode::Query);
+        m.metadata.authoritative = true;
+        m.metadata.response_code = ResponseCode::from(0, rcode);
+        m.add_query(asked.queries[0].clone());
+        let owner = Name::from_ascii(format!("{name}.")).unwrap();
+        for (i, ttl) in answers.iter().enumerate() {
+            let rd = RData::A(A::new(192, 0, 2, i as u8));
+            m.add_answer(Record::from_rdata(owner.clone(), *ttl, rd));
+        }
+        if answers.is_empty() {
+            let soa = SOA::new(owner.clone(), owner.clone(), 1, 3600, 600, 86400, 30);
+            m.add_authority(Record::from_rdata(owner.clone(), 900, RData::SOA(soa)));
+        }
+        let glue = RData::A(A::new(198, 51, 100, 1));
+        m.add_additional(Record::from_rdata(owner, 60, glue));
+        m.set_edns(Edns::new());
+        m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn upstream_answers_are_checked_and_made_cacheable() {
+        let q = upstream_query(0x1234, "www.example.org", rtype::A);
+        let reply = upstream_reply(&q, 0x1234, "WWW.Example.ORG", &[300, 120], 0);
+        let Ok(Upstreamed::Answer { bytes, ttl }) = upstream_answer(&reply, &q) else {
+            panic!("a good answer");
+        };
+        assert_eq!(ttl, 120, "the smallest TTL");
+        assert_eq!(&bytes[..2], &[0, 0], "ID 0");
+        assert_eq!(bytes[2] & 0x04, 0, "not authoritative");
+        assert_eq!(be16(&bytes, 10), Some(0), "no additional section, no OPT");
+        assert_eq!(
+            &bytes[12..q.len() - 11],
+            &q[12..q.len() - 11],
+            "question in lower case"
+        );
+        assert_eq!(ttl_offsets(&bytes).unwrap().len(), 2);
+
+        let negative = upstream_reply(&q, 0x1234, "www.example.org", &[], rcode::NXDOMAIN);
+        let Ok(Upstreamed::Answer { bytes, ttl }) = upstream_answer(&negative, &q) else {
+            panic!("NXDOMAIN is an answer");
+        };
+        assert_eq!((ttl, bytes[3] & 0x0F), (30, rcode::NXDOMAIN), "SOA minimum");
+
+        let other_id = upstream_reply(&q, 0x4321, "www.example.org", &[300], 0);
+        assert_eq!(upstream_answer(&other_id, &q), Ok(Upstreamed::Stray));
+        let other_name = upstream_reply(
+            &upstream_query(0x1234, "evil.example", rtype::A),
+            0x1234,
+            "evil.example",
+            &[300],
+            0,
+        );
+        assert_eq!(upstream_answer(&other_name, &q), Ok(Upstreamed::Stray));
+        let https = upstream_query(0x1234, "www.example.org", rtype::HTTPS);
+        assert_eq!(
+            upstream_answer(&reply, &https),
+            Ok(Upstreamed::Stray),
+            "an answer for another type is not the answer"
+        );
+        let failed = upstream_reply(&q, 0x1234, "www.example.org", &[], rcode::SERVFAIL);
+        assert!(upstream_answer(&failed, &q).is_err());
+        let mut truncated = reply.clone();
+        truncated[2] |= 0x02;
+        assert_eq!(upstream_answer(&truncated, &q), Ok(Upstreamed::Truncated));
+        assert_eq!(upstream_answer(&reply[..20], &q), Ok(Upstreamed::Stray));
+        assert!(upstream_answer(&reply[..reply.len() - 30], &q).is_err());
+    }
 
     fn query(name: &str, qtype: u16, edns: bool) -> Vec<u8> {
         let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)];

@@ -72,11 +72,7 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     let served = runtime.block_on(async move {
         let listeners = server::bind(&config.listen, workers)?;
-        let upstream = Upstream::new(
-            &config.upstreams,
-            config.upstream_timeout,
-            config.cache_size,
-        )?;
+        let upstream = Upstream::new(&config.upstreams, config.upstream_timeout);
         let alerts = Alerter::start(&config).context("cannot set up alerts")?;
         if alerts.is_some() {
             tracing::info!("alerts on for alert-flagged categories");

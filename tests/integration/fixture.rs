@@ -54,6 +54,10 @@ impl Zone {
         for i in 0..60 {
             z.a("big.example.org", &format!("192.0.2.{}", 100 + i));
         }
+        // Too big for any UDP answer (1,600 bytes of records): the upstream sends TC.
+        for i in 0..100 {
+            z.a("huge.example.org", &format!("198.51.100.{}", i + 1));
+        }
         z
     }
 
@@ -149,6 +153,21 @@ impl Zone {
     }
 }
 
+/// The answer as a real server sends it over UDP: too big for the asker's buffer (512 bytes,
+/// or its EDNS size) means TC and no records, so the asker retries over TCP.
+fn udp_answer(z: &Zone, q: &Message) -> Result<Vec<u8>, hickory_proto::ProtoError> {
+    let mut resp = z.answer(q);
+    let limit = q.edns.as_ref().map_or(512, |e| e.max_payload().max(512)) as usize;
+    let bytes = resp.to_vec()?;
+    if bytes.len() <= limit {
+        return Ok(bytes);
+    }
+    resp.answers.clear();
+    resp.authorities.clear();
+    resp.metadata.truncation = true;
+    resp.to_vec()
+}
+
 fn fqdn(name: &str) -> Name {
     Name::from_ascii(format!("{}.", name.trim_end_matches('.'))).expect("test name")
 }
@@ -189,7 +208,7 @@ impl Fixture {
                 while let Ok((len, src)) = udp.recv_from(&mut buf).await {
                     n.fetch_add(1, Ordering::SeqCst);
                     if let Ok(q) = Message::from_vec(&buf[..len]) {
-                        if let Ok(bytes) = z.answer(&q).to_vec() {
+                        if let Ok(bytes) = udp_answer(&z, &q) {
                             let _ = udp.send_to(&bytes, src).await;
                         }
                     }

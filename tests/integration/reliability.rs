@@ -290,6 +290,29 @@ fn any_is_minimal_and_big_answers_truncate_to_tcp() {
 }
 
 #[test]
+fn an_answer_the_upstream_truncates_is_fetched_over_tcp() {
+    let up = Fixture::start(Zone::standard());
+    let server = Setup::new().start(up.addr);
+    let full = Ask::new("huge.example.org", RecordType::A)
+        .tcp()
+        .send(server.addr)
+        .unwrap();
+    assert_eq!(full.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        full.answers.len(),
+        100,
+        "every record, fetched upstream over TCP"
+    );
+    let udp = Ask::new("huge.example.org", RecordType::A)
+        .send(server.addr)
+        .unwrap();
+    assert!(
+        udp.metadata.truncation,
+        "too big for the client's UDP buffer"
+    );
+}
+
+#[test]
 fn tcp_answers_pipelined_queries_in_order() {
     use std::io::{Read, Write};
     let up = Fixture::start(Zone::standard());
