@@ -97,21 +97,27 @@ async fn ask(addr: SocketAddr, query: &[u8]) -> Result<Answer, String> {
     sock.send(query).await.map_err(|e| e.to_string())?;
     loop {
         sock.readable().await.map_err(|e| e.to_string())?;
-        // Allocated once the answer is there: a thousand lookups waiting on a slow upstream
-        // cost their sockets, not a buffer each.
-        let mut buf = vec![0u8; MAX_UDP_ANSWER];
-        let n = match sock.try_recv(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e.to_string()),
-        };
-        match wire::upstream_answer(&buf[..n], query) {
-            Ok(Upstreamed::Answer { bytes, ttl }) => return Ok(Answer { bytes, ttl }),
-            Ok(Upstreamed::Truncated) => return ask_tcp(addr, query).await,
-            // Keep waiting for the real answer; the caller's timeout bounds the wait.
-            Ok(Upstreamed::Stray) => continue,
-            Err(e) => return Err(e.to_string()),
+        match read_answer(&sock, query) {
+            Ok(Some(Upstreamed::Answer { bytes, ttl })) => return Ok(Answer { bytes, ttl }),
+            Ok(Some(Upstreamed::Truncated)) => return ask_tcp(addr, query).await,
+            // Nothing yet, or a stray packet: keep waiting (the caller's timeout bounds it).
+            Ok(Some(Upstreamed::Stray)) | Ok(None) => continue,
+            Err(e) => return Err(e),
         }
+    }
+}
+
+/// Reads one datagram into a stack buffer: a plain function, so the buffer is never part of a
+/// waiting lookup's state and a thousand lookups waiting on a slow upstream cost their sockets
+/// only. `None` when nothing was there after all.
+fn read_answer(sock: &UdpSocket, query: &[u8]) -> Result<Option<Upstreamed>, String> {
+    let mut buf = [0u8; MAX_UDP_ANSWER];
+    match sock.try_recv(&mut buf) {
+        Ok(n) => wire::upstream_answer(&buf[..n], query)
+            .map(Some)
+            .map_err(str::to_string),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -312,7 +312,7 @@ impl Handler {
                 self.cache.insert(
                     q.name.as_str().as_bytes(),
                     q.qtype,
-                    answer.bytes,
+                    &answer.bytes,
                     answer.ttl,
                 );
                 if self.cache.serve(&q, buf, true).is_none() {
@@ -388,7 +388,7 @@ impl Handler {
         {
             Ok(answer) => self
                 .cache
-                .insert(target.as_bytes(), q.qtype, answer.bytes, answer.ttl),
+                .insert(target.as_bytes(), q.qtype, &answer.bytes, answer.ttl),
             Err(e) => {
                 tracing::debug!(name = target, error = %e, "upstream failed for safe search host")
             }

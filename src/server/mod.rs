@@ -176,6 +176,10 @@ const UDP_BATCH: usize = 256;
 const UDP_PER_CALL: usize = 64;
 /// Largest query read whole; a longer datagram is answered as malformed.
 const UDP_QUERY_MAX: usize = 4096;
+/// Upstream lookups one socket keeps in flight; past this a never-seen name is dropped and the
+/// client asks again. At a 20 ms upstream round trip that is 50,000 lookups a second per socket,
+/// and it bounds what a flood of unique names (or a stalled upstream) can hold in memory.
+const UPSTREAM_IN_FLIGHT: usize = 1024;
 
 /// Drains a UDP socket: after each readiness wake-up queued packets are read a batch per system
 /// call, answered into per-slot buffers, and the replies sent back in one call, without going
@@ -183,7 +187,7 @@ const UDP_QUERY_MAX: usize = 4096;
 async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelToken) {
     let mut rx = udp::RecvBatch::new(UDP_PER_CALL, UDP_QUERY_MAX);
     let mut tx = udp::SendBatch::new(UDP_PER_CALL, 1500);
-    let inflight = Arc::new(Semaphore::new(4096));
+    let inflight = Arc::new(Semaphore::new(UPSTREAM_IN_FLIGHT));
     'wait: loop {
         tokio::select! {
             r = sock.readable() => if let Err(e) = r {
@@ -229,7 +233,7 @@ async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelTok
                         let sock = sock.clone();
                         let pkt = pkt.to_vec();
                         tokio::spawn(async move {
-                            let mut out = Vec::with_capacity(512);
+                            let mut out = Vec::new();
                             if handler
                                 .answer_upstream(&pkt, src, Transport::Udp, received, &mut out)
                                 .await
@@ -256,7 +260,8 @@ async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelTok
         tokio::task::yield_now().await;
     }
     // Let spawned upstream lookups answer before the socket goes.
-    let _ = tokio::time::timeout(Duration::from_secs(3), inflight.acquire_many(4096)).await;
+    let all = UPSTREAM_IN_FLIGHT as u32;
+    let _ = tokio::time::timeout(Duration::from_secs(3), inflight.acquire_many(all)).await;
 }
 
 #[derive(Default)]
