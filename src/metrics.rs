@@ -50,6 +50,8 @@ pub struct Metrics {
     pub rate_limited: IntCounter,
     /// UDP answers the kernel refused to send (unreachable or filtered destination).
     pub udp_replies_dropped: IntCounter,
+    /// Never-seen names dropped because a socket already had its most lookups in flight.
+    pub upstream_busy: IntCounter,
     /// Times a client went over its limit (at most once a minute per client).
     pub rate_limited_clients: IntCounter,
     log_records: IntCounterVec,
@@ -156,6 +158,11 @@ impl Metrics {
                 &r,
                 "schoolgate_udp_replies_dropped_total",
                 "UDP answers the kernel refused to send (unreachable or filtered destination)",
+            ),
+            upstream_busy: counter(
+                &r,
+                "schoolgate_upstream_busy_dropped_total",
+                "Queries dropped because too many upstream lookups were already in flight",
             ),
             rate_limited_clients: counter(
                 &r,

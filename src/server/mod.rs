@@ -227,6 +227,7 @@ async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelTok
                     Outcome::Upstream => {
                         // Bound the lookups in flight so a flood of unique names cannot exhaust memory.
                         let Ok(permit) = inflight.clone().try_acquire_owned() else {
+                            handler.metrics().upstream_busy.inc();
                             continue;
                         };
                         let handler = handler.clone();

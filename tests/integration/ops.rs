@@ -299,3 +299,30 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_stalled_upstream_bounds_lookups_in_flight_and_counts_what_it_drops() {
+    // An upstream that never answers: every never-seen name waits out the timeout.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let server = Setup::new()
+        .server("rate_limit_qps = 100000\nrate_limit_burst = 100000")
+        .start(silent.local_addr().unwrap());
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..1100u16 {
+        let q = Ask::new(&format!("n{i}.example.org"), RecordType::A).bytes();
+        client.send_to(&q, server.addr).unwrap();
+    }
+    let blocked = Ask::new("pornhub.com", RecordType::A)
+        .timeout(Duration::from_millis(500))
+        .send(server.addr);
+    assert!(
+        blocked.is_some(),
+        "blocked names are still answered at once"
+    );
+    let (_, metrics) = http_get(server.admin.unwrap(), "/metrics");
+    let dropped = sample(&metrics, "schoolgate_upstream_busy_dropped_total");
+    assert!(
+        (1.0..=76.0).contains(&dropped),
+        "1,100 lookups against a bound of 1,024 in flight: {dropped} dropped"
+    );
+}
