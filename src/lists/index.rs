@@ -453,12 +453,12 @@ impl KeyTable {
 
     #[inline]
     fn slot(&self, i: usize) -> u64 {
+        // One 8-byte read, masked: the origins after the slots mean it never runs off the file.
         let at = self.slots_at + SLOT_BYTES * i;
-        let mut word = [0u8; 8];
-        if let Some(b) = self.bytes.get(at..at + SLOT_BYTES) {
-            word[..SLOT_BYTES].copy_from_slice(b);
-        }
-        u64::from_le_bytes(word)
+        self.bytes
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, |w| u64::from_le_bytes(w) & ((1 << (8 * SLOT_BYTES)) - 1))
     }
 
     /// The mask of a listed key with this hash, if it is listed.
