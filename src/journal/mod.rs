@@ -72,8 +72,13 @@ pub struct Event<'a> {
 impl Event<'_> {
     /// Blocked queries go to the breach log as well.
     pub fn is_breach(&self) -> bool {
-        self.outcome == Outcome::Decided && self.decision.is_some_and(|d| d.action.is_breach())
+        is_breach(self.outcome, self.decision)
     }
+}
+
+/// The one test of what goes to the breach log, for events and for batched records alike.
+fn is_breach(outcome: Outcome, decision: Option<Decision>) -> bool {
+    outcome == Outcome::Decided && decision.is_some_and(|d| d.action.is_breach())
 }
 
 /// Counters the metrics endpoint and the daily summary report.
@@ -200,9 +205,7 @@ impl Shared {
     fn send(&self, mut batch: Batch) {
         let access = batch.records.len() - batch.breaches;
         if access > 0 && self.queued_access.load(Ordering::Relaxed) + access > self.access_limit {
-            batch.records.retain(|r| {
-                r.outcome == Outcome::Decided && r.decision.is_some_and(|d| d.action.is_breach())
-            });
+            batch.records.retain(|r| is_breach(r.outcome, r.decision));
             self.stats
                 .access_dropped
                 .fetch_add(access as u64, Ordering::Relaxed);
@@ -244,15 +247,19 @@ thread_local! {
     static DEFERRED: RefCell<Deferred> = RefCell::default();
 }
 
-/// Sends the records this thread deferred. Call it before the task that logged them waits.
-pub fn flush_deferred() {
-    DEFERRED.with(|d| {
-        let mut d = d.borrow_mut();
-        if let Some(shared) = d.journal.take() {
-            let batch = std::mem::replace(&mut d.batch, shared.take_batch());
+impl Deferred {
+    /// Sends the batch (if any) to its journal and starts an empty one.
+    fn send(&mut self) {
+        if let Some(shared) = self.journal.take() {
+            let batch = std::mem::replace(&mut self.batch, shared.take_batch());
             shared.send(batch);
         }
-    });
+    }
+}
+
+/// Sends the records this thread deferred. Call it before the task that logged them waits.
+pub fn flush_deferred() {
+    DEFERRED.with(|d| d.borrow_mut().send());
 }
 
 impl Journal {
@@ -322,10 +329,7 @@ impl Journal {
                 .as_ref()
                 .is_some_and(|e| Arc::ptr_eq(e, event.engine));
             if !(same_journal && same_engine) || d.batch.records.len() >= BATCH_MAX {
-                if let Some(shared) = d.journal.take() {
-                    let batch = std::mem::replace(&mut d.batch, shared.take_batch());
-                    shared.send(batch);
-                }
+                d.send();
                 d.journal = Some(self.shared.clone());
                 d.batch.engine = Some(event.engine.clone());
             }
