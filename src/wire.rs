@@ -203,6 +203,16 @@ fn skip_record(p: &[u8], at: usize) -> Option<usize> {
     (end <= p.len()).then_some(end)
 }
 
+/// The offset after the first `qd` questions of a message.
+fn skip_questions(p: &[u8], qd: usize) -> Option<usize> {
+    let mut at = HEADER;
+    for _ in 0..qd {
+        let (_, _, after) = read_name(p, at)?;
+        at = after + 4;
+    }
+    Some(at)
+}
+
 /// Parses a query packet.
 pub fn parse(p: &[u8]) -> Result<Query<'_>, Reject> {
     if p.len() < HEADER {
@@ -470,11 +480,7 @@ impl<'b> Writer<'b> {
 pub fn ttl_offsets(p: &[u8]) -> Option<Vec<u16>> {
     let qd = be16(p, 4)? as usize;
     let rr = be16(p, 6)? as usize + be16(p, 8)? as usize + be16(p, 10)? as usize;
-    let mut at = HEADER;
-    for _ in 0..qd {
-        let (_, _, after) = read_name(p, at)?;
-        at = after + 4;
-    }
+    let mut at = skip_questions(p, qd)?;
     let mut out = Vec::with_capacity(rr);
     for _ in 0..rr {
         let (_, _, after) = read_name(p, at)?;
@@ -491,11 +497,7 @@ pub fn ttl_offsets(p: &[u8]) -> Option<Vec<u16>> {
 pub fn answers(p: &[u8], mut each: impl FnMut(u16, u32, &[u8])) -> Option<()> {
     let qd = be16(p, 4)? as usize;
     let an = be16(p, 6)? as usize;
-    let mut at = HEADER;
-    for _ in 0..qd {
-        let (_, _, after) = read_name(p, at)?;
-        at = after + 4;
-    }
+    let mut at = skip_questions(p, qd)?;
     for _ in 0..an {
         let (_, _, after) = read_name(p, at)?;
         let rt = be16(p, after)?;
@@ -511,11 +513,7 @@ pub fn answers(p: &[u8], mut each: impl FnMut(u16, u32, &[u8])) -> Option<()> {
 pub fn cname_targets(p: &[u8], mut each: impl FnMut(QueryName)) -> Option<()> {
     let qd = be16(p, 4)? as usize;
     let an = be16(p, 6)? as usize;
-    let mut at = HEADER;
-    for _ in 0..qd {
-        let (_, _, after) = read_name(p, at)?;
-        at = after + 4;
-    }
+    let mut at = skip_questions(p, qd)?;
     for _ in 0..an {
         let (_, _, after) = read_name(p, at)?;
         if be16(p, after)? == rtype::CNAME {
