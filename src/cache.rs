@@ -6,12 +6,12 @@
 //! sinkhole answer. Entries outlive their TTL by the serve-stale window (RFC 8767), so a
 //! flaky internet link does not take known names down with it.
 
-use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rustc_hash::{FxHashMap, FxHasher};
+use hashbrown::HashTable;
+use rustc_hash::FxHasher;
+use std::hash::{Hash, Hasher};
 
 use crate::wire::{self, Query, Writer};
 
@@ -19,41 +19,43 @@ const SHARDS: usize = 16;
 /// TTL given to stale answers (RFC 8767 suggests 30 s).
 const STALE_TTL: u32 = 30;
 
+/// One cached answer, kept in its shard's slab.
 struct Entry {
-    /// The answer's bytes, then the name, then the TTL offsets (u16 each): one allocation per
-    /// entry (three separate ones cost about 1 KB an entry in a busy server's heap).
+    /// The answer's bytes (its question names the entry), then the TTL offsets (u16 each): one
+    /// allocation per entry.
     data: Box<[u8]>,
-    bytes_len: u16,
-    name_len: u16,
-    qtype: u16,
-    stored: Instant,
+    /// The entry's hash, so the eviction hand can find it in the shard's table.
+    key: u64,
+    /// When it was stored, in milliseconds since the cache was made.
+    stored_ms: u64,
     ttl: u32,
+    bytes_len: u16,
+    qtype: u16,
     /// Served since the eviction hand last passed: popular answers get a second chance.
     used: bool,
 }
 
 impl Entry {
     fn new(
-        name: &[u8],
+        key: u64,
         qtype: u16,
         bytes: &[u8],
         offsets: &[u16],
-        now: Instant,
+        stored_ms: u64,
         ttl: u32,
     ) -> Option<Self> {
-        let mut data = Vec::with_capacity(bytes.len() + name.len() + 2 * offsets.len());
+        let mut data = Vec::with_capacity(bytes.len() + 2 * offsets.len());
         data.extend_from_slice(bytes);
-        data.extend_from_slice(name);
         offsets
             .iter()
             .for_each(|o| data.extend_from_slice(&o.to_le_bytes()));
         Some(Entry {
             data: data.into_boxed_slice(),
-            bytes_len: u16::try_from(bytes.len()).ok()?,
-            name_len: u16::try_from(name.len()).ok()?,
-            qtype,
-            stored: now,
+            key,
+            stored_ms,
             ttl,
+            bytes_len: u16::try_from(bytes.len()).ok()?,
+            qtype,
             used: false,
         })
     }
@@ -62,16 +64,16 @@ impl Entry {
         &self.data[..self.bytes_len as usize]
     }
 
-    fn name(&self) -> &[u8] {
-        let at = self.bytes_len as usize;
-        &self.data[at..at + self.name_len as usize]
-    }
-
     fn ttl_offsets(&self) -> impl Iterator<Item = usize> + '_ {
-        let at = self.bytes_len as usize + self.name_len as usize;
-        self.data[at..]
+        self.data[self.bytes_len as usize..]
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]) as usize)
+    }
+
+    /// Past its TTL and the serve-stale window: worth nothing.
+    fn dead(&self, now_ms: u64, stale_window: Duration) -> bool {
+        let age = Duration::from_millis(now_ms.saturating_sub(self.stored_ms));
+        age >= Duration::from_secs(self.ttl.into()) + stale_window
     }
 }
 
@@ -107,36 +109,39 @@ pub struct AnswerCache {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
     stale_window: Duration,
+    epoch: Instant,
 }
 
-/// One shard: the entries, and their keys in the order the eviction hand visits them (CLOCK:
-/// a used entry goes round again with its mark cleared, an unused or dead one is evicted), so
-/// making room costs a few steps however full the cache is.
+/// One shard: entries in a slab that never grows past the shard's share, and a table of slab
+/// indices by hash (4 bytes a bucket). Eviction is CLOCK over the slab: a used entry goes round
+/// again with its mark cleared, an unused or dead one is replaced, so making room costs a few
+/// steps however full the cache is.
 #[derive(Default)]
 struct Shard {
-    map: FxHashMap<u64, Entry>,
-    hand: VecDeque<u64>,
+    slab: Vec<Entry>,
+    table: HashTable<u32>,
+    hand: usize,
 }
 
 impl Shard {
-    /// Evicts one entry: the first dead (past the stale window) or unused one the hand meets.
-    fn evict(&mut self, now: Instant, stale_window: Duration) {
-        // Every entry is passed at most twice: the second time its mark is clear.
-        for _ in 0..2 * self.hand.len() {
-            let Some(k) = self.hand.pop_front() else {
-                return;
-            };
-            let Some(e) = self.map.get_mut(&k) else {
-                continue;
-            };
-            let dead =
-                now.duration_since(e.stored) >= Duration::from_secs(e.ttl.into()) + stale_window;
-            if dead || !e.used {
-                self.map.remove(&k);
-                return;
+    fn find(&self, key: u64) -> Option<usize> {
+        self.table
+            .find(key, |&i| self.slab[i as usize].key == key)
+            .map(|&i| i as usize)
+    }
+
+    /// The slab index the next entry goes to once the shard is full: the first dead (past the
+    /// stale window) or unused entry the hand meets. Every entry is passed at most twice: the
+    /// second time its mark is clear.
+    fn victim(&mut self, now_ms: u64, stale_window: Duration) -> usize {
+        loop {
+            let i = self.hand;
+            self.hand = (self.hand + 1) % self.slab.len();
+            let e = &mut self.slab[i];
+            if !e.used || e.dead(now_ms, stale_window) {
+                return i;
             }
             e.used = false;
-            self.hand.push_back(k);
         }
     }
 }
@@ -155,7 +160,12 @@ impl AnswerCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
             stale_window,
+            epoch: Instant::now(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Stores an encoded answer (ID 0, question in lower case) for `ttl` seconds.
@@ -164,22 +174,34 @@ impl AnswerCache {
             return;
         };
         let k = key(name, qtype);
-        let now = Instant::now();
+        let now_ms = self.now_ms();
+        let Some(entry) = Entry::new(k, qtype, bytes, &ttl_offsets, now_ms, ttl) else {
+            return;
+        };
         let mut shard = self.shards[k as usize % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let Some(entry) = Entry::new(name, qtype, bytes, &ttl_offsets, now, ttl) else {
+        let shard = &mut *shard;
+        if let Some(i) = shard.find(k) {
+            shard.slab[i] = entry;
             return;
+        }
+        let slot = if shard.slab.len() < self.per_shard {
+            shard.slab.push(entry);
+            shard.slab.len() - 1
+        } else {
+            let i = shard.victim(now_ms, self.stale_window);
+            let old = shard.slab[i].key;
+            if let Ok(found) = shard.table.find_entry(old, |&j| j as usize == i) {
+                found.remove();
+            }
+            shard.slab[i] = entry;
+            i
         };
-        if let Some(old) = shard.map.get_mut(&k) {
-            *old = entry;
-            return;
-        }
-        if shard.map.len() >= self.per_shard {
-            shard.evict(now, self.stale_window);
-        }
-        shard.map.insert(k, entry);
-        shard.hand.push_back(k);
+        let slab = &shard.slab;
+        shard
+            .table
+            .insert_unique(k, slot as u32, |&j| slab[j as usize].key);
     }
 
     /// Writes the cached answer for `q` into `buf`, or returns `None` on a miss. Stale answers
@@ -237,15 +259,17 @@ impl AnswerCache {
         f: impl FnOnce(&Entry, Aging) -> R,
     ) -> Option<R> {
         let k = key(name, qtype);
+        let now_ms = self.now_ms();
         let mut shard = self.shards[k as usize % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let e = shard.map.get_mut(&k)?;
-        if e.name() != name || e.qtype != qtype {
+        let i = shard.find(k)?;
+        let e = &mut shard.slab[i];
+        if e.qtype != qtype || !wire::asks_for(e.bytes(), name, qtype) {
             return None;
         }
         e.used = true;
-        let age = e.stored.elapsed();
+        let age = Duration::from_millis(now_ms.saturating_sub(e.stored_ms));
         let ttl = Duration::from_secs(e.ttl.into());
         let expired = age >= ttl;
         if expired && (!allow_stale || age >= ttl + self.stale_window) {
@@ -262,7 +286,7 @@ impl AnswerCache {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().map(|s| s.map.len()).unwrap_or(0))
+            .map(|s| s.lock().map(|s| s.slab.len()).unwrap_or(0))
             .sum()
     }
 
@@ -310,5 +334,27 @@ mod tests {
             assert!(hit.is_some(), "evicted after {i} one-off names");
         }
         assert!(cache.len() <= SHARDS * 4);
+    }
+
+    #[test]
+    fn a_full_cache_answers_each_name_with_its_own_answer() {
+        let cache = AnswerCache::new(SHARDS * 8, Duration::ZERO);
+        for round in 0..3 {
+            for i in 0..SHARDS * 20 {
+                let name = format!("n{i}.r{round}.example");
+                cache.insert(name.as_bytes(), 1, &encoded(&name), 300);
+            }
+        }
+        let mut found = 0;
+        for i in 0..SHARDS * 20 {
+            let name = format!("n{i}.r2.example");
+            if let Some(same) = cache.read(name.as_bytes(), 1, false, |b, _| b == encoded(&name)) {
+                assert!(same, "{name} served another name's answer");
+                found += 1;
+            }
+            assert!(cache.read(name.as_bytes(), 28, false, |_, _| ()).is_none());
+        }
+        assert!(found > 0);
+        assert!(cache.len() <= SHARDS * 8);
     }
 }

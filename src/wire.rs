@@ -475,6 +475,32 @@ impl<'b> Writer<'b> {
     }
 }
 
+/// Whether an encoded message's first question is `name` (dotted, no final dot, any case) with
+/// type `qtype`: how a cached answer says which name it is for without keeping a second copy.
+pub fn asks_for(p: &[u8], name: &[u8], qtype: u16) -> bool {
+    let Some((labels, n, after)) = read_name(p, HEADER) else {
+        return false;
+    };
+    let mut rest = name;
+    for (i, &(at, len)) in labels[..n].iter().enumerate() {
+        let label = &p[at as usize..at as usize + len as usize];
+        let Some(head) = rest.get(..label.len()) else {
+            return false;
+        };
+        if !head.eq_ignore_ascii_case(label) {
+            return false;
+        }
+        rest = &rest[label.len()..];
+        if i + 1 < n {
+            match rest.split_first() {
+                Some((b'.', tail)) => rest = tail,
+                _ => return false,
+            }
+        }
+    }
+    rest.is_empty() && be16(p, after) == Some(qtype)
+}
+
 /// Offsets of every TTL in an encoded message (answer, authority, additional except OPT), so a
 /// cached answer can be aged in place.
 pub fn ttl_offsets(p: &[u8]) -> Option<Vec<u16>> {
@@ -794,5 +820,16 @@ mod tests {
         let mut seen = Vec::new();
         answers(&buf, |t, ttl, rd| seen.push((t, ttl, rd.len()))).unwrap();
         assert_eq!(seen, vec![(rtype::CNAME, 300, 28), (rtype::A, 200, 4)]);
+    }
+
+    #[test]
+    fn asks_for_reads_the_first_question() {
+        let q = upstream_query(7, "www.Example.org", 1);
+        assert!(asks_for(&q, b"www.example.org", 1));
+        assert!(!asks_for(&q, b"www.example.org", 28));
+        assert!(!asks_for(&q, b"example.org", 1));
+        assert!(!asks_for(&q, b"www.example.org.uk", 1));
+        assert!(!asks_for(&q, b"wwwXexample.org", 1));
+        assert!(!asks_for(&q[..20], b"www.example.org", 1));
     }
 }
