@@ -180,6 +180,10 @@ impl Batch {
 
 /// Records a batch holds before it is sent even without a flush.
 const BATCH_MAX: usize = 256;
+/// Emptied batches kept for reuse. A batch keeps its capacity (about 40 KB when full), so
+/// keeping every batch a burst needed held 2-3 MB of heap for good; a few cover the steady
+/// flow of the two UDP loops, and a burst beyond them allocates and frees.
+const SPARE_BATCHES: usize = 8;
 
 /// What the handles share with each other and the writer's counters.
 struct Shared {
@@ -277,7 +281,7 @@ impl Journal {
     ) -> std::io::Result<Journal> {
         writer::prepare_dir(&logs.dir)?;
         let (batches, batch_rx) = crossbeam_channel::unbounded();
-        let (spare_tx, spare) = crossbeam_channel::bounded(64);
+        let (spare_tx, spare) = crossbeam_channel::bounded(SPARE_BATCHES);
         let (control, control_rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(Stats::default());
         let shared = Arc::new(Shared {
