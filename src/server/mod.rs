@@ -174,8 +174,11 @@ pub async fn serve(
 const UDP_BATCH: usize = 256;
 /// Datagrams moved per `recvmmsg`/`sendmmsg` call.
 const UDP_PER_CALL: usize = 64;
-/// Largest query read whole; a longer datagram is answered as malformed.
-const UDP_QUERY_MAX: usize = 4096;
+/// Largest query read whole; a longer datagram is answered as malformed. A query is one
+/// question and an OPT record: even with cookies and client subnet it is a few hundred bytes,
+/// and one longer than a network frame would arrive in fragments that resolvers avoid (DNS Flag
+/// Day 2020). Each socket keeps [`UDP_PER_CALL`] buffers of this size.
+const UDP_QUERY_MAX: usize = 1500;
 /// Upstream lookups one socket keeps in flight; past this a never-seen name is dropped and the
 /// client asks again. At a 20 ms upstream round trip that is 50,000 lookups a second per socket,
 /// and it bounds what a flood of unique names (or a stalled upstream) can hold in memory.
