@@ -11,7 +11,7 @@
 //! clients that do not chase CNAMEs still reach the safe host.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -76,6 +76,29 @@ struct Ctx<'a, 'q> {
     received: Instant,
     /// Logged into this thread's journal batch: the UDP loop flushes it before it waits.
     deferred: bool,
+}
+
+impl<'a, 'q> Ctx<'a, 'q> {
+    /// Identifies the client (by `addr`, already canonical, or the router's hint for it).
+    fn new(
+        snap: &'a Snapshot,
+        q: &'a Query<'q>,
+        addr: IpAddr,
+        transport: Transport,
+        received: Instant,
+        deferred: bool,
+    ) -> Self {
+        Ctx {
+            snap,
+            client: snap
+                .engine
+                .identify_query(addr, q.edns.and_then(|e| e.hint)),
+            q,
+            transport,
+            received,
+            deferred,
+        }
+    }
 }
 
 /// How a query ended, for counting and logging.
@@ -153,15 +176,14 @@ impl Handler {
         let snap = self.snapshot.load();
         let engine = &snap.engine;
         let addr = crate::clients::canonical(src.ip());
-        let client = engine.identify_query(addr, q.edns.and_then(|e| e.hint));
-        let cx = Ctx {
-            snap: &snap,
-            client,
-            q: &q,
+        let cx = Ctx::new(
+            &snap,
+            &q,
+            addr,
             transport,
             received,
-            deferred: transport == Transport::Udp,
-        };
+            transport == Transport::Udp,
+        );
         if !engine
             .config()
             .client_networks
@@ -176,11 +198,11 @@ impl Handler {
             );
             return self.done(&cx, buf, Done::refused());
         }
-        match self.limiter.check(client.addr, received) {
+        match self.limiter.check(cx.client.addr, received) {
             Verdict::Pass => {}
             verdict => {
                 self.metrics.rate_limited.inc();
-                snap.counters.count("ratelimited", None, client.group);
+                snap.counters.count("ratelimited", None, cx.client.group);
                 if let Verdict::Report(_) = verdict {
                     self.metrics.rate_limited_clients.inc();
                 }
@@ -189,8 +211,8 @@ impl Handler {
                         time: journal_time(engine),
                         kind: "rate_limited".into(),
                         count: n,
-                        client: Some(client.addr.to_string()),
-                        detail: engine.client_name(&client).map(str::to_string),
+                        client: Some(cx.client.addr.to_string()),
+                        detail: engine.client_name(&cx.client).map(str::to_string),
                     });
                 }
                 // Over UDP say nothing (no amplification); over TCP the client deserves a reason.
@@ -205,7 +227,7 @@ impl Handler {
             self.error(&q, buf, rcode::REFUSED, None);
             return self.done(&cx, buf, Done::refused());
         }
-        let decision = engine.decide(&client, &q.name, Utc::now());
+        let decision = engine.decide(&cx.client, &q.name, Utc::now());
         match decision.action {
             Action::Nxdomain => {
                 let mut w = Writer::respond(buf, &q, rcode::NXDOMAIN, false);
@@ -258,7 +280,7 @@ impl Handler {
                     return Outcome::Upstream;
                 }
                 self.metrics.cache_hits.inc();
-                match self.cloaked(engine, &client, buf) {
+                match self.cloaked(engine, &cx.client, buf) {
                     Some((blocked, target)) => {
                         self.sinkhole(engine, &q, &blocked, Some(&target), buf);
                         self.done(&cx, buf, Done::decided(blocked, Some(&target)))
@@ -286,17 +308,10 @@ impl Handler {
         };
         // One snapshot for the whole query, held across the lookup (an `Arc`, not a guard).
         let snap = self.snapshot.load_full();
+        let addr = crate::clients::canonical(src.ip());
+        let cx = Ctx::new(&snap, &q, addr, transport, received, false);
         let engine = &snap.engine;
-        let client = engine.identify_query(src.ip(), q.edns.and_then(|e| e.hint));
-        let decision = engine.decide(&client, &q.name, Utc::now());
-        let cx = Ctx {
-            snap: &snap,
-            client,
-            q: &q,
-            transport,
-            received,
-            deferred: false,
-        };
+        let decision = engine.decide(&cx.client, &q.name, Utc::now());
         if decision.action == Action::Rewrite {
             return self.rewrite_upstream(&cx, decision, buf).await;
         }
@@ -319,7 +334,7 @@ impl Handler {
                     self.error(&q, buf, rcode::SERVFAIL, None);
                     return self.done(&cx, buf, Done::servfail());
                 }
-                match self.cloaked(engine, &client, buf) {
+                match self.cloaked(engine, &cx.client, buf) {
                     Some((blocked, target)) => {
                         self.sinkhole(engine, &q, &blocked, Some(&target), buf);
                         return self.done(&cx, buf, Done::decided(blocked, Some(&target)));
