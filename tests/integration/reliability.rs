@@ -531,6 +531,68 @@ fn one_device_cannot_hold_every_tcp_connection() {
     assert!(other.is_some_and(|m| addresses(&m) == vec!["0.0.0.0"]));
 }
 
+/// Whether the server has closed this connection (a read sees end of file) within `wait`.
+fn closed_within(s: &mut std::net::TcpStream, wait: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(wait)).unwrap();
+    matches!(s.read(&mut [0u8; 1]), Ok(0))
+}
+
+#[test]
+fn the_server_holds_no_more_tcp_connections_than_its_cap() {
+    let up = Fixture::start(Zone::standard());
+    let server = Setup::new().start(up.addr);
+    let cap = schoolgate::server::MAX_TCP_CONNECTIONS;
+    let per = schoolgate::server::MAX_TCP_PER_CLIENT;
+    // Many devices, each within its own limit, fill the server's connections between them.
+    let mut held = Vec::new();
+    for i in 0..cap {
+        let from = format!("127.0.{}.{}", 10 + i / per / 200, 1 + i / per % 200);
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(
+            &format!("{from}:0")
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+        sock.connect(&server.addr.into()).unwrap();
+        held.push(std::net::TcpStream::from(sock));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // One more device gets its connection closed at once rather than queued forever...
+    let mut extra = std::net::TcpStream::connect(server.addr).unwrap();
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(2)),
+        "a connection over the server's cap of {cap} was kept"
+    );
+    // ...and is served again as soon as others hang up.
+    held.truncate(cap - 8);
+    std::thread::sleep(Duration::from_millis(300));
+    let answer = Ask::new("pornhub.com", RecordType::A)
+        .tcp()
+        .send(server.addr);
+    assert!(answer.is_some_and(|m| addresses(&m) == vec!["0.0.0.0"]));
+}
+
+#[test]
+fn an_idle_tcp_connection_is_closed() {
+    let up = Fixture::start(Zone::standard());
+    let server = Setup::new().start(up.addr);
+    let mut idle = std::net::TcpStream::connect(server.addr).unwrap();
+    let limit = schoolgate::server::TCP_IDLE_TIMEOUT;
+    assert!(
+        !closed_within(&mut idle, limit / 2),
+        "closed before the idle limit"
+    );
+    assert!(
+        closed_within(&mut idle, limit),
+        "an idle connection was still open after {:?}",
+        limit * 3 / 2
+    );
+}
+
 /// Every address the server logged as listening on (it logs one line per listen address).
 fn listening(server: &crate::harness::Server) -> Vec<std::net::SocketAddr> {
     server
