@@ -28,7 +28,7 @@ const SERVE_STALE: Duration = Duration::from_secs(3600);
 
 pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_tracing(args.log_format);
-    one_malloc_arena();
+    tune_malloc();
     let ServeArgs {
         listen,
         upstream,
@@ -195,6 +195,7 @@ async fn reloader(
                 tracing::error!(?trigger, "reload failed, previous lists stay in force: {e}");
             }
         }
+        let _ = tokio::task::spawn_blocking(release_freed_memory).await;
     }
 }
 
@@ -223,15 +224,33 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// One malloc arena for the whole server. glibc gives each thread that allocates its own arena
-/// and keeps what was freed in it: upstream lookups run on every tokio worker, so each worker's
-/// arena grew to its own high-water mark (measured: 19 MiB of heap after 5,000 lookups with
-/// the default, 14 MiB with one arena). The query path itself does not allocate, so the shared
-/// arena's lock is not contended there.
-fn one_malloc_arena() {
+/// glibc allocator tuning for a long-running server, set before its threads start.
+///
+/// One arena: glibc gives each thread that allocates its own arena and keeps what was freed in
+/// it: upstream lookups run on every tokio worker, so each worker's arena grew to its own
+/// high-water mark (measured: 19 MiB of heap after 5,000 lookups with the default, 14 MiB with
+/// one arena). The query path itself does not allocate, so the shared arena's lock is not
+/// contended there.
+///
+/// A fixed mmap threshold: by default glibc raises it after a large block is freed, so after
+/// one reload the next reload's multi-megabyte buffers came from the heap and stayed resident
+/// (measured: 21 MiB of free heap held after a reload of 1,000,000 names). Fixed, every large
+/// buffer is mapped and returned to the system when freed.
+fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; called before the server's threads start.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
+/// Hands the heap pages a reload freed back to the system: compiling lists and diffing them
+/// for the change log frees many small blocks that glibc would otherwise keep.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages; it is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
