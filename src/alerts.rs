@@ -76,6 +76,14 @@ struct Delivery {
     retries: u32,
 }
 
+/// Whether a reload changed anything an [`Alerter`] was started with.
+pub fn settings_changed(old: &Config, new: &Config) -> bool {
+    old.alerts != new.alerts
+        || old.smtp != new.smtp
+        || old.report.school != new.report.school
+        || old.time_zone != new.time_zone
+}
+
 impl Alerter {
     /// Starts the delivery thread, or returns `None` when no webhook or recipients are set.
     pub fn start(config: &Config) -> Result<Option<Alerter>, AlertError> {

@@ -218,7 +218,7 @@ pub struct Report {
 }
 
 /// Immediate alerts for alert-flagged categories.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alerts {
     /// At most one message per client and category per window.
     pub window: std::time::Duration,
@@ -231,7 +231,7 @@ pub struct Alerts {
 }
 
 /// The mail server reports and alerts are sent through.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Smtp {
     /// Server host name.
     pub host: String,

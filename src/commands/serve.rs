@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use schoolgate::admin;
-use schoolgate::alerts::Alerter;
+use schoolgate::alerts::{self, Alerter};
 use schoolgate::cache::AnswerCache;
 use schoolgate::journal::Journal;
 use schoolgate::lists::refresh_forever;
@@ -121,6 +121,7 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         tokio::task::spawn_blocking(move || reload::record_changes(&startup_config));
         tokio::spawn(reloader(
             handler.clone(),
+            journal.clone(),
             config_path.to_path_buf(),
             adjust,
             rx,
@@ -170,11 +171,13 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 async fn reloader(
     handler: Arc<Handler>,
+    journal: Journal,
     config_path: std::path::PathBuf,
     adjust: Adjust,
     mut rx: mpsc::Receiver<Trigger>,
 ) {
     while let Some(trigger) = rx.recv().await {
+        let before = handler.engine().config().clone();
         match reload::reload(&handler, &config_path, &adjust).await {
             ReloadResult::Applied {
                 recompiled,
@@ -189,6 +192,18 @@ async fn reloader(
                     took_ms = took.as_millis() as u64,
                     "reloaded"
                 );
+                let after = handler.engine().config().clone();
+                if alerts::settings_changed(&before, &after) {
+                    match Alerter::start(&after) {
+                        Ok(a) => {
+                            tracing::info!(on = a.is_some(), "alert settings applied");
+                            journal.replace_alerts(a);
+                        }
+                        Err(e) => tracing::error!(
+                            "new alert settings not applied, the previous ones stay: {e}"
+                        ),
+                    }
+                }
             }
             ReloadResult::Failed(e) => {
                 handler.metrics().reloaded(false);

@@ -103,6 +103,7 @@ pub struct Stats {
 enum Msg {
     Notice(Notice),
     Flush(Sender<()>),
+    Alerts(Option<Alerter>),
 }
 
 /// Records one thread logged, decided by one engine. The names share `text`.
@@ -346,6 +347,12 @@ impl Journal {
         let _ = self.shared.control.send(Msg::Notice(notice));
     }
 
+    /// Hands breaches to `alerts` from now on (after a reload changed the alert settings); the
+    /// previous alerter's thread delivers what it has queued, then ends.
+    pub fn replace_alerts(&self, alerts: Option<Alerter>) {
+        let _ = self.shared.control.send(Msg::Alerts(alerts));
+    }
+
     /// Writes everything queued so far and waits (at most `timeout`) until it is on disk.
     pub fn flush(&self, timeout: Duration) -> bool {
         flush_deferred();
@@ -389,6 +396,7 @@ fn run(mut d: Drain) {
         crossbeam_channel::select! {
             recv(d.control) -> msg => match msg {
                 Ok(Msg::Notice(n)) => d.w.notice(&n),
+                Ok(Msg::Alerts(a)) => d.alerts = a,
                 Ok(Msg::Flush(done)) => {
                     d.drain();
                     d.w.flush();

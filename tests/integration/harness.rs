@@ -92,10 +92,15 @@ impl Setup {
     }
 
     /// The config file path (written on each call).
+    /// Where [`Setup::config`] writes the config, for tests that edit it under a running server.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config/schoolgate.toml")
+    }
+
     pub fn config(&self) -> PathBuf {
         let cfg_dir = self.dir.path().join("config");
         std::fs::create_dir_all(&cfg_dir).expect("mkdir config");
-        let path = cfg_dir.join("schoolgate.toml");
+        let path = self.config_path();
         let has_default_group = self.extra.contains("[groups.default]");
         let text = format!(
             r#"[server]

@@ -3,7 +3,7 @@
 //! the change-control log, and remote sources with their last good copy.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,13 +43,9 @@ fn append(path: &Path, text: &str) {
     f.write_all(text.as_bytes()).unwrap();
 }
 
-fn config_path(setup: &Setup) -> PathBuf {
-    setup.dir.path().join("config/schoolgate.toml")
-}
-
 /// The change-control log as `schoolgate changes --json` prints it.
 fn changes(setup: &Setup) -> Vec<Value> {
-    let (ok, out, err) = run(&config_path(setup), &["changes", "--json"]);
+    let (ok, out, err) = run(&setup.config_path(), &["changes", "--json"]);
     assert!(ok, "{err}");
     out.lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -178,7 +174,7 @@ fn a_broken_config_keeps_the_server_filtering() {
     let setup = Setup::new();
     let server = setup.start(up.addr);
     fs::write(
-        config_path(&setup),
+        setup.config_path(),
         "[server]\nlisten = [\"127.0.0.1:0\"]\n[lists\n",
     )
     .unwrap();
@@ -313,7 +309,7 @@ fn technician_edits_are_written_to_the_list_and_recorded_once() {
     let up = Fixture::start(Zone::standard());
     let setup = Setup::new();
     let server = setup.start(up.addr);
-    let cfg = config_path(&setup);
+    let cfg = setup.config_path();
 
     let reloads = count(&server, "reloaded");
     let (ok, out, err) = run(
@@ -561,7 +557,7 @@ fn edits_made_while_the_server_is_down_are_recorded_at_start_up_once() {
         changes_by(&setup, "initial load", "social_media").len() == 1
     }));
     drop(first);
-    let cfg = config_path(&setup);
+    let cfg = setup.config_path();
     append(&setup.list_path("gambling.txt"), "example.org\n");
     let (ok, _, err) = run(
         &cfg,
@@ -732,7 +728,7 @@ fn a_config_edit_to_what_a_group_blocks_is_in_the_change_log() {
         staff_gambling(),
         "staff may reach gambling sites before the edit"
     );
-    let path = config_path(&setup);
+    let path = setup.config_path();
     let text = fs::read_to_string(&path).unwrap().replace(
         "[groups.staff]\nblock = [\"illegal\", \"adult\"]",
         "[groups.staff]\nblock = [\"illegal\", \"adult\", \"gambling\"]",

@@ -512,6 +512,39 @@ fn alerts_arrive_at_once_by_webhook_and_email_once_per_window() {
 }
 
 #[test]
+fn changed_alert_settings_apply_on_reload() {
+    let up = Fixture::start(Zone::standard());
+    let (old_port, old_hooks) = webhook_listener(0);
+    let (new_port, new_hooks) = webhook_listener(0);
+    let setup = school().toml(&format!(
+        "[alerts]\nwebhook = \"http://127.0.0.1:{old_port}/alert\"\n"
+    ));
+    let server = setup.start(up.addr);
+    ask(&server, "127.0.0.3", "iwf-test.schoolgate.test");
+    assert!(old_hooks.recv_timeout(Duration::from_secs(10)).is_ok());
+
+    // The safeguarding lead's webhook moves: the technician edits the config, no restart.
+    let path = setup.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(&old_port.to_string(), &new_port.to_string()),
+    )
+    .unwrap();
+    assert!(
+        server.wait_for_log("alert settings applied", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    ask(&server, "127.0.0.2", "iwf-test.schoolgate.test");
+    let got = new_hooks
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the alert goes to the new webhook");
+    assert_eq!(got["client"], "127.0.0.2");
+    assert!(old_hooks.recv_timeout(Duration::from_millis(500)).is_err());
+}
+
+#[test]
 fn failed_alert_delivery_is_retried_without_holding_up_dns() {
     let up = Fixture::start(Zone::standard());
     let (port, hooks) = webhook_listener(1);
