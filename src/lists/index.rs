@@ -9,12 +9,13 @@
 //!
 //! The query path does not walk the FST, though: an FST walk over a million random names is
 //! about twenty dependent reads, nearly all cache misses (1-4 us per query at 1-10 million
-//! names). Beside `index.fst` the build writes `index.table`, an open-addressing hash table of
-//! every listed key (a 40-bit fingerprint and a mask class per 6-byte slot). A lookup hashes the
-//! reversed key once, left to right, and probes the table at each label boundary: one or two
-//! cache lines per label, a few hundred nanoseconds whatever the list size. The FST stays the
-//! record of what is listed (explanations and `origin` read it) and the fallback when the
-//! table cannot be used.
+//! names). Beside `index.fst` the build writes `index.table`, a bucketised cuckoo hash table of
+//! every listed key (a 40-bit fingerprint and a mask class per 6-byte slot, four slots a bucket,
+//! each key in one of two buckets), which fills to 94% where linear probing needed 25% spare. A
+//! lookup hashes the reversed key once, left to right, and probes the table at each label
+//! boundary: two independent bucket reads per label, a few hundred nanoseconds whatever the list
+//! size. The FST stays the record of what is listed (explanations and `origin` read it) and the
+//! fallback when the table cannot be used.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -237,12 +238,26 @@ impl DomainIndex {
 }
 
 /// Marks a table file and its layout; a file without it is rebuilt, never trusted.
-const TABLE_MAGIC: &[u8; 8] = b"SGKTAB03";
-/// Bytes per slot: a 40-bit fingerprint and the mask class. With the home slot taken from the
-/// hash's top bits and the fingerprint from its low 40, an unlisted name matches a slot it is
-/// compared with once in about a trillion comparisons; 6 bytes instead of 8 keep the table (which
-/// every query probes, so all of it ends up resident) a quarter smaller.
+const TABLE_MAGIC: &[u8; 8] = b"SGKTAB04";
+/// Bytes per slot: a 40-bit fingerprint and the mask class. A lookup compares the fingerprint
+/// with the [`BUCKET_SLOTS`] slots of each of a key's two buckets, 8 comparisons per probe; the
+/// fingerprint is the hash's low 40 bits and the buckets come from its high bits and from a
+/// remix of all of it, so an unlisted name matches a slot it is compared with once in about a
+/// trillion comparisons (about 8 x 2^-40 per probe, a few probes per query). 6 bytes instead of
+/// 8 keep the table (which every query probes, so all of it ends up resident) a quarter smaller.
 const SLOT_BYTES: usize = 6;
+/// Slots per bucket: with two buckets per key, four slots let the table fill to 94% and still
+/// place every key in a few moves.
+const BUCKET_SLOTS: usize = 4;
+const BUCKET_BYTES: usize = BUCKET_SLOTS * SLOT_BYTES;
+/// Keys per slot, in percent.
+const TABLE_LOAD_PERCENT: usize = 94;
+/// Moves one insert may make before the builder gives up and grows the table.
+const MAX_KICKS: usize = 500;
+/// Times the builder grows the table by 5% before it falls back to the FST walk.
+const MAX_GROWTHS: usize = 4;
+/// Seed of the kick walk: a fixed one, so the same lists give the same file.
+const KICK_SEED: u64 = 0x5C40_0C0E_7AB1_E5ED;
 
 /// Where a listed key came from, packed in 32 bits beside its slot: the source file's index in
 /// its list (high 8 bits, plus one) and the line (low 24 bits). Zero: not kept.
@@ -273,8 +288,6 @@ impl Origin {
         self.0 & ((1 << Self::LINE_BITS) - 1)
     }
 }
-/// Slots per key: low enough that probes stay within a cache line or two.
-const TABLE_LOAD: (usize, usize) = (4, 3);
 /// Mask classes a slot can name (its low byte).
 const MAX_CLASSES: usize = 256;
 
@@ -287,15 +300,20 @@ fn hash_step(h: u64, b: u8) -> u64 {
 
 const HASH_START: u64 = 0xCBF2_9CE4_8422_2325;
 
-/// Spreads a prefix hash over all 64 bits (murmur3's finaliser), mixing in the length.
+/// murmur3's 64-bit finaliser: every output bit depends on every input bit.
 #[inline]
-fn hash_finish(h: u64, len: usize) -> u64 {
-    let mut x = h ^ (len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+fn fmix(mut x: u64) -> u64 {
     x ^= x >> 33;
     x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
     x ^= x >> 33;
     x = x.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
     x ^ (x >> 33)
+}
+
+/// Spreads a prefix hash over all 64 bits, mixing in the length.
+#[inline]
+fn hash_finish(h: u64, len: usize) -> u64 {
+    fmix(h ^ (len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 fn key_hash(key: &[u8]) -> u64 {
@@ -305,34 +323,78 @@ fn key_hash(key: &[u8]) -> u64 {
     )
 }
 
-/// The slot a hash starts probing at (the high bits, spread over the table).
+/// Scales 64 random bits to `0..n` (the high bits, spread over the table).
 #[inline]
-fn home(hash: u64, slots: usize) -> usize {
-    ((u128::from(hash) * slots as u128) >> 64) as usize
+fn home(hash: u64, n: usize) -> usize {
+    ((u128::from(hash) * n as u128) >> 64) as usize
+}
+
+/// A key's two buckets: one from the hash's high bits, one from a remix of all its bits. Neither
+/// may come from the fingerprint's bits alone, or keys in a bucket would share fingerprint bits
+/// and unlisted names would match them far more often.
+#[inline]
+fn buckets_of(hash: u64, buckets: usize) -> (usize, usize) {
+    let b1 = home(hash, buckets);
+    let b2 = home(fmix(hash ^ 0x2545_F491_4F6C_DD1D), buckets);
+    let b2 = if b2 != b1 {
+        b2
+    } else if b1 + 1 == buckets {
+        0
+    } else {
+        b1 + 1
+    };
+    (b1, b2)
 }
 
 /// The stored fingerprint, shifted above the class byte: the hash's low 40 bits (independent of
-/// the home slot), never zero (zero is an empty slot).
+/// the buckets), never zero (zero is an empty slot).
 #[inline]
 fn fingerprint(hash: u64) -> u64 {
     (hash & 0xFF_FFFF_FFFF).max(1) << 8
 }
 
-/// Collects keys while the FST is written, then writes the table file.
+/// Collects keys while the FST is written, then lays out and writes the table file.
 struct TableBuilder {
-    slots: Vec<u64>,
-    /// Parallel to `slots`.
+    /// Full hashes, kept so the layout can move keys between their two buckets.
+    hashes: Vec<u64>,
+    /// Parallel to `hashes`.
+    classes_of: Vec<u8>,
     origins: Vec<u32>,
     classes: Vec<u64>,
     overflow: bool,
 }
 
+/// Keys ahead of the one being placed whose buckets are asked for early: over a large table each
+/// bucket is a cache miss, and asking ahead lets a few dozen of them overlap.
+const PREFETCH_AHEAD: usize = 16;
+
+/// Asks for the cache line holding `slots[at]`, without waiting for it.
+#[inline]
+fn prefetch(slots: &[u32], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(p) = slots.get(at) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch is only a hint: it reads nothing the program sees and cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(p).cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (slots, at);
+}
+
+/// Marks a free slot in the layout.
+const FREE: u32 = u32::MAX;
+
+/// A free slot of bucket `b` in the layout.
+fn free_in(slots: &[u32], b: usize) -> Option<usize> {
+    (b * BUCKET_SLOTS..(b + 1) * BUCKET_SLOTS).find(|&s| slots[s] == FREE)
+}
+
 impl TableBuilder {
     fn new(most_keys: usize) -> Self {
-        let slots = (most_keys * TABLE_LOAD.0 / TABLE_LOAD.1).max(8);
         TableBuilder {
-            slots: vec![0; slots],
-            origins: vec![0; slots],
+            hashes: Vec::with_capacity(most_keys),
+            classes_of: Vec::with_capacity(most_keys),
+            origins: Vec::with_capacity(most_keys),
             classes: Vec::new(),
             overflow: false,
         }
@@ -351,42 +413,136 @@ impl TableBuilder {
                 return;
             }
         };
-        let hash = key_hash(key);
-        let fp = fingerprint(hash);
-        let n = self.slots.len();
-        let mut i = home(hash, n);
-        while self.slots[i] != 0 {
-            i = if i + 1 == n { 0 } else { i + 1 };
+        if self.hashes.len() >= FREE as usize {
+            self.overflow = true;
+            return;
         }
-        self.slots[i] = fp | class as u64;
-        self.origins[i] = origin.0;
+        self.hashes.push(key_hash(key));
+        self.classes_of.push(class as u8);
+        self.origins.push(origin.0);
     }
 
-    /// Writes the table; an empty one (no slots) says "walk the FST" when the lists have more
-    /// mask classes than a slot can name.
-    fn write(mut self, path: &Path) -> Result<(), ListError> {
-        if self.overflow {
-            self.slots.clear();
-            self.origins.clear();
-            self.classes.clear();
+    /// Which key each slot holds, or `None` if the keys would not fit after a few growths.
+    fn layout(&self) -> Option<(usize, Vec<u32>)> {
+        let mut buckets = self
+            .hashes
+            .len()
+            .saturating_mul(100)
+            .div_ceil(BUCKET_SLOTS * TABLE_LOAD_PERCENT)
+            .max(2);
+        for _ in 0..=MAX_GROWTHS {
+            if let Some(slots) = self.place_all(buckets) {
+                return Some((buckets, slots));
+            }
+            buckets += buckets.div_ceil(20);
         }
+        None
+    }
+
+    /// Places every key in one of its two buckets. When both are full, a key already in one of
+    /// them moves to its other bucket if that has room; failing that, a random walk moves keys
+    /// aside (at most [`MAX_KICKS`] moves per key).
+    fn place_all(&self, buckets: usize) -> Option<Vec<u32>> {
+        let mut slots = vec![FREE; buckets * BUCKET_SLOTS];
+        let mut rng = KICK_SEED;
+        for key in 0..self.hashes.len() as u32 {
+            if let Some(&ahead) = self.hashes.get(key as usize + PREFETCH_AHEAD) {
+                let (p1, p2) = buckets_of(ahead, buckets);
+                prefetch(&slots, p1 * BUCKET_SLOTS);
+                prefetch(&slots, p2 * BUCKET_SLOTS);
+            }
+            let (b1, b2) = buckets_of(self.hashes[key as usize], buckets);
+            let room = free_in(&slots, b1)
+                .or_else(|| free_in(&slots, b2))
+                .or_else(|| self.make_room(&mut slots, buckets, b1))
+                .or_else(|| self.make_room(&mut slots, buckets, b2));
+            if let Some(s) = room {
+                slots[s] = key;
+                continue;
+            }
+            let (mut homeless, mut at) = (key, b1);
+            let mut placed = false;
+            for _ in 0..MAX_KICKS {
+                rng ^= rng >> 12;
+                rng ^= rng << 25;
+                rng ^= rng >> 27;
+                let pick = (rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 62) as usize;
+                homeless = std::mem::replace(&mut slots[at * BUCKET_SLOTS + pick], homeless);
+                at = self.other_bucket(homeless, at, buckets);
+                let room = free_in(&slots, at).or_else(|| self.make_room(&mut slots, buckets, at));
+                if let Some(s) = room {
+                    slots[s] = homeless;
+                    placed = true;
+                    break;
+                }
+            }
+            if !placed {
+                return None;
+            }
+        }
+        Some(slots)
+    }
+
+    /// The bucket of `key`'s two that is not `at`.
+    fn other_bucket(&self, key: u32, at: usize, buckets: usize) -> usize {
+        let (b1, b2) = buckets_of(self.hashes[key as usize], buckets);
+        if at == b1 {
+            b2
+        } else {
+            b1
+        }
+    }
+
+    /// Frees a slot in the full bucket `b` by moving one of its keys to its other bucket, if one
+    /// of those has room.
+    fn make_room(&self, slots: &mut [u32], buckets: usize, b: usize) -> Option<usize> {
+        (b * BUCKET_SLOTS..(b + 1) * BUCKET_SLOTS).find_map(|s| {
+            let key = slots[s];
+            let to = free_in(slots, self.other_bucket(key, b, buckets))?;
+            slots[to] = key;
+            Some(s)
+        })
+    }
+
+    /// Writes the table; an empty one (no buckets) says "walk the FST" when the lists have more
+    /// mask classes than a slot can name, or the keys would not fit.
+    fn write(mut self, path: &Path) -> Result<(), ListError> {
+        let layout = if self.overflow { None } else { self.layout() };
+        let (buckets, slots) = match layout {
+            Some(layout) => layout,
+            None => {
+                self.classes.clear();
+                (0, Vec::new())
+            }
+        };
         let tmp = tmp_path(path);
         let file = File::create(&tmp).map_err(|e| ListError::io(&tmp, e))?;
         let mut w = BufWriter::new(file);
-        let header = [self.slots.len() as u64, self.classes.len() as u64];
+        let header = [buckets as u64, self.classes.len() as u64];
         let mut words = header.iter().chain(&self.classes);
+        let slot = |key: u32| match key {
+            FREE => 0,
+            k => {
+                let k = k as usize;
+                fingerprint(self.hashes[k]) | u64::from(self.classes_of[k])
+            }
+        };
+        let origin = |key: u32| match key {
+            FREE => 0,
+            k => self.origins[k as usize],
+        };
         let result = w
             .write_all(TABLE_MAGIC)
             .and_then(|()| words.try_for_each(|v| w.write_all(&v.to_le_bytes())))
             .and_then(|()| {
-                self.slots
+                slots
                     .iter()
-                    .try_for_each(|v| w.write_all(&v.to_le_bytes()[..SLOT_BYTES]))
+                    .try_for_each(|&k| w.write_all(&slot(k).to_le_bytes()[..SLOT_BYTES]))
             })
             .and_then(|()| {
-                self.origins
+                slots
                     .iter()
-                    .try_for_each(|o| w.write_all(&o.to_le_bytes()))
+                    .try_for_each(|&k| w.write_all(&origin(k).to_le_bytes()))
             })
             .and_then(|()| w.flush());
         result.map_err(|e| ListError::io(&tmp, e))?;
@@ -395,14 +551,15 @@ impl TableBuilder {
     }
 }
 
-/// The mapped table: `magic, slots, classes, class masks...` as little-endian u64s, the slots
-/// ([`SLOT_BYTES`] each), then one u32 [`Origin`] per slot. The origins are read only for breaches, so their pages
-/// stay on disk until a blocked name needs one.
+/// The mapped table: `magic, buckets, classes, class masks...` as little-endian u64s, the
+/// buckets ([`BUCKET_SLOTS`] slots of [`SLOT_BYTES`] each), then one u32 [`Origin`] per slot.
+/// A key sits in one of its two buckets ([`buckets_of`]); an empty slot is all zero. The origins
+/// are read only for breaches, so their pages stay on disk until a blocked name needs one.
 struct KeyTable {
     bytes: Mmap,
     classes: [u64; MAX_CLASSES],
     slots_at: usize,
-    slots: usize,
+    buckets: usize,
 }
 
 impl KeyTable {
@@ -428,15 +585,18 @@ impl KeyTable {
         if bytes.get(..8) != Some(&TABLE_MAGIC[..]) {
             return Err(corrupt());
         }
-        let (slots, n_classes) = (
+        let (buckets, n_classes) = (
             word(1).ok_or_else(corrupt)? as usize,
             word(2).ok_or_else(corrupt)? as usize,
         );
         let slots_at = 8 * (3 + n_classes);
-        if n_classes > MAX_CLASSES || bytes.len() != slots_at + (SLOT_BYTES + 4) * slots {
+        let size = buckets
+            .checked_mul(BUCKET_SLOTS * (SLOT_BYTES + 4))
+            .and_then(|s| s.checked_add(slots_at));
+        if n_classes > MAX_CLASSES || size != Some(bytes.len()) {
             return Err(corrupt());
         }
-        if slots == 0 {
+        if buckets == 0 {
             return Ok(None);
         }
         let mut classes = [0u64; MAX_CLASSES];
@@ -447,18 +607,35 @@ impl KeyTable {
             bytes,
             classes,
             slots_at,
-            slots,
+            buckets,
         }))
     }
 
+    /// A bucket's slots, from three 8-byte reads (a bucket is 24 bytes, 8-byte aligned in the
+    /// file).
     #[inline]
-    fn slot(&self, i: usize) -> u64 {
-        // One 8-byte read, masked: the origins after the slots mean it never runs off the file.
-        let at = self.slots_at + SLOT_BYTES * i;
-        self.bytes
-            .get(at..at + 8)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, |w| u64::from_le_bytes(w) & ((1 << (8 * SLOT_BYTES)) - 1))
+    fn bucket(&self, b: usize) -> [u64; BUCKET_SLOTS] {
+        let at = self.slots_at + BUCKET_BYTES * b;
+        let Some(bytes) = self
+            .bytes
+            .get(at..at + BUCKET_BYTES)
+            .and_then(|b| <&[u8; BUCKET_BYTES]>::try_from(b).ok())
+        else {
+            return [0; BUCKET_SLOTS];
+        };
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[8 * i..8 * i + 8]);
+            u64::from_le_bytes(w)
+        };
+        let (w0, w1, w2) = (word(0), word(1), word(2));
+        const LOW48: u64 = (1 << 48) - 1;
+        [
+            w0 & LOW48,
+            (w0 >> 48) | ((w1 & 0xFFFF_FFFF) << 16),
+            (w1 >> 32) | ((w2 & 0xFFFF) << 32),
+            w2 >> 16,
+        ]
     }
 
     /// The mask of a listed key with this hash, if it is listed.
@@ -471,23 +648,21 @@ impl KeyTable {
     #[inline]
     fn find(&self, hash: u64) -> Option<(usize, u64)> {
         let fp = fingerprint(hash);
-        let mut i = home(hash, self.slots);
-        loop {
-            let s = self.slot(i);
-            if s == 0 {
-                return None;
+        let (b1, b2) = buckets_of(hash, self.buckets);
+        for b in [b1, b2] {
+            for (j, s) in self.bucket(b).into_iter().enumerate() {
+                if s & !0xFF == fp {
+                    return Some((b * BUCKET_SLOTS + j, self.classes[(s & 0xFF) as usize]));
+                }
             }
-            if s & !0xFF == fp {
-                return Some((i, self.classes[(s & 0xFF) as usize]));
-            }
-            i = if i + 1 == self.slots { 0 } else { i + 1 };
         }
+        None
     }
 
     /// The mask and kept origin of a listed key with this hash.
     fn origin(&self, hash: u64) -> Option<(u64, Origin)> {
         let (i, mask) = self.find(hash)?;
-        let at = self.slots_at + SLOT_BYTES * self.slots + 4 * i;
+        let at = self.slots_at + BUCKET_BYTES * self.buckets + 4 * i;
         let word = self.bytes.get(at..at + 4)?.try_into().ok()?;
         Some((mask, Origin(u32::from_le_bytes(word)))).filter(|(_, o)| *o != Origin::NONE)
     }
@@ -640,6 +815,98 @@ mod tests {
         assert_eq!(idx.origin(&key), None, "two lists hold it: ask the lists");
         crate::domain::reverse_key("unlisted.example", &mut key);
         assert_eq!(idx.origin(&key), None);
+    }
+
+    /// A table of `n` synthetic keys (`key-{i}`, one of three masks, origin line `i`).
+    fn synthetic_table(n: usize) -> (TableBuilder, Vec<(Vec<u8>, u64)>) {
+        let mut table = TableBuilder::new(n);
+        let keys: Vec<(Vec<u8>, u64)> = (0..n)
+            .map(|i| (format!("key-{i}").into_bytes(), 1u64 << (i % 3)))
+            .collect();
+        for (i, (key, mask)) in keys.iter().enumerate() {
+            table.insert(key, *mask, Origin::pack(i as u64));
+        }
+        (table, keys)
+    }
+
+    #[test]
+    fn a_table_at_full_load_holds_every_key_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.table");
+        let n = 200_000;
+        let (builder, keys) = synthetic_table(n);
+        builder.write(&path).unwrap();
+        let table = KeyTable::map(&path).unwrap().expect("every key placed");
+        let slots = table.buckets * BUCKET_SLOTS;
+        assert!(n * 100 >= slots * 93, "{n} keys in {slots} slots");
+        assert_eq!(
+            fs::metadata(&path).unwrap().len() as usize,
+            table.slots_at + slots * (SLOT_BYTES + 4)
+        );
+        for (i, (key, mask)) in keys.iter().enumerate() {
+            let (m, origin) = table.origin(key_hash(key)).expect("listed key found");
+            assert_eq!(m, *mask, "{i}");
+            assert_eq!((origin.source(), origin.line()), (0, i as u32), "{i}");
+        }
+        let found = (0..n)
+            .filter(|i| {
+                table
+                    .probe(key_hash(format!("other-{i}").as_bytes()))
+                    .is_some()
+            })
+            .count();
+        assert_eq!(found, 0, "unlisted keys found");
+    }
+
+    #[test]
+    fn kicks_place_keys_where_both_buckets_are_full() {
+        let (builder, _) = synthetic_table(20_000);
+        let buckets = 20_000 * 100 / (BUCKET_SLOTS * 97);
+        // Without moving keys aside, some key finds both its buckets full at this load.
+        let mut used = vec![0usize; buckets];
+        let stuck = builder.hashes.iter().any(|&h| {
+            let (b1, b2) = buckets_of(h, buckets);
+            match [b1, b2].into_iter().find(|&b| used[b] < BUCKET_SLOTS) {
+                Some(b) => {
+                    used[b] += 1;
+                    false
+                }
+                None => true,
+            }
+        });
+        assert!(stuck);
+        let slots = builder
+            .place_all(buckets)
+            .expect("the kick walk places them");
+        assert!(
+            builder.place_all(buckets) == Some(slots.clone()),
+            "the same keys give the same table"
+        );
+        let mut placed: Vec<u32> = slots.iter().copied().filter(|&k| k != FREE).collect();
+        placed.sort_unstable();
+        assert!(placed.iter().copied().eq(0..20_000), "each key once");
+        for (s, &k) in slots.iter().enumerate() {
+            if k != FREE {
+                let (b1, b2) = buckets_of(builder.hashes[k as usize], buckets);
+                assert!(
+                    [b1, b2].contains(&(s / BUCKET_SLOTS)),
+                    "key {k} in slot {s}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn keys_that_cannot_be_placed_leave_the_fst_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.table");
+        // Nine keys with one hash share two buckets of four slots however large the table grows.
+        let mut builder = TableBuilder::new(9);
+        for _ in 0..9 {
+            builder.insert(b"com.same", 1, Origin::NONE);
+        }
+        builder.write(&path).unwrap();
+        assert!(KeyTable::map(&path).unwrap().is_none());
     }
 
     #[test]
