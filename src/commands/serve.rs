@@ -118,7 +118,10 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
             None
         };
         let startup_config = config.clone();
-        tokio::task::spawn_blocking(move || reload::record_changes(&startup_config));
+        tokio::task::spawn_blocking(move || {
+            reload::record_changes(&startup_config);
+            release_freed_memory();
+        });
         tokio::spawn(reloader(
             handler.clone(),
             journal.clone(),
@@ -260,8 +263,9 @@ fn tune_malloc() {
     }
 }
 
-/// Hands the heap pages a reload freed back to the system: compiling lists and diffing them
-/// for the change log frees many small blocks that glibc would otherwise keep.
+/// Hands the heap pages a list compile freed back to the system (at start-up and after each
+/// reload): compiling lists and diffing them for the change log frees many small blocks that
+/// glibc would otherwise keep.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages; it is safe to call from any thread.
