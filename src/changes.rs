@@ -377,21 +377,8 @@ impl ChangeLog {
         Ok((change.added_count + change.removed_count > 0).then_some(change))
     }
 
-    /// Appends one record as one write to a file opened for appending only.
     fn append(&self, change: &Change) -> Result<(), ChangeError> {
-        if let Some(dir) = self.log.parent() {
-            fs::create_dir_all(dir).map_err(io(dir))?;
-        }
-        let mut line = serde_json::to_vec(change).unwrap_or_default();
-        line.push(b'\n');
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .open(&self.log)
-            .map_err(io(&self.log))?;
-        f.write_all(&line).map_err(io(&self.log))?;
-        f.sync_data().map_err(io(&self.log))
+        append_record(&self.log, change).map_err(io(&self.log))
     }
 
     fn snapshot_path(&self, list: &str, file: &Path) -> PathBuf {
@@ -401,6 +388,24 @@ impl ChangeLog {
             .join(list)
             .join(format!("{name}-{:08x}.snapshot", hash as u32))
     }
+}
+
+/// Appends one record to the change-control log as one write to a file opened for appending
+/// only. The server and the command line both append; one write each keeps their lines whole
+/// (a record formatted in pieces could be split by the other's).
+pub(crate) fn append_record(log: &Path, record: &impl Serialize) -> std::io::Result<()> {
+    if let Some(dir) = log.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut line = serde_json::to_vec(record).unwrap_or_default();
+    line.push(b'\n');
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(log)?;
+    f.write_all(&line)?;
+    f.sync_data()
 }
 
 /// Reads the log, oldest first, keeping records at or after `since`. Lines that do not parse

@@ -231,9 +231,6 @@ fn record(
     now: DateTime<Utc>,
 ) -> Result<(), ExemptionError> {
     let path = &config.changes_log;
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io(dir))?;
-    }
     let line = json!({
         "time": now.with_timezone(&config.time_zone).to_rfc3339(),
         "kind": "exemption",
@@ -244,14 +241,7 @@ fn record(
         "until": ex.until.with_timezone(&config.time_zone).to_rfc3339(),
         "reason": reason,
     });
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(FILE_MODE)
-        .open(path)
-        .map_err(io(path))?;
-    writeln!(f, "{line}").map_err(io(path))?;
-    f.sync_data().map_err(io(path))
+    crate::changes::append_record(path, &line).map_err(io(path))
 }
 
 /// Exemptions as the decision sees them: who (by address, configured client or MAC, since a
