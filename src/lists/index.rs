@@ -98,6 +98,12 @@ impl Matches {
     }
 }
 
+/// Names merged between releases of the key files' pages: the merge reads each file once, front
+/// to back, so what it has read is dropped as it goes (a reload of 1,000,000 names otherwise
+/// held all 23 MB of key files resident at its peak). The pages in use are read back from the
+/// page cache.
+const RELEASE_EVERY: usize = 1 << 16;
+
 /// The merged, memory-mapped index.
 pub struct DomainIndex {
     map: Map<Mmap>,
@@ -141,7 +147,12 @@ impl DomainIndex {
         let file = File::create(&tmp).map_err(|e| ListError::io(&tmp, e))?;
         let mut builder = MapBuilder::new(BufWriter::with_capacity(1 << 20, file))
             .map_err(|e| ListError::fst(&path, e))?;
+        let mut merged = 0usize;
         while let Some(Reverse((key, _))) = heap.peek().copied() {
+            merged += 1;
+            if merged % RELEASE_EVERY == 0 {
+                streams.iter().for_each(|s| s.release());
+            }
             let mut mask = 0u64;
             let mut origin = None;
             while let Some(Reverse((k, i))) = heap.peek().copied() {
