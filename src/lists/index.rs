@@ -150,7 +150,7 @@ impl DomainIndex {
         let mut merged = 0usize;
         while let Some(Reverse((key, _))) = heap.peek().copied() {
             merged += 1;
-            if merged % RELEASE_EVERY == 0 {
+            if merged.is_multiple_of(RELEASE_EVERY) {
                 streams.iter().for_each(|s| s.release());
             }
             let mut mask = 0u64;
