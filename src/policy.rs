@@ -32,7 +32,7 @@ use crate::domain::QueryName;
 use crate::exemptions::{self, Exemption};
 use crate::keywords::{KeywordError, KeywordRule, Keywords, RuleSource};
 use crate::leases::{self, Lease};
-use crate::lists::{compile_list, BadLine, CompiledList, DomainIndex, ListError, Matches};
+use crate::lists::{compile_list, BadLine, CompiledList, DomainIndex, ListError, Matches, NO_SLOT};
 use crate::safesearch::{SafeSearchMode, SearchEngine, Special};
 use crate::wire::ClientHint;
 
@@ -93,6 +93,8 @@ pub enum Rule {
         key_len: u8,
         /// The entry was an exception (`@@`, allow list).
         allow: bool,
+        /// Where the index table holds the entry ([`crate::lists::NO_SLOT`] if it does not).
+        slot: u32,
     },
     /// A keyword rule fired on a name no list matched.
     Keyword {
@@ -584,6 +586,7 @@ impl Engine {
                     list: list as u8,
                     key_len: hit.key_len,
                     allow: false,
+                    slot: hit.slot,
                 },
                 group,
                 schedule,
@@ -603,6 +606,7 @@ impl Engine {
                     list: (bit % 32) as u8,
                     key_len: hit.key_len,
                     allow: true,
+                    slot: hit.slot,
                 },
                 group,
                 schedule,
@@ -649,6 +653,7 @@ impl Engine {
             list,
             key_len,
             allow,
+            slot,
         } = *rule
         else {
             return None;
@@ -665,11 +670,16 @@ impl Engine {
         } else {
             1 << list
         };
-        let (file, line) = match self.index.origin(key) {
-            Some((mask, kept)) if mask == bit => {
-                (l.sources.get(kept.source())?.as_path(), kept.line())
-            }
-            _ => l.origin(key, exception)?,
+        let kept = match slot {
+            NO_SLOT => self
+                .index
+                .origin(key)
+                .and_then(|(mask, o)| (mask == bit).then_some(o)),
+            slot => self.index.origin_at(slot),
+        };
+        let (file, line) = match kept {
+            Some(kept) => (l.sources.get(kept.source())?.as_path(), kept.line()),
+            None => l.origin(key, exception)?,
         };
         Some(OriginRef {
             list: &l.name,

@@ -37,12 +37,28 @@ pub const MAX_LISTS: usize = 32;
 const MAX_HITS: usize = 8;
 
 /// A listed ancestor of the query name.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Hit {
     /// Length of the matched prefix of the reversed key.
     pub key_len: u8,
     /// Lists that block (low 32 bits) or exempt (high 32 bits) it.
     pub mask: u64,
+    /// Where the table holds it ([`NO_SLOT`] when the FST found it), so the breach log can
+    /// read its origin without looking the name up again.
+    pub slot: u32,
+}
+
+/// The slot of a hit the FST walk found (no table).
+pub const NO_SLOT: u32 = u32::MAX;
+
+impl Default for Hit {
+    fn default() -> Self {
+        Hit {
+            key_len: 0,
+            mask: 0,
+            slot: NO_SLOT,
+        }
+    }
 }
 
 /// Everything one walk found, on the stack.
@@ -79,21 +95,20 @@ impl Matches {
             .copied()
     }
 
-    fn push(&mut self, key_len: usize, mask: u64) {
+    fn push(&mut self, key_len: usize, mask: u64, slot: u32) {
         self.mask |= mask;
+        let hit = Hit {
+            key_len: key_len as u8,
+            mask,
+            slot,
+        };
         if self.len < MAX_HITS {
-            self.hits[self.len] = Hit {
-                key_len: key_len as u8,
-                mask,
-            };
+            self.hits[self.len] = hit;
             self.len += 1;
         } else {
             // Keep the most specific hits: they are the ones an explanation names.
             self.hits.copy_within(1.., 0);
-            self.hits[MAX_HITS - 1] = Hit {
-                key_len: key_len as u8,
-                mask,
-            };
+            self.hits[MAX_HITS - 1] = hit;
         }
     }
 }
@@ -219,7 +234,15 @@ impl DomainIndex {
     /// list: the breach log asks for one per blocked query. `None` when the table does not know
     /// (a name several lists hold, no table); [`CompiledList::origin`] knows every one.
     pub fn origin(&self, key: &[u8]) -> Option<(u64, Origin)> {
-        self.table.as_ref()?.origin(key_hash(key))
+        let t = self.table.as_ref()?;
+        let (slot, mask) = t.find(key_hash(key))?;
+        Some((mask, t.origin_at(slot)?))
+    }
+
+    /// As [`origin`](Self::origin), for a hit's slot: one read, no second lookup. A kept origin
+    /// means one list holds the name, so it is the list of the hit that gave the slot.
+    pub fn origin_at(&self, slot: u32) -> Option<Origin> {
+        self.table.as_ref()?.origin_at(usize::try_from(slot).ok()?)
     }
 
     /// The same answer as [`lookup`](Self::lookup), read from the FST.
@@ -230,7 +253,7 @@ impl DomainIndex {
         let mut out = Output::zero();
         for (i, &b) in key.iter().enumerate() {
             if b == b'.' && node.is_final() {
-                m.push(i, out.cat(node.final_output()).value());
+                m.push(i, out.cat(node.final_output()).value(), NO_SLOT);
             }
             match node.find_input(b) {
                 Some(t) => {
@@ -242,7 +265,7 @@ impl DomainIndex {
             }
         }
         if node.is_final() && !key.is_empty() {
-            m.push(key.len(), out.cat(node.final_output()).value());
+            m.push(key.len(), out.cat(node.final_output()).value(), NO_SLOT);
         }
         m
     }
@@ -649,12 +672,6 @@ impl KeyTable {
         ]
     }
 
-    /// The mask of a listed key with this hash, if it is listed.
-    #[inline]
-    fn probe(&self, hash: u64) -> Option<u64> {
-        self.find(hash).map(|(_, mask)| mask)
-    }
-
     /// The slot and mask of a listed key with this hash.
     #[inline]
     fn find(&self, hash: u64) -> Option<(usize, u64)> {
@@ -670,12 +687,14 @@ impl KeyTable {
         None
     }
 
-    /// The mask and kept origin of a listed key with this hash.
-    fn origin(&self, hash: u64) -> Option<(u64, Origin)> {
-        let (i, mask) = self.find(hash)?;
+    /// The kept origin of the key in slot `i`.
+    fn origin_at(&self, i: usize) -> Option<Origin> {
+        if i >= self.buckets * BUCKET_SLOTS {
+            return None;
+        }
         let at = self.slots_at + BUCKET_BYTES * self.buckets + 4 * i;
         let word = self.bytes.get(at..at + 4)?.try_into().ok()?;
-        Some((mask, Origin(u32::from_le_bytes(word)))).filter(|(_, o)| *o != Origin::NONE)
+        Some(Origin(u32::from_le_bytes(word))).filter(|o| *o != Origin::NONE)
     }
 
     #[inline]
@@ -684,15 +703,15 @@ impl KeyTable {
         let mut h = HASH_START;
         for (i, &b) in key.iter().enumerate() {
             if b == b'.' {
-                if let Some(mask) = self.probe(hash_finish(h, i)) {
-                    m.push(i, mask);
+                if let Some((slot, mask)) = self.find(hash_finish(h, i)) {
+                    m.push(i, mask, slot as u32);
                 }
             }
             h = hash_step(h, b);
         }
         if !key.is_empty() {
-            if let Some(mask) = self.probe(hash_finish(h, key.len())) {
-                m.push(key.len(), mask);
+            if let Some((slot, mask)) = self.find(hash_finish(h, key.len())) {
+                m.push(key.len(), mask, slot as u32);
             }
         }
         m
@@ -821,6 +840,9 @@ mod tests {
             let (file, line) = lists[list].origin(&key, allow).unwrap();
             assert_eq!(lists[list].sources[kept.source()], file, "{name}");
             assert_eq!(kept.line(), line, "{name}");
+            // The hit a lookup returns leads to the same origin without a second lookup.
+            let hit = *idx.lookup(&key).hits().last().expect(name);
+            assert_eq!(idx.origin_at(hit.slot), Some(kept), "{name}");
         }
         crate::domain::reverse_key("shared.example", &mut key);
         assert_eq!(idx.origin(&key), None, "two lists hold it: ask the lists");
@@ -855,14 +877,15 @@ mod tests {
             table.slots_at + slots * (SLOT_BYTES + 4)
         );
         for (i, (key, mask)) in keys.iter().enumerate() {
-            let (m, origin) = table.origin(key_hash(key)).expect("listed key found");
+            let (slot, m) = table.find(key_hash(key)).expect("listed key found");
+            let origin = table.origin_at(slot).expect("its origin");
             assert_eq!(m, *mask, "{i}");
             assert_eq!((origin.source(), origin.line()), (0, i as u32), "{i}");
         }
         let found = (0..n)
             .filter(|i| {
                 table
-                    .probe(key_hash(format!("other-{i}").as_bytes()))
+                    .find(key_hash(format!("other-{i}").as_bytes()))
                     .is_some()
             })
             .count();

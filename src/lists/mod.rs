@@ -14,7 +14,7 @@ use thiserror::Error;
 
 pub use compile::{compile_list, CompiledList, KEYWORDS_EXTENSION};
 pub use edit::{add_to_file, remove_from_file};
-pub use index::{DomainIndex, Hit, Matches, Origin as KeptOrigin, MAX_LISTS};
+pub use index::{DomainIndex, Hit, Matches, Origin as KeptOrigin, MAX_LISTS, NO_SLOT};
 pub use parse::{
     parse, parse_each, parse_keywords, BadLine, Entry, EntryKind, KeywordLine, Parsed,
 };
