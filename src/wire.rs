@@ -195,9 +195,34 @@ fn read_name(p: &[u8], mut at: usize) -> Option<(Labels, usize, usize)> {
     }
 }
 
+/// The offset after a name, checked as [`read_name`] checks it but without following a
+/// compression pointer (only that it points backwards) or recording labels: what the per-answer
+/// walks over already accepted messages need.
+fn skip_name(p: &[u8], mut at: usize) -> Option<usize> {
+    let mut total = 0usize;
+    loop {
+        let len = *p.get(at)? as usize;
+        match len & 0xC0 {
+            0x00 if len == 0 => return Some(at + 1),
+            0x00 => {
+                total += len + 1;
+                if at + 1 + len > p.len() || total > 255 {
+                    return None;
+                }
+                at += 1 + len;
+            }
+            0xC0 => {
+                let target = (be16(p, at)? & 0x3FFF) as usize;
+                return (target < at).then_some(at + 2);
+            }
+            _ => return None,
+        }
+    }
+}
+
 /// Skips a resource record, returning the offset after it.
 fn skip_record(p: &[u8], at: usize) -> Option<usize> {
-    let (_, _, after) = read_name(p, at)?;
+    let after = skip_name(p, at)?;
     let rdlen = be16(p, after + 8)? as usize;
     let end = after + 10 + rdlen;
     (end <= p.len()).then_some(end)
@@ -207,8 +232,7 @@ fn skip_record(p: &[u8], at: usize) -> Option<usize> {
 fn skip_questions(p: &[u8], qd: usize) -> Option<usize> {
     let mut at = HEADER;
     for _ in 0..qd {
-        let (_, _, after) = read_name(p, at)?;
-        at = after + 4;
+        at = skip_name(p, at)? + 4;
     }
     Some(at)
 }
@@ -478,27 +502,35 @@ impl<'b> Writer<'b> {
 /// Whether an encoded message's first question is `name` (dotted, no final dot, any case) with
 /// type `qtype`: how a cached answer says which name it is for without keeping a second copy.
 pub fn asks_for(p: &[u8], name: &[u8], qtype: u16) -> bool {
-    let Some((labels, n, after)) = read_name(p, HEADER) else {
-        return false;
-    };
+    let mut at = HEADER;
     let mut rest = name;
-    for (i, &(at, len)) in labels[..n].iter().enumerate() {
-        let label = &p[at as usize..at as usize + len as usize];
-        let Some(head) = rest.get(..label.len()) else {
+    loop {
+        let Some(&len) = p.get(at) else {
+            return false;
+        };
+        let len = len as usize;
+        if len == 0 {
+            return rest.is_empty() && be16(p, at + 1) == Some(qtype);
+        }
+        // A stored question is never compressed; a pointer here is not one of ours.
+        let Some(label) = p.get(at + 1..at + 1 + len).filter(|_| len < 64) else {
+            return false;
+        };
+        let Some(head) = rest.get(..len) else {
             return false;
         };
         if !head.eq_ignore_ascii_case(label) {
             return false;
         }
-        rest = &rest[label.len()..];
-        if i + 1 < n {
+        rest = &rest[len..];
+        at += 1 + len;
+        if p.get(at) != Some(&0) {
             match rest.split_first() {
                 Some((b'.', tail)) => rest = tail,
                 _ => return false,
             }
         }
     }
-    rest.is_empty() && be16(p, after) == Some(qtype)
 }
 
 /// Offsets of every TTL in an encoded message (answer, authority, additional except OPT), so a
@@ -509,7 +541,7 @@ pub fn ttl_offsets(p: &[u8]) -> Option<Vec<u16>> {
     let mut at = skip_questions(p, qd)?;
     let mut out = Vec::with_capacity(rr);
     for _ in 0..rr {
-        let (_, _, after) = read_name(p, at)?;
+        let after = skip_name(p, at)?;
         if be16(p, after)? != rtype::OPT {
             out.push(u16::try_from(after + 4).ok()?);
         }
@@ -525,7 +557,7 @@ pub fn answers(p: &[u8], mut each: impl FnMut(u16, u32, &[u8])) -> Option<()> {
     let an = be16(p, 6)? as usize;
     let mut at = skip_questions(p, qd)?;
     for _ in 0..an {
-        let (_, _, after) = read_name(p, at)?;
+        let after = skip_name(p, at)?;
         let rt = be16(p, after)?;
         let ttl = u32::from_be_bytes(p.get(after + 4..after + 8)?.try_into().ok()?);
         let end = skip_record(p, at)?;
@@ -541,7 +573,7 @@ pub fn cname_targets(p: &[u8], mut each: impl FnMut(QueryName)) -> Option<()> {
     let an = be16(p, 6)? as usize;
     let mut at = skip_questions(p, qd)?;
     for _ in 0..an {
-        let (_, _, after) = read_name(p, at)?;
+        let after = skip_name(p, at)?;
         if be16(p, after)? == rtype::CNAME {
             let (labels, n, _) = read_name(p, after + 10)?;
             if let Ok(name) = QueryName::from_labels(
@@ -831,5 +863,27 @@ mod tests {
         assert!(!asks_for(&q, b"www.example.org.uk", 1));
         assert!(!asks_for(&q, b"wwwXexample.org", 1));
         assert!(!asks_for(&q[..20], b"www.example.org", 1));
+    }
+
+    #[test]
+    fn walks_over_records_refuse_names_that_point_forwards_or_overrun() {
+        // Header: one question, one answer.
+        let mut p = vec![0, 0, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+        p.extend_from_slice(b"\x07example\x03org\x00\x00\x01\x00\x01");
+        let answer_at = p.len();
+        // Owner compressed back to the question: fine.
+        p.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+        assert_eq!(ttl_offsets(&p), Some(vec![(answer_at + 6) as u16]));
+        let mut forward = p.clone();
+        forward[answer_at + 1] = (answer_at + 2) as u8;
+        assert_eq!(
+            ttl_offsets(&forward),
+            None,
+            "a pointer must point backwards"
+        );
+        let mut overrun = p.clone();
+        overrun[answer_at] = 0x3F;
+        assert_eq!(ttl_offsets(&overrun), None, "a label past the end");
+        assert_eq!(ttl_offsets(&p[..p.len() - 1]), None, "rdata past the end");
     }
 }
