@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use crate::cache::{finish_edns, AnswerCache, Freshness};
 use crate::clients::ClientId;
@@ -67,13 +67,38 @@ pub struct Handler {
     limiter: RateLimiter,
 }
 
+/// When a query (or the batch of datagrams it came in) was read: the monotonic clock for its
+/// latency and rate limit, the wall clock for its decision (schedules) and its log line. Read
+/// once per batch rather than three times per query.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    /// For latency and rate limiting.
+    pub at: Instant,
+    /// For schedules and the log.
+    pub wall: SystemTime,
+}
+
+impl Received {
+    /// Now, on both clocks.
+    pub fn now() -> Self {
+        Received {
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    fn utc(self) -> DateTime<Utc> {
+        self.wall.into()
+    }
+}
+
 /// One query in flight: the snapshot deciding it, who asked, what, over what, since when.
 struct Ctx<'a, 'q> {
     snap: &'a Snapshot,
     client: ClientId,
     q: &'a Query<'q>,
     transport: Transport,
-    received: Instant,
+    received: Received,
     /// Logged into this thread's journal batch: the UDP loop flushes it before it waits.
     deferred: bool,
 }
@@ -85,7 +110,7 @@ impl<'a, 'q> Ctx<'a, 'q> {
         q: &'a Query<'q>,
         addr: IpAddr,
         transport: Transport,
-        received: Instant,
+        received: Received,
         deferred: bool,
     ) -> Self {
         Ctx {
@@ -160,7 +185,7 @@ impl Handler {
         packet: &[u8],
         src: SocketAddr,
         transport: Transport,
-        received: Instant,
+        received: Received,
         buf: &mut Vec<u8>,
     ) -> Outcome {
         let q = match wire::parse(packet) {
@@ -198,7 +223,7 @@ impl Handler {
             );
             return self.done(&cx, buf, Done::refused());
         }
-        match self.limiter.check(cx.client.addr, received) {
+        match self.limiter.check(cx.client.addr, received.at) {
             Verdict::Pass => {}
             verdict => {
                 self.metrics.rate_limited.inc();
@@ -227,7 +252,7 @@ impl Handler {
             self.error(&q, buf, rcode::REFUSED, None);
             return self.done(&cx, buf, Done::refused());
         }
-        let decision = engine.decide(&cx.client, &q.name, Utc::now());
+        let decision = engine.decide(&cx.client, &q.name, received.utc());
         match decision.action {
             Action::Nxdomain => {
                 let mut w = Writer::respond(buf, &q, rcode::NXDOMAIN, false);
@@ -300,7 +325,7 @@ impl Handler {
         packet: &[u8],
         src: SocketAddr,
         transport: Transport,
-        received: Instant,
+        received: Received,
         buf: &mut Vec<u8>,
     ) -> Outcome {
         let Ok(q) = wire::parse(packet) else {
@@ -311,7 +336,7 @@ impl Handler {
         let addr = crate::clients::canonical(src.ip());
         let cx = Ctx::new(&snap, &q, addr, transport, received, false);
         let engine = &snap.engine;
-        let decision = engine.decide(&cx.client, &q.name, Utc::now());
+        let decision = engine.decide(&cx.client, &q.name, received.utc());
         if decision.action == Action::Rewrite {
             return self.rewrite_upstream(&cx, decision, buf).await;
         }
@@ -543,7 +568,7 @@ impl Handler {
         let (snap, client, q) = (cx.snap, &cx.client, cx.q);
         let (transport, received) = (cx.transport, cx.received);
         let outcome = self.finish(q, transport, buf);
-        let latency = received.elapsed();
+        let latency = received.at.elapsed();
         self.metrics.latency.observe(latency.as_secs_f64());
         let action = match done.outcome {
             journal::Outcome::Decided => done.decision.map_or("allow", |d| d.action.as_str()),
@@ -556,7 +581,7 @@ impl Handler {
             .count(action, done.decision.and_then(|d| d.category), group);
         if let Some(j) = &self.journal {
             let event = Event {
-                time: SystemTime::now() - latency,
+                time: received.wall,
                 engine: &snap.engine,
                 client: *client,
                 name: q.name.as_str(),

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken as CancelToken;
 
-pub use handler::{Handler, Outcome, Transport};
+pub use handler::{Handler, Outcome, Received, Transport};
 
 /// TCP connections served at once, in total.
 pub const MAX_TCP_CONNECTIONS: usize = 512;
@@ -214,7 +214,7 @@ async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelTok
                 }
             };
             handled += n;
-            let received = Instant::now();
+            let received = Received::now();
             for d in rx.iter() {
                 // A cut-off datagram keeps only its header, which the parser rejects as
                 // malformed (FORMERR with the query's ID), rather than reading half a query.
@@ -353,7 +353,7 @@ async fn tcp_conn(
             Ok(Ok(_)) => {}
             _ => return Ok(()),
         }
-        let received = Instant::now();
+        let received = Received::now();
         let pkt = &packet[..len];
         let outcome = match handler.answer_now(pkt, src, Transport::Tcp, received, &mut buf) {
             Outcome::Upstream => {
