@@ -96,7 +96,8 @@ now_ns() { date +%s%N; }
 record() { printf '%s\n' "$*" >> "$RESULTS"; }
 field() { tr ' ' '\n' <<< "$1" | awk -F= -v k="$2" '$1 == k {print $2}'; }
 
-start_server() { # name -> sets SPID, STARTUP_MS
+declare -A SPIDS
+start_server() { # name -> sets SPID (and SPIDS[name]), STARTUP_MS
     local name=$1 t0
     t0=$(now_ns)
     case $name in
@@ -105,6 +106,7 @@ start_server() { # name -> sets SPID, STARTUP_MS
         dnsmasq) "${PRIO[@]}" taskset -c "$SERVER_CPU" dnsmasq -k -C "$WORK/dnsmasq.conf" >"$OUTD/dnsmasq.log" 2>&1 & ;;
     esac
     SPID=$!
+    SPIDS[$name]=$SPID
     PIDS+=("$SPID")
     local out
     out=$(pin_load "$LOADGEN" --server "127.0.0.1:$(port_of "$name")" --probe "$PROBE" --since-ns "$t0") \
@@ -159,6 +161,12 @@ for _ in $(seq 100); do
 done
 
 # --- the servers -----------------------------------------------------------------------------
+# All three run at once, each pinned to the server CPU, and every measurement of a mix is taken for
+# each server in turn: the machine is shared, and measuring one server after another for ten
+# minutes let background load land on one of them (ratios moved by a fifth between runs).
+fill_cache() { # name: the "cached" mix assumes the allowed names are cached
+    pin_load "$LOADGEN" --server "127.0.0.1:$(port_of "$1")" --queries "$WORK/q-cached.txt" --once --qps 20000 >/dev/null
+}
 for name in $SERVERS; do
     echo "== $name" >&2
     if [ "$name" = schoolgate ]; then
@@ -170,45 +178,52 @@ for name in $SERVERS; do
     start_server "$name"
     record "$name startup_ms=$STARTUP_MS rss_start_kib=$(rss_kib "$SPID")"
     echo "   start-up to first answer: $STARTUP_MS ms" >&2
+done
 
-    # Fill the caches with the allowed names (the "cached" mix assumes they are).
-    pin_load "$LOADGEN" --server "127.0.0.1:$(port_of "$name")" --queries "$WORK/q-cached.txt" --once --qps 20000 >/dev/null
-
-    for mix in blocked cached mixed; do
+for mix in blocked cached mixed; do
+    for name in $SERVERS; do
+        SPID=${SPIDS[$name]}
+        [ "$mix" = cached ] && fill_cache "$name"
         f="$WORK/q-$mix.txt"
         [ "$mix" = mixed ] && f="$WORK/q-mixed-dnsperf.txt"
         r=$(run_dnsperf "$name" "$f")
         record "$name mix=$mix tool=dnsperf $r"
-        echo "   $mix dnsperf:  $r" >&2
+        echo "   $name $mix dnsperf:  $r" >&2
         [ "$mix" = mixed ] && f="$WORK/q-mixed-load.txt"
         r=$(run_loadgen "$name" "$f" --inflight 256)
         record "$name mix=$mix tool=loadgen $r"
-        echo "   $mix loadgen:  $r" >&2
+        echo "   $name $mix loadgen:  $r" >&2
         half=$(( $(field "$r" qps | cut -d. -f1) / 2 ))
         [ "$mix" = mixed ] && f="$WORK/q-mixed-paced.txt"
         r=$(run_loadgen "$name" "$f" --qps "$half" --inflight 4096)
         record "$name mix=$mix tool=half $r"
-        echo "   $mix at half:  $r" >&2
+        echo "   $name $mix at half:  $r" >&2
         record "$name rss_after_${mix}_kib=$(rss_kib "$SPID")"
     done
-    record "$name rss_kib=$(hwm_kib "$SPID")"
+done
+for name in $SERVERS; do
+    record "$name rss_kib=$(hwm_kib "${SPIDS[$name]}")"
+done
 
-    if [ "$name" = schoolgate ]; then
-        # Reload the whole list under load: touching every list file changes its fingerprint, so
-        # all of it is recompiled and the index rebuilt while queries keep arriving.
-        rate=$(awk '$1 == "schoolgate" && / mix=blocked tool=loadgen / {for (i = 1; i <= NF; i++) if ($i ~ /^qps=/) {split($i, a, "="); print int(a[2] / 2)}}' "$RESULTS")
-        before=$(grep -c 'reloaded' "$OUTD/schoolgate.log" || true)
-        reload_secs=$((QUICK == 1 ? 4 : 20))
-        "${PRIO[@]}" taskset -c "$LOAD_CPUS" "$LOADGEN" --server "127.0.0.1:$SG_PORT" --queries "$WORK/q-blocked.txt" \
-            --seconds "$reload_secs" --qps "$rate" --inflight 4096 > "$OUTD/reload.out" &
-        LG=$!
-        sleep 1
-        touch "$WORK"/lists/*.txt
-        wait "$LG"
-        took=$(grep 'reloaded' "$OUTD/schoolgate.log" | tail -n +"$((before + 1))" | grep -o 'took_ms=[0-9]*' | tail -1 | cut -d= -f2)
-        record "schoolgate reload took_ms=${took:-none} qps_offered=$rate $(cat "$OUTD/reload.out") rss_after_reload_kib=$(hwm_kib "$SPID")"
-        echo "   reload under load: ${took:-none} ms; $(cat "$OUTD/reload.out")" >&2
-    fi
+if [ -n "${SPIDS[schoolgate]:-}" ]; then
+    # Reload the whole list under load: touching every list file changes its fingerprint, so
+    # all of it is recompiled and the index rebuilt while queries keep arriving.
+    SPID=${SPIDS[schoolgate]}
+    rate=$(awk '$1 == "schoolgate" && / mix=blocked tool=loadgen / {for (i = 1; i <= NF; i++) if ($i ~ /^qps=/) {split($i, a, "="); print int(a[2] / 2)}}' "$RESULTS")
+    before=$(grep -c 'reloaded' "$OUTD/schoolgate.log" || true)
+    reload_secs=$((QUICK == 1 ? 4 : 20))
+    "${PRIO[@]}" taskset -c "$LOAD_CPUS" "$LOADGEN" --server "127.0.0.1:$SG_PORT" --queries "$WORK/q-blocked.txt" \
+        --seconds "$reload_secs" --qps "$rate" --inflight 4096 > "$OUTD/reload.out" &
+    LG=$!
+    sleep 1
+    touch "$WORK"/lists/*.txt
+    wait "$LG"
+    took=$(grep 'reloaded' "$OUTD/schoolgate.log" | tail -n +"$((before + 1))" | grep -o 'took_ms=[0-9]*' | tail -1 | cut -d= -f2)
+    record "schoolgate reload took_ms=${took:-none} qps_offered=$rate $(cat "$OUTD/reload.out") rss_after_reload_kib=$(hwm_kib "$SPID")"
+    echo "   reload under load: ${took:-none} ms; $(cat "$OUTD/reload.out")" >&2
+fi
+for name in $SERVERS; do
+    SPID=${SPIDS[$name]}
     stop_server
 done
 

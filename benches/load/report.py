@@ -72,8 +72,9 @@ def main():
       "(measured processes ran at nice -10; background jobs still disturb latency most)")
     w(f"- Listed names: {a.names:,} (the same names for every server); {a.seconds} s per measurement")
     w("- Each server pinned to one CPU, the load (dnsperf or the batching client) and the upstream "
-      "(knot) to the other; all on loopback. `per CPU-s` is answers divided by the server's own "
-      "CPU time (utime+stime from /proc) during the run.\n")
+      "(knot) to the other; all on loopback. The three servers run side by side and each mix is "
+      "measured on each in turn, so background load falls on all of them alike. `per CPU-s` is "
+      "answers divided by the server's own CPU time (utime+stime from /proc) during the run.\n")
 
     w("## Summary: schoolgate against the better peer\n")
     w("| measure | " + " | ".join(servers) + " | schoolgate / best peer | target | met |")
