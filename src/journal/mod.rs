@@ -18,7 +18,7 @@ mod writer;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -115,15 +115,17 @@ struct Batch {
     breaches: usize,
 }
 
-/// An [`Event`] with its strings moved into the batch's buffer.
+/// An [`Event`] with its strings moved into the batch's buffer, and its times narrowed
+/// (nanoseconds since 1970, microseconds of latency): 96 bytes a record, not 112, for
+/// what a backlog holds while the writer catches up.
 struct Compact {
-    time: SystemTime,
+    time_ns: u64,
     client: ClientId,
     qtype: u16,
     decision: Option<Decision>,
     outcome: Outcome,
     rcode: u8,
-    latency: Duration,
+    latency_us: u32,
     name: (u32, u32),
     via: Option<(u32, u32)>,
 }
@@ -139,13 +141,16 @@ impl Batch {
         let via = ev.via.map(&mut keep);
         self.breaches += usize::from(ev.is_breach());
         self.records.push(Compact {
-            time: ev.time,
+            time_ns: ev
+                .time
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
             client: ev.client,
             qtype: ev.qtype,
             decision: ev.decision,
             outcome: ev.outcome,
             rcode: ev.rcode,
-            latency: ev.latency,
+            latency_us: ev.latency.as_micros().min(u128::from(u32::MAX)) as u32,
             name,
             via,
         });
@@ -157,7 +162,7 @@ impl Batch {
         let text = |(a, b): (u32, u32)| self.text.get(a as usize..b as usize).unwrap_or("");
         self.records.iter().filter_map(move |r| {
             Some(Event {
-                time: r.time,
+                time: UNIX_EPOCH + Duration::from_nanos(r.time_ns),
                 engine: engine?,
                 client: r.client,
                 name: text(r.name),
@@ -165,7 +170,7 @@ impl Batch {
                 decision: r.decision,
                 outcome: r.outcome,
                 rcode: r.rcode,
-                latency: r.latency,
+                latency: Duration::from_micros(r.latency_us.into()),
                 via: r.via.map(text),
             })
         })
