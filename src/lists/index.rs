@@ -157,7 +157,8 @@ impl DomainIndex {
             .map(|(i, s)| Reverse((s.key(0), i)))
             .collect();
         let most_keys: usize = lists.iter().map(|l| l.block.len() + l.allow.len()).sum();
-        let mut table = TableBuilder::new(most_keys);
+        let most_sources = lists.iter().map(|l| l.sources.len()).max().unwrap_or(1);
+        let mut table = TableBuilder::new(most_keys, most_sources);
         let tmp = tmp_path(&path);
         let file = File::create(&tmp).map_err(|e| ListError::io(&tmp, e))?;
         let mut builder = MapBuilder::new(BufWriter::with_capacity(1 << 20, file))
@@ -272,7 +273,7 @@ impl DomainIndex {
 }
 
 /// Marks a table file and its layout; a file without it is rebuilt, never trusted.
-const TABLE_MAGIC: &[u8; 8] = b"SGKTAB04";
+const TABLE_MAGIC: &[u8; 8] = b"SGKTAB05";
 /// Bytes per slot: a 40-bit fingerprint and the mask class. A lookup compares the fingerprint
 /// with the [`BUCKET_SLOTS`] slots of each of a key's two buckets, 8 comparisons per probe; the
 /// fingerprint is the hash's low 40 bits and the buckets come from its high bits and from a
@@ -293,6 +294,10 @@ const MAX_GROWTHS: usize = 4;
 /// Seed of the kick walk: a fixed one, so the same lists give the same file.
 const KICK_SEED: u64 = 0x5C40_0C0E_7AB1_E5ED;
 
+/// Bytes per slot for its [`Origin`] in the table file (squeezed from the 32 bits it has in
+/// memory): a quarter of the table is origins, and every blocked query reads one.
+const ORIGIN_BYTES: usize = 3;
+
 /// Where a listed key came from, packed in 32 bits beside its slot: the source file's index in
 /// its list (high 8 bits, plus one) and the line (low 24 bits). Zero: not kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,6 +315,30 @@ impl Origin {
         } else {
             Origin::NONE
         }
+    }
+
+    /// Line bits of a squeezed origin when lists have at most `sources` files: the rest name
+    /// the file (plus one). One file leaves 23 bits, lines up to 8,388,607.
+    fn line_bits_for(sources: usize) -> u32 {
+        let source_bits = usize::BITS - sources.leading_zeros();
+        (ORIGIN_BYTES as u32 * 8).saturating_sub(source_bits.max(1))
+    }
+
+    /// The origin in [`ORIGIN_BYTES`]: `(source + 1) << line_bits | line`, or zero (not kept,
+    /// so looked up in the list) when it does not fit.
+    fn squeeze(self, line_bits: u32) -> u32 {
+        let (source1, line) = (self.0 >> Self::LINE_BITS, self.line());
+        let fits = line < 1 << line_bits && source1 < 1 << (ORIGIN_BYTES as u32 * 8 - line_bits);
+        if self == Origin::NONE || !fits {
+            return 0;
+        }
+        (source1 << line_bits) | line
+    }
+
+    /// The origin a squeezed one stands for (the low [`ORIGIN_BYTES`] of `word`).
+    fn widen(word: u32, line_bits: u32) -> Origin {
+        let v = word & ((1 << (ORIGIN_BYTES * 8)) - 1);
+        Origin(((v >> line_bits) << Self::LINE_BITS) | (v & ((1 << line_bits) - 1)))
     }
 
     /// Index of the source file in its list.
@@ -396,6 +425,8 @@ struct TableBuilder {
     origins: Vec<u32>,
     classes: Vec<u64>,
     overflow: bool,
+    /// How the origins are squeezed into [`ORIGIN_BYTES`].
+    line_bits: u32,
 }
 
 /// Keys ahead of the one being placed whose buckets are asked for early: over a large table each
@@ -424,13 +455,15 @@ fn free_in(slots: &[u32], b: usize) -> Option<usize> {
 }
 
 impl TableBuilder {
-    fn new(most_keys: usize) -> Self {
+    /// For about `most_keys` keys from lists of at most `most_sources` files each.
+    fn new(most_keys: usize, most_sources: usize) -> Self {
         TableBuilder {
             hashes: Vec::with_capacity(most_keys),
             classes_of: Vec::with_capacity(most_keys),
             origins: Vec::with_capacity(most_keys),
             classes: Vec::new(),
             overflow: false,
+            line_bits: Origin::line_bits_for(most_sources),
         }
     }
 
@@ -552,7 +585,11 @@ impl TableBuilder {
         let tmp = tmp_path(path);
         let file = File::create(&tmp).map_err(|e| ListError::io(&tmp, e))?;
         let mut w = BufWriter::new(file);
-        let header = [buckets as u64, self.classes.len() as u64];
+        let header = [
+            buckets as u64,
+            self.classes.len() as u64,
+            u64::from(self.line_bits),
+        ];
         let mut words = header.iter().chain(&self.classes);
         let slot = |key: u32| match key {
             FREE => 0,
@@ -563,7 +600,7 @@ impl TableBuilder {
         };
         let origin = |key: u32| match key {
             FREE => 0,
-            k => self.origins[k as usize],
+            k => Origin(self.origins[k as usize]).squeeze(self.line_bits),
         };
         let result = w
             .write_all(TABLE_MAGIC)
@@ -576,8 +613,10 @@ impl TableBuilder {
             .and_then(|()| {
                 slots
                     .iter()
-                    .try_for_each(|&k| w.write_all(&origin(k).to_le_bytes()))
+                    .try_for_each(|&k| w.write_all(&origin(k).to_le_bytes()[..ORIGIN_BYTES]))
             })
+            // One byte after the last origin, so every origin is read with one 4-byte load.
+            .and_then(|()| w.write_all(&[0]))
             .and_then(|()| w.flush());
         result.map_err(|e| ListError::io(&tmp, e))?;
         drop(w);
@@ -585,8 +624,9 @@ impl TableBuilder {
     }
 }
 
-/// The mapped table: `magic, buckets, classes, class masks...` as little-endian u64s, the
-/// buckets ([`BUCKET_SLOTS`] slots of [`SLOT_BYTES`] each), then one u32 [`Origin`] per slot.
+/// The mapped table: `magic, buckets, classes, line bits, class masks...` as little-endian u64s,
+/// the buckets ([`BUCKET_SLOTS`] slots of [`SLOT_BYTES`] each), one [`ORIGIN_BYTES`] origin per
+/// slot ([`Origin::squeeze`]), and a zero byte.
 /// A key sits in one of its two buckets ([`buckets_of`]); an empty slot is all zero. The origins
 /// are read only for breaches, so their pages stay on disk until a blocked name needs one.
 struct KeyTable {
@@ -594,6 +634,7 @@ struct KeyTable {
     classes: [u64; MAX_CLASSES],
     slots_at: usize,
     buckets: usize,
+    line_bits: u32,
 }
 
 impl KeyTable {
@@ -619,15 +660,16 @@ impl KeyTable {
         if bytes.get(..8) != Some(&TABLE_MAGIC[..]) {
             return Err(corrupt());
         }
-        let (buckets, n_classes) = (
+        let (buckets, n_classes, line_bits) = (
             word(1).ok_or_else(corrupt)? as usize,
             word(2).ok_or_else(corrupt)? as usize,
+            word(3).ok_or_else(corrupt)?,
         );
-        let slots_at = 8 * (3 + n_classes);
+        let slots_at = 8 * (4 + n_classes);
         let size = buckets
-            .checked_mul(BUCKET_SLOTS * (SLOT_BYTES + 4))
-            .and_then(|s| s.checked_add(slots_at));
-        if n_classes > MAX_CLASSES || size != Some(bytes.len()) {
+            .checked_mul(BUCKET_SLOTS * (SLOT_BYTES + ORIGIN_BYTES))
+            .and_then(|s| s.checked_add(slots_at + 1));
+        if n_classes > MAX_CLASSES || line_bits > 24 || size != Some(bytes.len()) {
             return Err(corrupt());
         }
         if buckets == 0 {
@@ -635,13 +677,14 @@ impl KeyTable {
         }
         let mut classes = [0u64; MAX_CLASSES];
         for (i, c) in classes.iter_mut().enumerate().take(n_classes) {
-            *c = word(3 + i).ok_or_else(corrupt)?;
+            *c = word(4 + i).ok_or_else(corrupt)?;
         }
         Ok(Some(KeyTable {
             bytes,
             classes,
             slots_at,
             buckets,
+            line_bits: line_bits as u32,
         }))
     }
 
@@ -692,9 +735,9 @@ impl KeyTable {
         if i >= self.buckets * BUCKET_SLOTS {
             return None;
         }
-        let at = self.slots_at + BUCKET_BYTES * self.buckets + 4 * i;
+        let at = self.slots_at + BUCKET_BYTES * self.buckets + ORIGIN_BYTES * i;
         let word = self.bytes.get(at..at + 4)?.try_into().ok()?;
-        Some(Origin(u32::from_le_bytes(word))).filter(|o| *o != Origin::NONE)
+        Some(Origin::widen(u32::from_le_bytes(word), self.line_bits)).filter(|o| *o != Origin::NONE)
     }
 
     #[inline]
@@ -852,7 +895,7 @@ mod tests {
 
     /// A table of `n` synthetic keys (`key-{i}`, one of three masks, origin line `i`).
     fn synthetic_table(n: usize) -> (TableBuilder, Vec<(Vec<u8>, u64)>) {
-        let mut table = TableBuilder::new(n);
+        let mut table = TableBuilder::new(n, 1);
         let keys: Vec<(Vec<u8>, u64)> = (0..n)
             .map(|i| (format!("key-{i}").into_bytes(), 1u64 << (i % 3)))
             .collect();
@@ -874,7 +917,7 @@ mod tests {
         assert!(n * 100 >= slots * 93, "{n} keys in {slots} slots");
         assert_eq!(
             fs::metadata(&path).unwrap().len() as usize,
-            table.slots_at + slots * (SLOT_BYTES + 4)
+            table.slots_at + slots * (SLOT_BYTES + ORIGIN_BYTES) + 1
         );
         for (i, (key, mask)) in keys.iter().enumerate() {
             let (slot, m) = table.find(key_hash(key)).expect("listed key found");
@@ -935,7 +978,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.table");
         // Nine keys with one hash share two buckets of four slots however large the table grows.
-        let mut builder = TableBuilder::new(9);
+        let mut builder = TableBuilder::new(9, 1);
         for _ in 0..9 {
             builder.insert(b"com.same", 1, Origin::NONE);
         }
@@ -954,5 +997,21 @@ mod tests {
         fs::write(cache.join("index.table"), b"garbage").unwrap();
         let idx = DomainIndex::build(&lists, &cache).unwrap();
         assert!(idx.lookup(b"com.tiktok.www").blocks(0));
+    }
+
+    #[test]
+    fn origins_squeeze_into_three_bytes_or_are_left_to_the_list() {
+        let one_file = Origin::line_bits_for(1);
+        assert_eq!(one_file, 23);
+        let o = Origin::pack(5_000_000);
+        assert_eq!(Origin::widen(o.squeeze(one_file), one_file), o);
+        let three_files = Origin::line_bits_for(3);
+        assert_eq!(three_files, 22);
+        let o = Origin::pack((2 << 32) | 4_000_000);
+        assert_eq!((o.source(), o.line()), (2, 4_000_000));
+        assert_eq!(Origin::widen(o.squeeze(three_files), three_files), o);
+        // A line past what the bits hold is not kept: the key file search finds it instead.
+        assert_eq!(Origin::pack((2 << 32) | 5_000_000).squeeze(three_files), 0);
+        assert_eq!(Origin::NONE.squeeze(one_file), 0);
     }
 }
