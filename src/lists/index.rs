@@ -298,8 +298,9 @@ const KICK_SEED: u64 = 0x5C40_0C0E_7AB1_E5ED;
 /// memory): a quarter of the table is origins, and every blocked query reads one.
 const ORIGIN_BYTES: usize = 3;
 
-/// Where a listed key came from, packed in 32 bits beside its slot: the source file's index in
-/// its list (high 8 bits, plus one) and the line (low 24 bits). Zero: not kept.
+/// Where a listed key came from, packed in 32 bits: the source file's index in its list (high 8
+/// bits, plus one) and the line (low 24 bits). Zero: not kept. The table file keeps it in
+/// [`ORIGIN_BYTES`] beside the key's slot ([`Origin::squeeze`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Origin(u32);
 
