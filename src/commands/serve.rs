@@ -119,8 +119,12 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         let startup_config = config.clone();
         tokio::task::spawn_blocking(move || {
-            reload::record_changes(&startup_config);
+            let changes = reload::record_changes(&startup_config);
             release_freed_memory();
+            tracing::info!(
+                changes = changes.len(),
+                "change-control log checked against the lists"
+            );
         });
         tokio::spawn(reloader(
             handler.clone(),
