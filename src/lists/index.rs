@@ -1001,6 +1001,26 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_fst_is_found_by_its_checksum_and_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.txt");
+        fs::write(&a, "tiktok.com\nexample.org\n").unwrap();
+        let cache = dir.path().join("c");
+        let lists = vec![compile_list("a", &[a], &cache).unwrap()];
+        DomainIndex::build(&lists, &cache).unwrap();
+        let path = cache.join("index.fst");
+        let good = fs::read(&path).unwrap();
+        assert!(crate::lists::compile::map_file(&path).is_ok());
+        let mut bad = good.clone();
+        bad[good.len() / 2] ^= 0x40;
+        fs::write(&path, &bad).unwrap();
+        assert!(crate::lists::compile::map_file(&path).is_err());
+        let idx = DomainIndex::build(&lists, &cache).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), good, "rebuilt as it was");
+        assert!(idx.walk(b"com.tiktok").blocks(0));
+    }
+
+    #[test]
     fn origins_squeeze_into_three_bytes_or_are_left_to_the_list() {
         let one_file = Origin::line_bits_for(1);
         assert_eq!(one_file, 23);
