@@ -222,7 +222,12 @@ fn skip_name(p: &[u8], mut at: usize) -> Option<usize> {
 
 /// Skips a resource record, returning the offset after it.
 fn skip_record(p: &[u8], at: usize) -> Option<usize> {
-    let after = skip_name(p, at)?;
+    record_end(p, skip_name(p, at)?)
+}
+
+/// The offset after a record whose owner name ends at `after` (type, class, TTL, rdata), for
+/// walks that have already read the owner.
+fn record_end(p: &[u8], after: usize) -> Option<usize> {
     let rdlen = be16(p, after + 8)? as usize;
     let end = after + 10 + rdlen;
     (end <= p.len()).then_some(end)
@@ -282,7 +287,7 @@ pub fn parse(p: &[u8]) -> Result<Query<'_>, Reject> {
     for _ in 0..ar {
         let (_, ln, after) = read_name(p, at).ok_or(err(rcode::FORMERR as u16, question, false))?;
         let rt = be16(p, after).ok_or(err(rcode::FORMERR as u16, question, false))?;
-        let end = skip_record(p, at).ok_or(err(rcode::FORMERR as u16, question, false))?;
+        let end = record_end(p, after).ok_or(err(rcode::FORMERR as u16, question, false))?;
         if rt == rtype::OPT {
             if edns.is_some() || ln != 0 {
                 return Err(err(rcode::FORMERR as u16, question, true));
@@ -545,7 +550,7 @@ pub fn ttl_offsets(p: &[u8]) -> Option<Vec<u16>> {
         if be16(p, after)? != rtype::OPT {
             out.push(u16::try_from(after + 4).ok()?);
         }
-        at = skip_record(p, at)?;
+        at = record_end(p, after)?;
     }
     Some(out)
 }
@@ -560,7 +565,7 @@ pub fn answers(p: &[u8], mut each: impl FnMut(u16, u32, &[u8])) -> Option<()> {
         let after = skip_name(p, at)?;
         let rt = be16(p, after)?;
         let ttl = u32::from_be_bytes(p.get(after + 4..after + 8)?.try_into().ok()?);
-        let end = skip_record(p, at)?;
+        let end = record_end(p, after)?;
         each(rt, ttl, &p[after + 10..end]);
         at = end;
     }
@@ -584,7 +589,7 @@ pub fn cname_targets(p: &[u8], mut each: impl FnMut(QueryName)) -> Option<()> {
                 each(name);
             }
         }
-        at = skip_record(p, at)?;
+        at = record_end(p, after)?;
     }
     Some(())
 }
@@ -660,7 +665,7 @@ pub fn upstream_answer(resp: &[u8], query: &[u8]) -> Result<Upstreamed, &'static
                 .and_then(|b| b.try_into().ok())
                 .ok_or("malformed answer")?,
         );
-        let end = skip_record(resp, at).ok_or("malformed answer")?;
+        let end = record_end(resp, after).ok_or("malformed answer")?;
         if i < an {
             ttl = Some(ttl.map_or(rttl, |t| t.min(rttl)));
         } else if an == 0 && rt == rtype::SOA && end >= after + 14 {
