@@ -6,12 +6,12 @@
 //! sinkhole answer. Entries outlive their TTL by the serve-stale window (RFC 8767), so a
 //! flaky internet link does not take known names down with it.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
 use rustc_hash::FxHasher;
-use std::hash::{Hash, Hasher};
 
 use crate::wire::{self, Query, Writer};
 
@@ -53,10 +53,17 @@ impl Entry {
             .map(|c| u16::from_le_bytes([c[0], c[1]]) as usize)
     }
 
+    fn age(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.stored_ms))
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl.into())
+    }
+
     /// Past its TTL and the serve-stale window: worth nothing.
     fn dead(&self, now_ms: u64, stale_window: Duration) -> bool {
-        let age = Duration::from_millis(now_ms.saturating_sub(self.stored_ms));
-        age >= Duration::from_secs(self.ttl.into()) + stale_window
+        self.age(now_ms) >= self.ttl() + stale_window
     }
 }
 
@@ -313,10 +320,9 @@ impl AnswerCache {
             return None;
         }
         e.used = true;
-        let age = Duration::from_millis(now_ms.saturating_sub(e.stored_ms));
-        let ttl = Duration::from_secs(e.ttl.into());
-        let expired = age >= ttl;
-        if expired && (!allow_stale || age >= ttl + self.stale_window) {
+        let age = e.age(now_ms);
+        let expired = age >= e.ttl();
+        if expired && (!allow_stale || e.dead(now_ms, self.stale_window)) {
             return None;
         }
         let aging = Aging {
