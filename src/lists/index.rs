@@ -987,14 +987,20 @@ mod tests {
         assert!(KeyTable::map(&path).unwrap().is_none());
     }
 
-    #[test]
-    fn corrupt_table_is_rebuilt() {
+    /// One list of `text`, compiled and indexed in a fresh cache (returned with its directory).
+    fn one_list_index(text: &str) -> (tempfile::TempDir, Vec<CompiledList>, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.txt");
-        fs::write(&a, "tiktok.com\n").unwrap();
+        fs::write(&a, text).unwrap();
         let cache = dir.path().join("c");
         let lists = vec![compile_list("a", &[a], &cache).unwrap()];
         DomainIndex::build(&lists, &cache).unwrap();
+        (dir, lists, cache)
+    }
+
+    #[test]
+    fn corrupt_table_is_rebuilt() {
+        let (_dir, lists, cache) = one_list_index("tiktok.com\n");
         fs::write(cache.join("index.table"), b"garbage").unwrap();
         let idx = DomainIndex::build(&lists, &cache).unwrap();
         assert!(idx.lookup(b"com.tiktok.www").blocks(0));
@@ -1002,12 +1008,7 @@ mod tests {
 
     #[test]
     fn a_damaged_fst_is_found_by_its_checksum_and_rebuilt() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("a.txt");
-        fs::write(&a, "tiktok.com\nexample.org\n").unwrap();
-        let cache = dir.path().join("c");
-        let lists = vec![compile_list("a", &[a], &cache).unwrap()];
-        DomainIndex::build(&lists, &cache).unwrap();
+        let (_dir, lists, cache) = one_list_index("tiktok.com\nexample.org\n");
         let path = cache.join("index.fst");
         let good = fs::read(&path).unwrap();
         assert!(crate::lists::compile::map_file(&path).is_ok());
