@@ -31,7 +31,7 @@ pub enum Command {
     /// Explain what would happen to a name, without a server.
     Check(CheckArgs),
     /// Compile the lists ahead of time (serve does this itself when they change).
-    Compile,
+    Compile(CompileArgs),
     /// Lift filtering for one client, agreed by an approver (Headteacher, E-Safety Coordinator).
     #[command(subcommand)]
     Exempt(ExemptCommand),
@@ -195,6 +195,14 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Options for `compile`.
+#[derive(Args)]
+pub struct CompileArgs {
+    /// Print one JSON object (what `serve` reads from the compile it runs).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options for `check`.

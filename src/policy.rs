@@ -32,7 +32,9 @@ use crate::domain::QueryName;
 use crate::exemptions::{self, Exemption};
 use crate::keywords::{KeywordError, KeywordRule, Keywords, RuleSource};
 use crate::leases::{self, Lease};
-use crate::lists::{compile_list, BadLine, CompiledList, DomainIndex, ListError, Matches, NO_SLOT};
+use crate::lists::{
+    compile_list, open_compiled, BadLine, CompiledList, DomainIndex, ListError, Matches, NO_SLOT,
+};
 use crate::safesearch::{SafeSearchMode, SearchEngine, Special};
 use crate::wire::ClientHint;
 
@@ -201,25 +203,44 @@ pub struct Loaded {
 impl Engine {
     /// Compiles (or maps from cache) every list the config names and builds the snapshot.
     pub fn load(config: Arc<Config>) -> Result<Loaded, LoadError> {
+        let loaded = Self::assemble(config, true)?;
+        Ok(loaded.expect("assemble compiles whatever is stale"))
+    }
+
+    /// As [`load`](Self::load), but only from lists and an index that are already compiled:
+    /// `None` when something must be compiled first (`schoolgate compile`, or a child process
+    /// the server starts, so the compile's memory is never the server's).
+    pub fn load_compiled(config: Arc<Config>) -> Result<Option<Loaded>, LoadError> {
+        Self::assemble(config, false)
+    }
+
+    /// Builds the snapshot; with `compile` false, stops with `None` at the first list or index
+    /// that is not compiled.
+    fn assemble(config: Arc<Config>, compile: bool) -> Result<Option<Loaded>, LoadError> {
+        let open = |name: &str, sources: &[PathBuf]| -> Result<Option<CompiledList>, ListError> {
+            if compile {
+                compile_list(name, sources, &config.cache_dir).map(Some)
+            } else {
+                open_compiled(name, sources, &config.cache_dir)
+            }
+        };
         let mut lists = Vec::new();
         let mut allow_lists = 0u32;
         if let Some(allow) = &config.allow_file {
-            lists.push(compile_list(
-                "allow",
-                std::slice::from_ref(allow),
-                &config.cache_dir,
-            )?);
+            let Some(l) = open("allow", std::slice::from_ref(allow))? else {
+                return Ok(None);
+            };
+            lists.push(l);
             allow_lists |= 1;
         }
         let mut categories = Vec::new();
         let mut locked = 0u32;
         for c in &config.categories {
             let list = lists.len();
-            lists.push(compile_list(
-                &c.name,
-                &c.sources_on_disk(),
-                &config.cache_dir,
-            )?);
+            let Some(l) = open(&c.name, &c.sources_on_disk())? else {
+                return Ok(None);
+            };
+            lists.push(l);
             if c.locked {
                 locked |= 1 << list;
             }
@@ -238,14 +259,20 @@ impl Engine {
             if !g.allow_files.is_empty() {
                 let bit = 1 << lists.len();
                 let name = format!("group:{}:allow", g.name);
-                lists.push(compile_list(&name, &g.allow_files, &config.cache_dir)?);
+                let Some(l) = open(&name, &g.allow_files)? else {
+                    return Ok(None);
+                };
+                lists.push(l);
                 allow_lists |= bit;
                 allow |= bit;
             }
             if !g.block_files.is_empty() {
                 let bit = 1 << lists.len();
                 let name = format!("group:{}:block", g.name);
-                lists.push(compile_list(&name, &g.block_files, &config.cache_dir)?);
+                let Some(l) = open(&name, &g.block_files)? else {
+                    return Ok(None);
+                };
+                lists.push(l);
                 block |= bit;
             }
             group_lists |= allow | block;
@@ -260,7 +287,14 @@ impl Engine {
         if blocking == 0 && !config.start_unfiltered {
             return Err(LoadError::NoLists);
         }
-        let index = DomainIndex::build(&lists, &config.cache_dir)?;
+        let index = if compile {
+            DomainIndex::build(&lists, &config.cache_dir)?
+        } else {
+            match DomainIndex::open(&lists, &config.cache_dir)? {
+                Some(index) => index,
+                None => return Ok(None),
+            }
+        };
 
         let cat_mask = |names: &[String]| -> u32 {
             names
@@ -320,7 +354,7 @@ impl Engine {
             .filter(|l| l.recompiled)
             .map(|l| l.name.clone())
             .collect();
-        Ok(Loaded {
+        Ok(Some(Loaded {
             engine: Engine {
                 config,
                 lists,
@@ -340,7 +374,7 @@ impl Engine {
             bad,
             bad_count,
             recompiled,
-        })
+        }))
     }
 
     /// The configuration this snapshot was built from.

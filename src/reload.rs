@@ -12,12 +12,16 @@
 //! snapshot as the decision that is logged with them; the lists are mapped from the compile cache
 //! (nothing is recompiled), so this costs milliseconds.
 
+#[cfg(target_os = "linux")]
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::changes::{Change, ChangeLog};
@@ -28,12 +32,110 @@ use crate::server::Handler;
 /// How a config is adjusted after reading (command-line overrides).
 pub type Adjust = Arc<dyn Fn(&mut Config) + Send + Sync>;
 
+/// Where lists that changed are compiled.
+#[derive(Debug, Clone)]
+pub enum Compiler {
+    /// In this process.
+    InProcess,
+    /// In a child process, `program --config <file> compile --json`, after which this process
+    /// maps what it wrote. Compiling a million names takes tens of megabytes, which glibc would
+    /// leave scattered over the server's heap for good (its resident memory after the next load
+    /// was a sixth higher); and a compile that dies (out of memory, or a bug a hostile list
+    /// finds) must not take the resolver down with it.
+    Child(PathBuf),
+}
+
+/// What `schoolgate compile --json` prints.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompileOutcome {
+    /// The lists and index are compiled.
+    Compiled {
+        /// Lists that had to be compiled.
+        recompiled: Vec<String>,
+        /// Distinct names in the index.
+        names: usize,
+    },
+    /// They could not be; the message names the file and line.
+    Failed {
+        /// What went wrong.
+        error: String,
+    },
+}
+
 /// Loads config and lists into a new engine (blocking: compiles lists). Errors are strings
 /// meant for the operator: they already name the file and line.
-pub fn load(config_path: &Path, adjust: &Adjust) -> Result<Loaded, String> {
+pub fn load(config_path: &Path, adjust: &Adjust, compiler: &Compiler) -> Result<Loaded, String> {
     let mut config = Config::load(config_path).map_err(|e| e.to_string())?;
     adjust(&mut config);
-    Engine::load(Arc::new(config)).map_err(|e| e.to_string())
+    let config = Arc::new(config);
+    let mut compiled_apart = Vec::new();
+    if let Compiler::Child(program) = compiler {
+        if let Some(loaded) = Engine::load_compiled(config.clone()).map_err(|e| e.to_string())? {
+            return Ok(loaded);
+        }
+        compiled_apart = compile_in_child(program, config_path)?;
+    }
+    // Maps what the child compiled; compiles here only a list edited again since.
+    let mut loaded = Engine::load(config).map_err(|e| e.to_string())?;
+    for name in compiled_apart {
+        if !loaded.recompiled.contains(&name) {
+            loaded.recompiled.push(name);
+        }
+    }
+    Ok(loaded)
+}
+
+/// The compile's scheduling priority, below the server's (0).
+#[cfg(target_os = "linux")]
+const COMPILE_NICENESS: libc::c_int = 10;
+
+/// Runs `program --config <config_path> compile --json`; the names of the lists it compiled.
+fn compile_in_child(program: &Path, config_path: &Path) -> Result<Vec<String>, String> {
+    let mut command = Command::new(program);
+    command
+        .arg("--config")
+        .arg(config_path)
+        .args(["compile", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl, which
+    // is async-signal-safe. The compile must not outlive a server that was killed.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Background work: on a busy core the server's queries go first.
+            libc::setpriority(libc::PRIO_PROCESS, 0, COMPILE_NICENESS);
+            Ok(())
+        });
+    }
+    let out = command.output().map_err(|e| {
+        format!(
+            "cannot start the list compiler ({}): {e}",
+            program.display()
+        )
+    })?;
+    match serde_json::from_slice::<CompileOutcome>(&out.stdout) {
+        Ok(CompileOutcome::Compiled { recompiled, .. }) if out.status.success() => Ok(recompiled),
+        Ok(CompileOutcome::Failed { error }) => Err(error),
+        _ => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let said = stderr.trim().trim_start_matches("schoolgate: ");
+            Err(if said.is_empty() {
+                format!(
+                    "the list compile ended early ({}); if the system log shows an \
+                     out-of-memory kill, free memory and save the list again",
+                    out.status
+                )
+            } else {
+                said.to_string()
+            })
+        }
+    }
 }
 
 /// What asked for a reload, for the log.
@@ -64,11 +166,17 @@ pub enum ReloadResult {
 }
 
 /// Rebuilds and swaps. Runs the compile on a blocking thread so no query waits on it.
-pub async fn reload(handler: &Handler, config_path: &Path, adjust: &Adjust) -> ReloadResult {
+pub async fn reload(
+    handler: &Handler,
+    config_path: &Path,
+    adjust: &Adjust,
+    compiler: &Compiler,
+) -> ReloadResult {
     let started = std::time::Instant::now();
     let path = config_path.to_path_buf();
     let adj = adjust.clone();
-    let loaded = tokio::task::spawn_blocking(move || load(&path, &adj))
+    let compiler = compiler.clone();
+    let loaded = tokio::task::spawn_blocking(move || load(&path, &adj, &compiler))
         .await
         .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
     match loaded {

@@ -19,7 +19,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(&cli.config, args),
         Command::Check(args) => check::run(&cli.config, args),
-        Command::Compile => compile::run(&cli.config),
+        Command::Compile(args) => compile::run(&cli.config, args),
         Command::Exempt(cmd) => exempt::run(&cli.config, cmd),
         Command::List(cmd) => list::run(&cli.config, cmd),
         Command::Allow(args) => list::allow(&cli.config, args),

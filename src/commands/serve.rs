@@ -13,7 +13,7 @@ use schoolgate::cache::AnswerCache;
 use schoolgate::journal::Journal;
 use schoolgate::lists::refresh_forever;
 use schoolgate::metrics::Metrics;
-use schoolgate::reload::{self, Adjust, ReloadResult, Trigger};
+use schoolgate::reload::{self, Adjust, Compiler, ReloadResult, Trigger};
 use schoolgate::server::{self, Handler};
 use schoolgate::upstream::Upstream;
 use tokio::signal::unix::{signal, SignalKind};
@@ -46,7 +46,8 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
             c.upstreams = upstream.clone();
         }
     });
-    let loaded = reload::load(config_path, &adjust).map_err(anyhow::Error::msg)?;
+    let compiler = list_compiler();
+    let loaded = reload::load(config_path, &adjust, &compiler).map_err(anyhow::Error::msg)?;
     for bad in &loaded.bad {
         tracing::warn!("{bad}");
     }
@@ -131,6 +132,7 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
             journal.clone(),
             config_path.to_path_buf(),
             adjust,
+            compiler,
             rx,
         ));
         if config.categories.iter().any(|c| !c.sources.is_empty()) {
@@ -181,11 +183,12 @@ async fn reloader(
     journal: Journal,
     config_path: std::path::PathBuf,
     adjust: Adjust,
+    compiler: Compiler,
     mut rx: mpsc::Receiver<Trigger>,
 ) {
     while let Some(trigger) = rx.recv().await {
         let before = handler.engine().config().clone();
-        match reload::reload(&handler, &config_path, &adjust).await {
+        match reload::reload(&handler, &config_path, &adjust, &compiler).await {
             ReloadResult::Applied {
                 recompiled,
                 took,
@@ -218,6 +221,18 @@ async fn reloader(
             }
         }
         let _ = tokio::task::spawn_blocking(release_freed_memory).await;
+    }
+}
+
+/// Lists are compiled by this same binary in a child process. `/proc/self/exe` is the running
+/// binary even after a package upgrade replaced the file, so the compile writes the cache in the
+/// format this server reads.
+fn list_compiler() -> Compiler {
+    let this = std::path::Path::new("/proc/self/exe");
+    if this.exists() {
+        Compiler::Child(this.to_path_buf())
+    } else {
+        Compiler::InProcess
     }
 }
 

@@ -82,29 +82,13 @@ pub fn compile_list(
     sources: &[PathBuf],
     cache_dir: &Path,
 ) -> Result<CompiledList, ListError> {
+    if let Some(list) = open_compiled(name, sources, cache_dir)? {
+        return Ok(list);
+    }
     let fingerprint = fingerprint(sources)?;
     let block_path = cache_dir.join(format!("{name}.keys"));
     let allow_path = cache_dir.join(format!("{name}.allow.keys"));
     let meta_path = cache_dir.join(format!("{name}.meta.json"));
-
-    if let Some(meta) = read_meta(&meta_path).filter(|m| m.fingerprint == fingerprint) {
-        if let (Ok(block), Ok(allow)) =
-            (SortedKeys::open(&block_path), SortedKeys::open(&allow_path))
-        {
-            return Ok(CompiledList {
-                name: name.to_string(),
-                block,
-                allow,
-                sources: sources.to_vec(),
-                keywords: meta.keywords,
-                bad: meta.bad,
-                bad_count: meta.bad_count,
-                recompiled: false,
-                fingerprint,
-            });
-        }
-    }
-
     fs::create_dir_all(cache_dir).map_err(|e| ListError::io(cache_dir, e))?;
     let mut block = Keys::default();
     let mut allow = Keys::default();
@@ -163,6 +147,38 @@ pub fn compile_list(
         recompiled: true,
         fingerprint,
     })
+}
+
+/// One list as compiled from its sources as they are now, or `None` when it must be compiled
+/// (a source changed, or the compiled files are missing or corrupt).
+pub fn open_compiled(
+    name: &str,
+    sources: &[PathBuf],
+    cache_dir: &Path,
+) -> Result<Option<CompiledList>, ListError> {
+    let fingerprint = fingerprint(sources)?;
+    let Some(meta) = read_meta(&cache_dir.join(format!("{name}.meta.json")))
+        .filter(|m| m.fingerprint == fingerprint)
+    else {
+        return Ok(None);
+    };
+    let (Ok(block), Ok(allow)) = (
+        SortedKeys::open(&cache_dir.join(format!("{name}.keys"))),
+        SortedKeys::open(&cache_dir.join(format!("{name}.allow.keys"))),
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(CompiledList {
+        name: name.to_string(),
+        block,
+        allow,
+        sources: sources.to_vec(),
+        keywords: meta.keywords,
+        bad: meta.bad,
+        bad_count: meta.bad_count,
+        recompiled: false,
+        fingerprint,
+    }))
 }
 
 /// Size and modification time of each source: cheap to compute, and any edit changes it.

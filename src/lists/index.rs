@@ -128,23 +128,13 @@ pub struct DomainIndex {
 impl DomainIndex {
     /// Builds (or reuses) the index over `lists`; list `i` gets bits `i` and `32 + i`.
     pub fn build(lists: &[CompiledList], cache_dir: &Path) -> Result<Self, ListError> {
-        if lists.len() > MAX_LISTS {
-            return Err(ListError::TooManyLists(lists.len()));
+        if let Some(index) = Self::open(lists, cache_dir)? {
+            return Ok(index);
         }
         let path = cache_dir.join("index.fst");
         let table_path = cache_dir.join("index.table");
         let meta_path = cache_dir.join("index.meta");
-        let fingerprint: String = lists
-            .iter()
-            .map(|l| format!("{}={}\n", l.name, l.fingerprint))
-            .collect();
-        let unchanged = lists.iter().all(|l| !l.recompiled)
-            && fs::read_to_string(&meta_path).ok().as_deref() == Some(fingerprint.as_str());
-        if unchanged {
-            if let (Ok(map), Ok(table)) = (map_file(&path), KeyTable::map(&table_path)) {
-                return Ok(DomainIndex { map, table });
-            }
-        }
+        let fingerprint = index_fingerprint(lists);
         fs::create_dir_all(cache_dir).map_err(|e| ListError::io(cache_dir, e))?;
         // A k-way merge of the lists' sorted key files: stream 2i is list i's blocked names,
         // stream 2i + 1 its exceptions.
@@ -209,6 +199,26 @@ impl DomainIndex {
             map: map_file(&path)?,
             table: KeyTable::map(&table_path)?,
         })
+    }
+
+    /// The index already built over `lists`, or `None` when it must be (re)built.
+    pub fn open(lists: &[CompiledList], cache_dir: &Path) -> Result<Option<Self>, ListError> {
+        if lists.len() > MAX_LISTS {
+            return Err(ListError::TooManyLists(lists.len()));
+        }
+        let unchanged = lists.iter().all(|l| !l.recompiled)
+            && fs::read_to_string(cache_dir.join("index.meta")).ok()
+                == Some(index_fingerprint(lists));
+        if !unchanged {
+            return Ok(None);
+        }
+        match (
+            map_file(&cache_dir.join("index.fst")),
+            KeyTable::map(&cache_dir.join("index.table")),
+        ) {
+            (Ok(map), Ok(table)) => Ok(Some(DomainIndex { map, table })),
+            _ => Ok(None),
+        }
     }
 
     /// Number of distinct names across all lists.
@@ -415,6 +425,14 @@ fn buckets_of(hash: u64, buckets: usize) -> (usize, usize) {
 #[inline]
 fn fingerprint(hash: u64) -> u64 {
     (hash & 0xFF_FFFF_FFFF).max(1) << 8
+}
+
+/// What the index was built from: each list's name and source fingerprint.
+fn index_fingerprint(lists: &[CompiledList]) -> String {
+    lists
+        .iter()
+        .map(|l| format!("{}={}\n", l.name, l.fingerprint))
+        .collect()
 }
 
 /// Collects keys while the FST is written, then lays out and writes the table file.

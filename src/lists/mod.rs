@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-pub use compile::{compile_list, CompiledList, KEYWORDS_EXTENSION};
+pub use compile::{compile_list, open_compiled, CompiledList, KEYWORDS_EXTENSION};
 pub use edit::{add_to_file, remove_from_file};
 pub use index::{DomainIndex, Hit, Matches, Origin as KeptOrigin, MAX_LISTS, NO_SLOT};
 pub use parse::{

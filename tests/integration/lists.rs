@@ -168,6 +168,80 @@ fn a_garbage_or_missing_list_keeps_the_previous_lists_in_force() {
     );
 }
 
+/// The server's child processes (the list compile), from `/proc/*/stat`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let child: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+        // The parent PID is the second field after the command name, which may hold spaces.
+        let ppid: u32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        (ppid == pid).then_some(child)
+    })
+    .collect()
+}
+
+#[test]
+fn a_list_compile_that_is_killed_leaves_the_server_filtering() {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new();
+    let server = setup.start(up.addr);
+    // Large enough that its compile runs for a while, in a child process of the server.
+    let mut big: String = (0..1_000_000)
+        .map(|i| format!("n{i}.big-list.example\n"))
+        .collect();
+    big.push_str("example.org\n");
+    setup.list("adult.txt", &big);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let compile = loop {
+        if let Some(&child) = children_of(server.pid()).first() {
+            break child;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no compile process: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    // What the kernel's out-of-memory killer would do to it.
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &compile.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(killed, "the compile ended before it could be killed");
+    assert!(
+        server.wait_for_log("reload failed", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    assert!(server.log().contains("SIGKILL"), "{}", server.log());
+    assert!(
+        blocked(&server, "pornhub.com"),
+        "the old list stays in force"
+    );
+    assert!(!blocked(&server, "www.example.org"));
+
+    setup.list("adult.txt", "pornhub.com\nexample.org\n");
+    assert!(
+        wait_until(Duration::from_secs(10), || blocked(
+            &server,
+            "www.example.org"
+        )),
+        "{}",
+        server.log()
+    );
+}
+
 #[test]
 fn a_broken_config_keeps_the_server_filtering() {
     let up = Fixture::start(Zone::standard());
