@@ -107,6 +107,11 @@ pub struct ChangesArgs {
     /// One JSON object per line, as stored.
     #[arg(long)]
     pub json: bool,
+    /// Compare the list files and filtering settings with their last snapshots and record what
+    /// changed, now (`serve` does this at start-up and after each reload), then show what was
+    /// recorded.
+    #[arg(long, conflicts_with = "since")]
+    pub record: bool,
 }
 
 /// Reports.

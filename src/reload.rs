@@ -32,16 +32,17 @@ use crate::server::Handler;
 /// How a config is adjusted after reading (command-line overrides).
 pub type Adjust = Arc<dyn Fn(&mut Config) + Send + Sync>;
 
-/// Where lists that changed are compiled.
+/// Where the heavy list work runs: compiling lists that changed, and diffing list files
+/// against their snapshots for the change-control log.
 #[derive(Debug, Clone)]
-pub enum Compiler {
+pub enum ListWork {
     /// In this process.
     InProcess,
-    /// In a child process, `program --config <file> compile --json`, after which this process
-    /// maps what it wrote. Compiling a million names takes tens of megabytes, which glibc would
-    /// leave scattered over the server's heap for good (its resident memory after the next load
-    /// was a sixth higher); and a compile that dies (out of memory, or a bug a hostile list
-    /// finds) must not take the resolver down with it.
+    /// In child processes of this same program (`compile --json`, `changes --record --json`);
+    /// the server then maps what the compile wrote. Compiling or diffing a million names takes
+    /// tens of megabytes, which glibc would leave scattered over the server's heap (its resident
+    /// memory after the next load was a sixth higher); and work that dies (out of memory, or a
+    /// bug a hostile list finds) must not take the resolver down with it.
     Child(PathBuf),
 }
 
@@ -65,12 +66,12 @@ pub enum CompileOutcome {
 
 /// Loads config and lists into a new engine (blocking: compiles lists). Errors are strings
 /// meant for the operator: they already name the file and line.
-pub fn load(config_path: &Path, adjust: &Adjust, compiler: &Compiler) -> Result<Loaded, String> {
+pub fn load(config_path: &Path, adjust: &Adjust, work: &ListWork) -> Result<Loaded, String> {
     let mut config = Config::load(config_path).map_err(|e| e.to_string())?;
     adjust(&mut config);
     let config = Arc::new(config);
     let mut compiled_apart = Vec::new();
-    if let Compiler::Child(program) = compiler {
+    if let ListWork::Child(program) = work {
         if let Some(loaded) = Engine::load_compiled(config.clone()).map_err(|e| e.to_string())? {
             return Ok(loaded);
         }
@@ -86,55 +87,86 @@ pub fn load(config_path: &Path, adjust: &Adjust, compiler: &Compiler) -> Result<
     Ok(loaded)
 }
 
-/// The compile's scheduling priority, below the server's (0).
-#[cfg(target_os = "linux")]
-const COMPILE_NICENESS: libc::c_int = 10;
-
 /// Runs `program --config <config_path> compile --json`; the names of the lists it compiled.
 fn compile_in_child(program: &Path, config_path: &Path) -> Result<Vec<String>, String> {
+    let out = run_child(program, config_path, &["compile", "--json"])?;
+    match serde_json::from_slice::<CompileOutcome>(&out.stdout) {
+        Ok(CompileOutcome::Compiled { recompiled, .. }) if out.status.success() => Ok(recompiled),
+        Ok(CompileOutcome::Failed { error }) => Err(error),
+        _ => Err(child_failure(&out)),
+    }
+}
+
+/// Runs `program --config <config_path> changes --record --json`: the changes it recorded (one
+/// JSON object a line) and the errors it met.
+fn record_in_child(program: &Path, config_path: &Path) -> (Vec<Change>, Vec<String>) {
+    let out = match run_child(program, config_path, &["changes", "--record", "--json"]) {
+        Ok(out) => out,
+        Err(e) => return (Vec::new(), vec![e]),
+    };
+    let changes: Vec<Change> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let mut errors: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| l.trim_start_matches("schoolgate: ").to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    if !out.status.success() && errors.is_empty() {
+        errors.push(child_failure(&out));
+    }
+    (changes, errors)
+}
+
+/// The child's scheduling priority, below the server's (0): on a busy core queries go first.
+#[cfg(target_os = "linux")]
+const CHILD_NICENESS: libc::c_int = 10;
+
+/// Runs `program --config <config_path> <args>` to completion, output captured.
+fn run_child(
+    program: &Path,
+    config_path: &Path,
+    args: &[&str],
+) -> Result<std::process::Output, String> {
     let mut command = Command::new(program);
     command
         .arg("--config")
         .arg(config_path)
-        .args(["compile", "--json"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: the closure runs in the child between fork and exec and only calls prctl, which
-    // is async-signal-safe. The compile must not outlive a server that was killed.
+    // SAFETY: the closure runs in the child between fork and exec and only makes system calls
+    // (prctl, setpriority), which are async-signal-safe.
     #[cfg(target_os = "linux")]
     unsafe {
         command.pre_exec(|| {
+            // The child must not outlive a server that was killed.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // Background work: on a busy core the server's queries go first.
-            libc::setpriority(libc::PRIO_PROCESS, 0, COMPILE_NICENESS);
+            libc::setpriority(libc::PRIO_PROCESS, 0, CHILD_NICENESS);
             Ok(())
         });
     }
-    let out = command.output().map_err(|e| {
+    command
+        .output()
+        .map_err(|e| format!("cannot start {} {}: {e}", program.display(), args.join(" ")))
+}
+
+/// What a child that failed said, or how it ended.
+fn child_failure(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said = stderr.trim().trim_start_matches("schoolgate: ");
+    if said.is_empty() {
         format!(
-            "cannot start the list compiler ({}): {e}",
-            program.display()
+            "the list work ended early ({}); if the system log shows an out-of-memory kill, \
+             free memory and save the list again",
+            out.status
         )
-    })?;
-    match serde_json::from_slice::<CompileOutcome>(&out.stdout) {
-        Ok(CompileOutcome::Compiled { recompiled, .. }) if out.status.success() => Ok(recompiled),
-        Ok(CompileOutcome::Failed { error }) => Err(error),
-        _ => {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let said = stderr.trim().trim_start_matches("schoolgate: ");
-            Err(if said.is_empty() {
-                format!(
-                    "the list compile ended early ({}); if the system log shows an \
-                     out-of-memory kill, free memory and save the list again",
-                    out.status
-                )
-            } else {
-                said.to_string()
-            })
-        }
+    } else {
+        said.to_string()
     }
 }
 
@@ -170,13 +202,13 @@ pub async fn reload(
     handler: &Handler,
     config_path: &Path,
     adjust: &Adjust,
-    compiler: &Compiler,
+    work: &ListWork,
 ) -> ReloadResult {
     let started = std::time::Instant::now();
     let path = config_path.to_path_buf();
     let adj = adjust.clone();
-    let compiler = compiler.clone();
-    let loaded = tokio::task::spawn_blocking(move || load(&path, &adj, &compiler))
+    let load_work = work.clone();
+    let loaded = tokio::task::spawn_blocking(move || load(&path, &adj, &load_work))
         .await
         .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
     match loaded {
@@ -188,9 +220,11 @@ pub async fn reload(
             let config = loaded.engine.config().clone();
             handler.replace_engine(Arc::new(loaded.engine));
             let took = started.elapsed();
-            let changes = tokio::task::spawn_blocking(move || record_changes(&config))
-                .await
-                .unwrap_or_default();
+            let (path, work) = (config_path.to_path_buf(), work.clone());
+            let changes =
+                tokio::task::spawn_blocking(move || record_changes(&path, &config, &work))
+                    .await
+                    .unwrap_or_default();
             ReloadResult::Applied {
                 recompiled,
                 took,
@@ -203,8 +237,14 @@ pub async fn reload(
 
 /// Diffs every list file against its snapshot and appends what changed to the change-control
 /// log (blocking: reads the changed files). Called once the lists it describes are in force.
-pub fn record_changes(config: &Config) -> Vec<Change> {
-    let (changes, errors) = ChangeLog::new(config).record_all(config);
+pub fn record_changes(config_path: &Path, config: &Config, work: &ListWork) -> Vec<Change> {
+    let (changes, errors) = match work {
+        ListWork::InProcess => {
+            let (changes, errors) = ChangeLog::new(config).record_all(config);
+            (changes, errors.iter().map(ToString::to_string).collect())
+        }
+        ListWork::Child(program) => record_in_child(program, config_path),
+    };
     for e in errors {
         tracing::error!("change-control log: {e}");
     }

@@ -5,13 +5,16 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use schoolgate::changes::{read_log, Change, ExemptionChange, Record};
+use schoolgate::changes::{read_log, Change, ChangeLog, ExemptionChange, Record};
 use schoolgate::config::Config;
 
 use crate::cli::ChangesArgs;
 
 pub fn run(config_path: &Path, args: ChangesArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
+    if args.record {
+        return record(&config, args.json);
+    }
     let tz = config.time_zone;
     let since = args.since.as_deref().map(|s| since(s, tz)).transpose()?;
     let (changes, bad) = read_log(&config.changes_log, since)?;
@@ -37,6 +40,29 @@ pub fn run(config_path: &Path, args: ChangesArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `changes --record`: what the server does after each reload, by hand.
+fn record(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let (changes, errors) = ChangeLog::new(config).record_all(config);
+    for c in &changes {
+        if json {
+            println!("{}", serde_json::to_string(c)?);
+        } else {
+            print_list_change(c, config.time_zone);
+        }
+    }
+    if !json && changes.is_empty() && errors.is_empty() {
+        println!("no list or setting changed since the last record");
+    }
+    for e in &errors {
+        eprintln!("schoolgate: {e}");
+    }
+    Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn print_list_change(c: &Change, tz: chrono_tz::Tz) {

@@ -13,7 +13,7 @@ use schoolgate::cache::AnswerCache;
 use schoolgate::journal::Journal;
 use schoolgate::lists::refresh_forever;
 use schoolgate::metrics::Metrics;
-use schoolgate::reload::{self, Adjust, Compiler, ReloadResult, Trigger};
+use schoolgate::reload::{self, Adjust, ListWork, ReloadResult, Trigger};
 use schoolgate::server::{self, Handler};
 use schoolgate::upstream::Upstream;
 use tokio::signal::unix::{signal, SignalKind};
@@ -46,8 +46,8 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
             c.upstreams = upstream.clone();
         }
     });
-    let compiler = list_compiler();
-    let loaded = reload::load(config_path, &adjust, &compiler).map_err(anyhow::Error::msg)?;
+    let work = list_work();
+    let loaded = reload::load(config_path, &adjust, &work).map_err(anyhow::Error::msg)?;
     for bad in &loaded.bad {
         tracing::warn!("{bad}");
     }
@@ -118,9 +118,10 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         } else {
             None
         };
-        let startup_config = config.clone();
+        let (startup_config, startup_path, startup_work) =
+            (config.clone(), config_path.to_path_buf(), work.clone());
         tokio::task::spawn_blocking(move || {
-            let changes = reload::record_changes(&startup_config);
+            let changes = reload::record_changes(&startup_path, &startup_config, &startup_work);
             release_freed_memory();
             tracing::info!(
                 changes = changes.len(),
@@ -132,7 +133,7 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
             journal.clone(),
             config_path.to_path_buf(),
             adjust,
-            compiler,
+            work,
             rx,
         ));
         if config.categories.iter().any(|c| !c.sources.is_empty()) {
@@ -183,12 +184,12 @@ async fn reloader(
     journal: Journal,
     config_path: std::path::PathBuf,
     adjust: Adjust,
-    compiler: Compiler,
+    work: ListWork,
     mut rx: mpsc::Receiver<Trigger>,
 ) {
     while let Some(trigger) = rx.recv().await {
         let before = handler.engine().config().clone();
-        match reload::reload(&handler, &config_path, &adjust, &compiler).await {
+        match reload::reload(&handler, &config_path, &adjust, &work).await {
             ReloadResult::Applied {
                 recompiled,
                 took,
@@ -224,15 +225,15 @@ async fn reloader(
     }
 }
 
-/// Lists are compiled by this same binary in a child process. `/proc/self/exe` is the running
-/// binary even after a package upgrade replaced the file, so the compile writes the cache in the
-/// format this server reads.
-fn list_compiler() -> Compiler {
+/// Lists are compiled and diffed by this same binary in child processes. `/proc/self/exe` is the
+/// running binary even after a package upgrade replaced the file, so the compile writes the
+/// cache in the format this server reads.
+fn list_work() -> ListWork {
     let this = std::path::Path::new("/proc/self/exe");
     if this.exists() {
-        Compiler::Child(this.to_path_buf())
+        ListWork::Child(this.to_path_buf())
     } else {
-        Compiler::InProcess
+        ListWork::InProcess
     }
 }
 
