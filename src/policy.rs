@@ -392,6 +392,16 @@ impl Engine {
         &self.lists
     }
 
+    /// Drops the resident pages of this engine's mapped files. Readers still using it read
+    /// them back from the page cache.
+    pub fn release_pages(&self) {
+        self.index.release_pages();
+        for list in &self.lists {
+            list.block.release();
+            list.allow.release();
+        }
+    }
+
     /// Distinct names across all lists.
     pub fn index_len(&self) -> usize {
         self.index.len()

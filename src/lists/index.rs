@@ -27,7 +27,7 @@ use fst::raw::Output;
 use fst::{Map, MapBuilder};
 use memmap2::Mmap;
 
-use super::compile::{map_file, tmp_path, write_atomic, CompiledList};
+use super::compile::{map_file, release, tmp_path, write_atomic, CompiledList};
 use super::sorted::SortedKeys;
 use super::ListError;
 
@@ -218,6 +218,14 @@ impl DomainIndex {
         ) {
             (Ok(map), Ok(table)) => Ok(Some(DomainIndex { map, table })),
             _ => Ok(None),
+        }
+    }
+
+    /// Drops the resident pages of the mapped FST and table.
+    pub fn release_pages(&self) {
+        release(self.map.as_fst().as_inner());
+        if let Some(t) = &self.table {
+            release(&t.bytes);
         }
     }
 
