@@ -520,6 +520,34 @@ fn technician_edits_are_written_to_the_list_and_recorded_once() {
 }
 
 #[test]
+fn changes_record_logs_an_edit_made_while_no_server_ran() {
+    let setup = Setup::new();
+    let cfg = setup.config();
+    let (ok, first, err) = run(&cfg, &["changes", "--record"]);
+    assert!(ok, "{err}");
+    assert!(first.contains("initial load  adult"), "{first}");
+    let (ok, again, _) = run(&cfg, &["changes", "--record"]);
+    assert!(ok);
+    assert_eq!(
+        again.trim(),
+        "no list or setting changed since the last record"
+    );
+
+    setup.list("adult.txt", "pornhub.com\nexample.org\n");
+    let (ok, json, err) = run(&cfg, &["changes", "--record", "--json"]);
+    assert!(ok, "{err}");
+    let recorded: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recorded.len(), 1, "{json}");
+    assert_eq!(recorded[0]["by"], "file edit");
+    assert_eq!(recorded[0]["added"], serde_json::json!(["example.org"]));
+    let (_, log, _) = run(&cfg, &["changes", "--json"]);
+    assert!(log.contains("\"added\":[\"example.org\"]"), "{log}");
+}
+
+#[test]
 fn edit_commands_refuse_bad_input_and_show_lists() {
     let setup = Setup::new();
     let cfg = setup.config();
