@@ -31,7 +31,7 @@ fn main() {
     let config = dir.path().join("schoolgate.toml");
     std::fs::write(
         &config,
-        "[server]\nupstreams = [\"127.0.0.1:9\"]\n\n[lists]\ndir = \"lists\"\ncache_dir = \"state/compiled\"\nstate_dir = \"state/lists\"\nwatch = false\n\n[logs]\ndir = \"state/logs\"\n\n[[category]]\nname = \"big\"\nfiles = [\"big.txt\"]\n",
+        "[server]\nupstreams = [\"127.0.0.1:9\"]\n# One client asks as fast as it can: the per-client limit would drop most of its queries.\nrate_limit_qps = 100000000\nrate_limit_burst = 100000000\n\n[lists]\ndir = \"lists\"\ncache_dir = \"state/compiled\"\nstate_dir = \"state/lists\"\nwatch = false\n\n[logs]\ndir = \"state/logs\"\n\n[[category]]\nname = \"big\"\nfiles = [\"big.txt\"]\n",
     )
     .expect("write config");
 
