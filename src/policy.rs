@@ -680,6 +680,17 @@ impl Engine {
         })
     }
 
+    /// Starts reading what [`origin_of`](Self::origin_of) will read for `rule`, so the log
+    /// writer does not wait on a cache miss per breach.
+    #[inline]
+    pub fn prefetch_origin(&self, rule: &Rule) {
+        if let Rule::Listed { slot, .. } = *rule {
+            if slot != NO_SLOT {
+                self.index.prefetch_origin(slot);
+            }
+        }
+    }
+
     /// As [`Engine::origin`], borrowed from the engine and the normalised `name`: the journal
     /// writes one for every breach and should not allocate for it.
     pub fn origin_of<'a>(&'a self, name: &'a str, rule: &Rule) -> Option<OriginRef<'a>> {

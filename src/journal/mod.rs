@@ -139,7 +139,12 @@ impl Batch {
         };
         let name = keep(ev.name);
         let via = ev.via.map(&mut keep);
-        self.breaches += usize::from(ev.is_breach());
+        if ev.is_breach() {
+            self.breaches += 1;
+            if let Some(d) = &ev.decision {
+                ev.engine.prefetch_origin(&d.rule);
+            }
+        }
         self.records.push(Compact {
             time_ns: ev
                 .time

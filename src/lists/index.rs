@@ -264,6 +264,15 @@ impl DomainIndex {
         self.table.as_ref()?.origin_at(usize::try_from(slot).ok()?)
     }
 
+    /// Asks for the cache line of the origin at `slot` without waiting for it: the query path
+    /// calls this for a breach, and the log writer reads the origin a little later.
+    #[inline]
+    pub fn prefetch_origin(&self, slot: u32) {
+        if let Some(t) = &self.table {
+            prefetch(&t.bytes, t.origin_offset(slot as usize));
+        }
+    }
+
     /// The same answer as [`lookup`](Self::lookup), read from the FST.
     pub fn walk(&self, key: &[u8]) -> Matches {
         let fst = self.map.as_fst();
@@ -460,17 +469,17 @@ struct TableBuilder {
 /// bucket is a cache miss, and asking ahead lets a few dozen of them overlap.
 const PREFETCH_AHEAD: usize = 16;
 
-/// Asks for the cache line holding `slots[at]`, without waiting for it.
+/// Asks for the cache line holding `items[at]`, without waiting for it.
 #[inline]
-fn prefetch(slots: &[u32], at: usize) {
+fn prefetch<T>(items: &[T], at: usize) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(p) = slots.get(at) {
+    if let Some(p) = items.get(at) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         // SAFETY: a prefetch is only a hint: it reads nothing the program sees and cannot fault.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(p).cast()) };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (slots, at);
+    let _ = (items, at);
 }
 
 /// Marks a free slot in the layout.
@@ -758,11 +767,17 @@ impl KeyTable {
     }
 
     /// The kept origin of the key in slot `i`.
+    /// Where the origin of slot `i` starts in the file.
+    #[inline]
+    fn origin_offset(&self, i: usize) -> usize {
+        self.slots_at + BUCKET_BYTES * self.buckets + ORIGIN_BYTES * i
+    }
+
     fn origin_at(&self, i: usize) -> Option<Origin> {
         if i >= self.buckets * BUCKET_SLOTS {
             return None;
         }
-        let at = self.slots_at + BUCKET_BYTES * self.buckets + ORIGIN_BYTES * i;
+        let at = self.origin_offset(i);
         let word = self.bytes.get(at..at + 4)?.try_into().ok()?;
         Some(Origin::widen(u32::from_le_bytes(word), self.line_bits)).filter(|o| *o != Origin::NONE)
     }
