@@ -602,13 +602,18 @@ fn read_stamp(path: &Path) -> Option<String> {
     BufReader::new(File::open(path).ok()?)
         .read_line(&mut first)
         .ok()?;
-    Some(first.trim_end().strip_prefix("# stamp ")?.to_string())
+    stamp_of(first.trim_end())
+}
+
+/// The stamp a snapshot's first line holds.
+fn stamp_of(first_line: &str) -> Option<String> {
+    Some(first_line.strip_prefix("# stamp ")?.to_string())
 }
 
 fn read_snapshot(path: &Path) -> Option<Snapshot> {
     let text = fs::read_to_string(path).ok()?;
     let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
-    let stamp = first.strip_prefix("# stamp ")?.to_string();
+    let stamp = stamp_of(first)?;
     Some(Snapshot {
         stamp,
         entries: rest.lines().collect(),

@@ -283,9 +283,9 @@ fn tune_malloc() {
     }
 }
 
-/// Hands the heap pages a list compile freed back to the system (at start-up and after each
-/// reload): compiling lists and diffing them for the change log frees many small blocks that
-/// glibc would otherwise keep.
+/// Hands freed heap pages back to the system (at start-up and after each reload): loading an
+/// engine frees many small blocks that glibc would otherwise keep, and far more when the list
+/// work runs in this process ([`ListWork::InProcess`], where no child can be started).
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages; it is safe to call from any thread.
