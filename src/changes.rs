@@ -10,7 +10,9 @@
 //! happened while the server was down) and recorded as a "file edit".
 //!
 //! Both sides hold an exclusive lock on `changes.lock` while they compare, write and record, so
-//! an edit is never recorded twice or half. The log file is only ever appended to.
+//! an edit is never recorded twice or half. The log file is only ever appended to, and each
+//! record carries a link to the one before it (a SHA-256 chain), so a record edited, removed or
+//! inserted afterwards is found ([`verify_log`]); the daily summary carries the last link.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -395,19 +397,158 @@ impl ChangeLog {
 /// Appends one record to the change-control log as one write to a file opened for appending
 /// only. The server and the command line both append; one write each keeps their lines whole
 /// (a record formatted in pieces could be split by the other's).
+///
+/// Each record ends with a link: a SHA-256 over the link of the record before it and the record
+/// itself. Editing, removing or inserting a record breaks the links after it, which
+/// [`verify_log`] finds; the daily report carries the last link, so cutting records off the end
+/// is found by comparing it with an earlier report.
 pub(crate) fn append_record(log: &Path, record: &impl Serialize) -> std::io::Result<()> {
     if let Some(dir) = log.parent() {
         fs::create_dir_all(dir)?;
     }
-    let mut line = serde_json::to_vec(record).unwrap_or_default();
-    line.push(b'\n');
+    let body = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    if body.last() != Some(&b'}') {
+        return Err(std::io::Error::other(
+            "a change record must be a JSON object",
+        ));
+    }
     let mut f = OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .mode(0o640)
         .open(log)?;
+    // Every appender links to the record before its own: reading that link and writing must
+    // not interleave with another appender's. Released when `f` closes.
+    f.lock()?;
+    let previous = last_link(&f)?;
+    let link = link(&previous, &body);
+    let mut line = body;
+    line.pop();
+    line.extend_from_slice(LINK_FIELD.as_bytes());
+    line.extend_from_slice(link.as_bytes());
+    line.extend_from_slice(b"\"}\n");
     f.write_all(&line)?;
     f.sync_data()
+}
+
+/// How a record's link is written: the last field of its line.
+const LINK_FIELD: &str = ",\"link\":\"";
+
+/// The link of a record whose previous record had link `previous` ("" for the first).
+fn link(previous: &str, body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(previous.as_bytes());
+    h.update(b"\n");
+    h.update(body);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A line split into the record as it was linked and its link; `None` for a line without one
+/// (written before links were kept, or not by schoolgate).
+fn unlink(line: &str) -> Option<(String, &str)> {
+    // Quotes inside JSON strings are escaped, so this sequence only occurs as a field name.
+    let at = line.rfind(LINK_FIELD)?;
+    let link = line[at + LINK_FIELD.len()..].strip_suffix("\"}")?;
+    Some((format!("{}}}", &line[..at]), link))
+}
+
+/// The link of the log's last line ("" when it has none), read from the end of the file.
+fn last_link(f: &File) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata()?.len();
+    let mut window = 4096u64;
+    loop {
+        let start = len.saturating_sub(window);
+        let mut tail = vec![0u8; usize::try_from(len - start).unwrap_or(0)];
+        f.read_exact_at(&mut tail, start)?;
+        let text = tail.strip_suffix(b"\n").unwrap_or(&tail);
+        let last = match memchr::memrchr(b'\n', text) {
+            Some(nl) => &text[nl + 1..],
+            None if start == 0 => text,
+            None => {
+                window *= 4;
+                continue;
+            }
+        };
+        return Ok(std::str::from_utf8(last)
+            .ok()
+            .and_then(unlink)
+            .map(|(_, link)| link.to_string())
+            .unwrap_or_default());
+    }
+}
+
+/// What checking the change-control log's links found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Verified {
+    /// Records in the log.
+    pub records: usize,
+    /// Records at the start written before links were kept.
+    pub unlinked_at_start: usize,
+    /// The last record's link: keep it (the daily report carries it) to tell later whether
+    /// records were cut off the end.
+    pub last_link: String,
+    /// Lines (1-based) whose link does not follow: that record was edited, or records before
+    /// it were removed or inserted.
+    pub broken: Vec<usize>,
+}
+
+impl Verified {
+    /// One sentence for the daily summary.
+    pub fn summary(&self) -> String {
+        if !self.broken.is_empty() {
+            let lines: Vec<String> = self.broken.iter().map(ToString::to_string).collect();
+            return format!(
+                "The change-control log's links are broken at line {}: those records were \
+                 edited, or records before them removed or inserted. Run `schoolgate changes \
+                 --verify` and find out who changed the file.",
+                lines.join(", ")
+            );
+        }
+        if self.last_link.is_empty() {
+            return "The change-control log has no linked records yet.".to_string();
+        }
+        format!(
+            "{} records, links intact; last link {}. Keep this summary: if records are later \
+             cut from the end of the log, its last link will no longer match this one.",
+            self.records, self.last_link
+        )
+    }
+}
+
+/// Checks every link of the change-control log.
+pub fn verify_log(path: &Path) -> Result<Verified, ChangeError> {
+    let mut v = Verified::default();
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(v),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let mut linked = false;
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io(path))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        v.records += 1;
+        match unlink(&line) {
+            Some((body, stored)) => {
+                if link(&v.last_link, body.as_bytes()) != stored {
+                    v.broken.push(i + 1);
+                }
+                v.last_link = stored.to_string();
+                linked = true;
+            }
+            None if !linked => v.unlinked_at_start += 1,
+            None => {
+                v.broken.push(i + 1);
+                v.last_link.clear();
+            }
+        }
+    }
+    Ok(v)
 }
 
 /// Reads the log, oldest first, keeping records at or after `since`. Lines that do not parse
@@ -777,5 +918,77 @@ mod tests {
         assert!(second.starts_with(&first) && second.len() > first.len());
         let mode = fs::metadata(log.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & 0o137, 0, "mode {mode:o}");
+    }
+
+    #[test]
+    fn links_find_an_edited_removed_or_inserted_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("changes.jsonl");
+        // Two records from before links were kept.
+        fs::write(
+            &path,
+            "{\"by\":\"old\",\"n\":1}\n{\"by\":\"old\",\"n\":2}\n",
+        )
+        .unwrap();
+        for n in 3..=6 {
+            append_record(&path, &serde_json::json!({"by": "alice", "n": n})).unwrap();
+        }
+        let good = verify_log(&path).unwrap();
+        assert_eq!((good.records, good.unlinked_at_start), (6, 2));
+        assert!(good.broken.is_empty(), "{good:?}");
+        assert_eq!(good.last_link.len(), 64);
+        assert!(good.summary().contains("links intact"));
+
+        let text = fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let check = |lines: &[&str]| {
+            fs::write(&path, lines.join("\n") + "\n").unwrap();
+            verify_log(&path).unwrap().broken
+        };
+        let edited = lines[3].replace("alice", "mallory");
+        assert_eq!(
+            check(&[lines[0], lines[1], lines[2], &edited, lines[4], lines[5]]),
+            [4]
+        );
+        assert_eq!(
+            check(&[lines[0], lines[1], lines[2], lines[4], lines[5]]),
+            [4]
+        );
+        assert_eq!(
+            check(&[lines[0], lines[1], lines[2], lines[3], lines[2], lines[4], lines[5]]),
+            [5, 6]
+        );
+        assert_eq!(
+            check(&[
+                lines[0],
+                lines[1],
+                lines[2],
+                lines[3],
+                "{\"by\":\"x\"}",
+                lines[4],
+                lines[5]
+            ]),
+            [5, 6]
+        );
+        // Cutting records off the end keeps the links whole, but changes the last link that
+        // the daily summary carries.
+        let cut = {
+            fs::write(&path, lines[..5].join("\n") + "\n").unwrap();
+            verify_log(&path).unwrap()
+        };
+        assert!(cut.broken.is_empty());
+        assert_ne!(cut.last_link, good.last_link);
+
+        // The next record links to the last one, whatever was there before.
+        fs::write(&path, text).unwrap();
+        append_record(
+            &path,
+            &serde_json::json!({"by": "bob", "reason": "a \",\"link\":\" trick"}),
+        )
+        .unwrap();
+        let v = verify_log(&path).unwrap();
+        assert!(v.broken.is_empty(), "{v:?}");
+        assert_eq!(v.records, 7);
+        assert!(v.summary().contains("links intact"));
     }
 }

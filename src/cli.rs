@@ -112,6 +112,10 @@ pub struct ChangesArgs {
     /// recorded.
     #[arg(long, conflicts_with = "since")]
     pub record: bool,
+    /// Check that no record was edited, removed or inserted since it was written (each record
+    /// is linked to the one before it by a SHA-256), and show the last link.
+    #[arg(long, conflicts_with_all = ["since", "record"])]
+    pub verify: bool,
 }
 
 /// Reports.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use schoolgate::changes::{read_log, Change, ChangeLog, ExemptionChange, Record};
+use schoolgate::changes::{read_log, verify_log, Change, ChangeLog, ExemptionChange, Record};
 use schoolgate::config::Config;
 
 use crate::cli::ChangesArgs;
@@ -14,6 +14,9 @@ pub fn run(config_path: &Path, args: ChangesArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
     if args.record {
         return record(&config, args.json);
+    }
+    if args.verify {
+        return verify(&config.changes_log, args.json);
     }
     let tz = config.time_zone;
     let since = args.since.as_deref().map(|s| since(s, tz)).transpose()?;
@@ -59,6 +62,46 @@ fn record(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         eprintln!("schoolgate: {e}");
     }
     Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `changes --verify`: are the log's links whole?
+fn verify(log: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let v = verify_log(log)?;
+    if json {
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        for line in &v.broken {
+            eprintln!(
+                "schoolgate: {}:{line}: this record does not follow from the one before it: it \
+                 was edited, or records before it were removed or inserted",
+                log.display()
+            );
+        }
+        if v.broken.is_empty() {
+            println!(
+                "{}: {} records, links intact; last link {}",
+                log.display(),
+                v.records,
+                if v.last_link.is_empty() {
+                    "(none yet)"
+                } else {
+                    &v.last_link
+                }
+            );
+        }
+        if v.unlinked_at_start > 0 {
+            println!(
+                "({} records at the start were written before records were linked and cannot be \
+                 checked)",
+                v.unlinked_at_start
+            );
+        }
+    }
+    Ok(if v.broken.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -450,6 +450,7 @@ impl Breaches {
             changes: Vec::new(),
             exemptions: Vec::new(),
             problems,
+            change_log: Default::default(),
         }
     }
 }

@@ -288,6 +288,8 @@ pub struct Report {
     pub exemptions: Vec<Change>,
     /// Log drops, write errors and rate limiting.
     pub problems: Vec<Problem>,
+    /// The change-control log's links as of this report.
+    pub change_log: crate::changes::Verified,
 }
 
 /// Builds the report for `date` from the configured log directory. With `anonymise`, every
@@ -317,6 +319,9 @@ impl Report {
             })?;
         self.changes = changes;
         self.exemptions = exemptions;
+        self.change_log = crate::changes::verify_log(path).map_err(
+            |crate::changes::ChangeError::Io { path, source }| ReportError::Read { path, source },
+        )?;
         Ok(())
     }
 

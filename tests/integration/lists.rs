@@ -548,6 +548,56 @@ fn changes_record_logs_an_edit_made_while_no_server_ran() {
 }
 
 #[test]
+fn an_edited_change_log_is_found_by_its_links() {
+    let setup = Setup::new();
+    let cfg = setup.config();
+    for name in ["one.example", "two.example"] {
+        let (ok, _, err) = run(
+            &cfg,
+            &[
+                "list", "add", "adult", name, "--by", "alice", "--reason", "ticket 7",
+            ],
+        );
+        assert!(ok, "{err}");
+    }
+    let (ok, verified, err) = run(&cfg, &["changes", "--verify", "--json"]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&verified).unwrap();
+    assert!(v["records"].as_u64().unwrap() >= 2, "{verified}");
+    let last = v["last_link"].as_str().unwrap().to_string();
+    assert_eq!(last.len(), 64);
+    let (ok, summary, err) = setup.run(&["report", "daily", "--date", "today"]);
+    assert!(ok, "{err}");
+    assert!(
+        summary.contains(&format!("links intact; last link {last}")),
+        "{summary}"
+    );
+
+    // Someone hides what alice did.
+    let log = setup.dir.path().join("state/logs/changes.jsonl");
+    let text = fs::read_to_string(&log).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.contains("two.example"))
+        .unwrap()
+        + 1;
+    fs::write(&log, text.replace("two.example", "t0.example")).unwrap();
+    let (ok, _, err) = run(&cfg, &["changes", "--verify"]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "changes.jsonl:{line}: this record does not follow"
+        )),
+        "{err}"
+    );
+    let (_, summary, _) = setup.run(&["report", "daily", "--date", "today"]);
+    assert!(
+        summary.contains(&format!("links are broken at line {line}")),
+        "{summary}"
+    );
+}
+
+#[test]
 fn edit_commands_refuse_bad_input_and_show_lists() {
     let setup = Setup::new();
     let cfg = setup.config();

@@ -179,6 +179,13 @@ pub(super) fn render(r: &Report) -> String {
             ..Row::default()
         });
     }
+    put(Row {
+        section: "change_log",
+        name: &r.change_log.last_link,
+        count: Some(r.change_log.records as u64),
+        detail: r.change_log.summary(),
+        ..Row::default()
+    });
     let bytes = w.into_inner().unwrap_or_default();
     String::from_utf8(bytes).unwrap_or_default()
 }

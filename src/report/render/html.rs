@@ -181,6 +181,9 @@ pub(super) fn render(r: &Report) -> String {
     changes(&mut o, &r.changes);
     o.push_str("<h2>Exemptions</h2>");
     changes(&mut o, &r.exemptions);
+    o.push_str("<h2>Change-control log</h2><p>");
+    o.push_str(&esc(&r.change_log.summary()));
+    o.push_str("</p>");
 
     o.push_str("<h2>Logging and server problems</h2>");
     table(

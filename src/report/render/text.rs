@@ -150,6 +150,8 @@ pub(super) fn render(r: &Report) -> String {
             let _ = writeln!(o, "    reason: {}", c.reason);
         }
     }
+    section(&mut o, "CHANGE-CONTROL LOG");
+    let _ = writeln!(o, "  {}", r.change_log.summary());
     section(&mut o, "EXEMPTIONS");
     if r.exemptions.is_empty() {
         let _ = writeln!(o, "  None.");
