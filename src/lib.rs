@@ -13,7 +13,7 @@
 //! - [`clients`], [`leases`], [`exemptions`]: who asked, their group, approved exemptions.
 //! - [`config`]: the configuration file, validated with file, line and field in every error.
 //! - [`wire`], [`cache`], [`upstream`]: DNS bytes, the answer cache, forwarding.
-//! - [`reload`]: watching files and swapping in a new engine.
+//! - [`reload`]: watching files, compiling in a child process, swapping in a new engine.
 //! - [`journal`]: access, breach and notice logs, off the query path.
 //! - [`report`], [`alerts`], [`mail`]: the daily summary, immediate alerts, email.
 //! - [`changes`]: the change-control log of every filtering change.
