@@ -310,8 +310,7 @@ impl ChangeLog {
             let others: usize = category_files
                 .iter()
                 .filter(|f| f.as_path() != file)
-                .filter_map(|f| read_snapshot(&self.snapshot_path(list, f)))
-                .map(|s| s.entries.len())
+                .filter_map(|f| snapshot_len(&self.snapshot_path(list, f)))
                 .sum();
             let (by, reason, url) = match (&previous, actor) {
                 (_, Actor::Person { by, reason }) => (by, Some(reason.to_string()), None),
@@ -751,14 +750,34 @@ fn stamp_of(first_line: &str) -> Option<String> {
     Some(first_line.strip_prefix("# stamp ")?.to_string())
 }
 
+/// The second line of a snapshot: how many entries follow. Snapshots written before it was
+/// kept have none and are counted by reading them.
+const COUNT_LINE: &str = "# entries ";
+
 fn read_snapshot(path: &Path) -> Option<Snapshot> {
     let text = fs::read_to_string(path).ok()?;
     let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
     let stamp = stamp_of(first)?;
+    let rest = match rest.split_once('\n') {
+        Some((count, after)) if count.starts_with(COUNT_LINE) => after,
+        _ => rest,
+    };
     Some(Snapshot {
         stamp,
         entries: rest.lines().collect(),
     })
+}
+
+/// How many entries a snapshot holds, from its first two lines when it says.
+fn snapshot_len(path: &Path) -> Option<usize> {
+    let mut head = BufReader::new(File::open(path).ok()?);
+    let (mut first, mut second) = (String::new(), String::new());
+    head.read_line(&mut first).ok()?;
+    head.read_line(&mut second).ok()?;
+    match second.trim_end().strip_prefix(COUNT_LINE) {
+        Some(n) => n.parse().ok(),
+        None => read_snapshot(path).map(|s| s.entries.len()),
+    }
 }
 
 fn write_snapshot(path: &Path, stamp: &str, entries: &Entries) -> Result<(), ChangeError> {
@@ -769,6 +788,7 @@ fn write_snapshot(path: &Path, stamp: &str, entries: &Entries) -> Result<(), Cha
     let file = File::create(&tmp).map_err(io(&tmp))?;
     let mut w = std::io::BufWriter::new(file);
     writeln!(w, "# stamp {stamp}")
+        .and_then(|()| writeln!(w, "{COUNT_LINE}{}", entries.len()))
         .and_then(|()| entries.iter().try_for_each(|e| writeln!(w, "{e}")))
         .and_then(|()| w.flush())
         .map_err(io(&tmp))?;
@@ -918,6 +938,44 @@ mod tests {
         assert!(second.starts_with(&first) && second.len() > first.len());
         let mode = fs::metadata(log.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & 0o137, 0, "mode {mode:o}");
+    }
+
+    #[test]
+    fn sizes_count_the_categorys_other_files_from_their_snapshot_headers() {
+        let (dir, log, file) = setup();
+        let other = dir.path().join("adult-extra.txt");
+        let files = vec![file.clone(), other.clone()];
+        let lock = log.lock().unwrap();
+        edit(&file, "a.example\n");
+        edit(&other, "x.example\ny.example\nz.example\n");
+        for f in &files {
+            log.record(&lock, "adult", f, &files, Actor::FileEdit)
+                .unwrap();
+        }
+        let snap = log.snapshot_path("adult", &other);
+        let text = fs::read_to_string(&snap).unwrap();
+        assert!(text.lines().nth(1) == Some("# entries 3"), "{text}");
+        assert_eq!(read_snapshot(&snap).unwrap().entries.len(), 3);
+        edit(&file, "a.example\nb.example\n");
+        let c = log
+            .record(&lock, "adult", &file, &files, Actor::FileEdit)
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.size_before, c.size_after), (4, 5));
+
+        // A snapshot from before the count line is counted by reading it.
+        let old_format: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with(COUNT_LINE))
+            .collect();
+        fs::write(&snap, old_format.join("\n") + "\n").unwrap();
+        assert_eq!(snapshot_len(&snap), Some(3));
+        edit(&file, "a.example\n");
+        let c = log
+            .record(&lock, "adult", &file, &files, Actor::FileEdit)
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.size_before, c.size_after), (5, 4));
     }
 
     #[test]
