@@ -264,7 +264,11 @@ pub(crate) fn map_file(path: &Path) -> Result<Map<Mmap>, ListError> {
     // SAFETY: compiled files are only ever replaced by rename, never modified in place, so the
     // mapped bytes cannot change underneath us while this mapping lives.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ListError::io(path, e))?;
-    Map::new(mmap).map_err(|e| ListError::fst(path, e))
+    let map = Map::new(mmap).map_err(|e| ListError::fst(path, e))?;
+    // Reading its header and root mapped whole page-cache folios (a megabyte of a 1,000,000-name
+    // index) that queries, which probe the table, then never touch.
+    release(map.as_fst().as_inner());
+    Ok(map)
 }
 
 /// The check `fst` makes (a masked CRC-32C of everything before the stored checksum), read
