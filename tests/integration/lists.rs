@@ -168,8 +168,8 @@ fn a_garbage_or_missing_list_keeps_the_previous_lists_in_force() {
     );
 }
 
-/// The server's child processes (the list compile), from `/proc/*/stat`.
-fn children_of(pid: u32) -> Vec<u32> {
+/// The server's child processes running `schoolgate ... <command>`, from `/proc`.
+fn children_of(pid: u32, command: &str) -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -184,7 +184,9 @@ fn children_of(pid: u32) -> Vec<u32> {
             .nth(1)?
             .parse()
             .ok()?;
-        (ppid == pid).then_some(child)
+        let args = fs::read(format!("/proc/{child}/cmdline")).ok()?;
+        let runs = args.split(|&b| b == 0).any(|a| a == command.as_bytes());
+        (ppid == pid && runs).then_some(child)
     })
     .collect()
 }
@@ -202,7 +204,7 @@ fn a_list_compile_that_is_killed_leaves_the_server_filtering() {
     setup.list("adult.txt", &big);
     let deadline = Instant::now() + Duration::from_secs(10);
     let compile = loop {
-        if let Some(&child) = children_of(server.pid()).first() {
+        if let Some(&child) = children_of(server.pid(), "compile").first() {
             break child;
         }
         assert!(
