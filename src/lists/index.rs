@@ -326,8 +326,8 @@ const KICK_SEED: u64 = 0x5C40_0C0E_7AB1_E5ED;
 const ORIGIN_BYTES: usize = 3;
 
 /// Where a listed key came from, packed in 32 bits: the source file's index in its list (high 8
-/// bits, plus one) and the line (low 24 bits). Zero: not kept. The table file keeps it in
-/// [`ORIGIN_BYTES`] beside the key's slot ([`Origin::squeeze`]).
+/// bits, plus one) and the line (low 24 bits). Zero: not kept. The table file keeps it squeezed
+/// into three bytes per slot, after the buckets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Origin(u32);
 
