@@ -420,9 +420,11 @@ pub(crate) fn append_record(log: &Path, record: &impl Serialize) -> std::io::Res
     // Every appender links to the record before its own: reading that link and writing must
     // not interleave with another appender's. Released when `f` closes.
     f.lock()?;
-    let previous = last_link(&f)?;
+    let (previous, whole) = last_link(&f)?;
     let link = link(&previous, &body);
-    let mut line = body;
+    // After a write cut short (a crash, a full disk) the new record starts on a line of its own.
+    let mut line = if whole { Vec::new() } else { b"\n".to_vec() };
+    line.extend_from_slice(&body);
     line.pop();
     line.extend_from_slice(LINK_FIELD.as_bytes());
     line.extend_from_slice(link.as_bytes());
@@ -453,8 +455,9 @@ fn unlink(line: &str) -> Option<(String, &str)> {
     Some((format!("{}}}", &line[..at]), link))
 }
 
-/// The link of the log's last line ("" when it has none), read from the end of the file.
-fn last_link(f: &File) -> std::io::Result<String> {
+/// The link of the log's last line ("" when it has none), read from the end of the file, and
+/// whether that line is whole (the file is empty or ends with a newline).
+fn last_link(f: &File) -> std::io::Result<(String, bool)> {
     use std::os::unix::fs::FileExt;
     let len = f.metadata()?.len();
     let mut window = 4096u64;
@@ -462,6 +465,7 @@ fn last_link(f: &File) -> std::io::Result<String> {
         let start = len.saturating_sub(window);
         let mut tail = vec![0u8; usize::try_from(len - start).unwrap_or(0)];
         f.read_exact_at(&mut tail, start)?;
+        let whole = tail.last().is_none_or(|&b| b == b'\n');
         let text = tail.strip_suffix(b"\n").unwrap_or(&tail);
         let last = match memchr::memrchr(b'\n', text) {
             Some(nl) => &text[nl + 1..],
@@ -471,11 +475,12 @@ fn last_link(f: &File) -> std::io::Result<String> {
                 continue;
             }
         };
-        return Ok(std::str::from_utf8(last)
+        let link = std::str::from_utf8(last)
             .ok()
             .and_then(unlink)
             .map(|(_, link)| link.to_string())
-            .unwrap_or_default());
+            .unwrap_or_default();
+        return Ok((link, whole));
     }
 }
 
@@ -1036,6 +1041,17 @@ mod tests {
         };
         assert!(cut.broken.is_empty());
         assert_ne!(cut.last_link, good.last_link);
+
+        // A record cut short by a crash is reported, and the next one starts on its own line.
+        fs::write(&path, format!("{text}{{\"by\":\"torn")).unwrap();
+        append_record(&path, &serde_json::json!({"by": "carol"})).unwrap();
+        let after_tear = fs::read_to_string(&path).unwrap();
+        assert!(after_tear
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("{\"by\":\"carol\""));
+        assert_eq!(verify_log(&path).unwrap().broken, [7]);
 
         // The next record links to the last one, whatever was there before.
         fs::write(&path, text).unwrap();
