@@ -448,10 +448,6 @@ impl Drain {
             }
             batch.clear();
             let _ = self.spare.try_send(batch);
-            // The writer may share a core with the query threads: letting a query thread that
-            // was woken meanwhile run now, rather than after this thread's time slice, keeps a
-            // backlog of log lines from adding milliseconds to answers.
-            std::thread::yield_now();
         }
     }
 }
