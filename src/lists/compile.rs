@@ -82,10 +82,10 @@ pub fn compile_list(
     sources: &[PathBuf],
     cache_dir: &Path,
 ) -> Result<CompiledList, ListError> {
-    if let Some(list) = open_compiled(name, sources, cache_dir)? {
+    let fingerprint = fingerprint(sources)?;
+    if let Some(list) = open_cached(name, sources, cache_dir, &fingerprint) {
         return Ok(list);
     }
-    let fingerprint = fingerprint(sources)?;
     let block_path = cache_dir.join(format!("{name}.keys"));
     let allow_path = cache_dir.join(format!("{name}.allow.keys"));
     let meta_path = cache_dir.join(format!("{name}.meta.json"));
@@ -157,18 +157,21 @@ pub fn open_compiled(
     cache_dir: &Path,
 ) -> Result<Option<CompiledList>, ListError> {
     let fingerprint = fingerprint(sources)?;
-    let Some(meta) = read_meta(&cache_dir.join(format!("{name}.meta.json")))
-        .filter(|m| m.fingerprint == fingerprint)
-    else {
-        return Ok(None);
-    };
-    let (Ok(block), Ok(allow)) = (
-        SortedKeys::open(&cache_dir.join(format!("{name}.keys"))),
-        SortedKeys::open(&cache_dir.join(format!("{name}.allow.keys"))),
-    ) else {
-        return Ok(None);
-    };
-    Ok(Some(CompiledList {
+    Ok(open_cached(name, sources, cache_dir, &fingerprint))
+}
+
+/// The compiled files of a list whose sources have `fingerprint`, if they are there and sound.
+fn open_cached(
+    name: &str,
+    sources: &[PathBuf],
+    cache_dir: &Path,
+    fingerprint: &str,
+) -> Option<CompiledList> {
+    let meta = read_meta(&cache_dir.join(format!("{name}.meta.json")))
+        .filter(|m| m.fingerprint == fingerprint)?;
+    let block = SortedKeys::open(&cache_dir.join(format!("{name}.keys"))).ok()?;
+    let allow = SortedKeys::open(&cache_dir.join(format!("{name}.allow.keys"))).ok()?;
+    Some(CompiledList {
         name: name.to_string(),
         block,
         allow,
@@ -177,8 +180,8 @@ pub fn open_compiled(
         bad: meta.bad,
         bad_count: meta.bad_count,
         recompiled: false,
-        fingerprint,
-    }))
+        fingerprint: fingerprint.to_string(),
+    })
 }
 
 /// Size and modification time of each source: cheap to compute, and any edit changes it.
