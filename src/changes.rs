@@ -525,34 +525,42 @@ impl Verified {
 /// Checks every link of the change-control log.
 pub fn verify_log(path: &Path) -> Result<Verified, ChangeError> {
     let mut v = Verified::default();
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(v),
-        Err(e) => return Err(io(path)(e)),
-    };
     let mut linked = false;
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io(path))?;
-        if line.trim().is_empty() {
-            continue;
-        }
+    log_lines(path, |number, line| {
         v.records += 1;
-        match unlink(&line) {
+        match unlink(line) {
             Some((body, stored)) => {
                 if link(&v.last_link, body.as_bytes()) != stored {
-                    v.broken.push(i + 1);
+                    v.broken.push(number);
                 }
                 v.last_link = stored.to_string();
                 linked = true;
             }
             None if !linked => v.unlinked_at_start += 1,
             None => {
-                v.broken.push(i + 1);
+                v.broken.push(number);
                 v.last_link.clear();
             }
         }
-    }
+    })?;
     Ok(v)
+}
+
+/// Calls `each` with every non-blank line of the log and its 1-based number; a missing log has
+/// none.
+fn log_lines(path: &Path, mut each: impl FnMut(usize, &str)) -> Result<(), ChangeError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(path)(e)),
+    };
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io(path))?;
+        if !line.trim().is_empty() {
+            each(i + 1, &line);
+        }
+    }
+    Ok(())
 }
 
 /// Reads the log, oldest first, keeping records at or after `since`. Lines that do not parse
@@ -561,24 +569,15 @@ pub fn read_log(
     path: &Path,
     since: Option<DateTime<Utc>>,
 ) -> Result<(Vec<Record>, Vec<usize>), ChangeError> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
-        Err(e) => return Err(io(path)(e)),
-    };
     let mut changes = Vec::new();
     let mut bad = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io(path))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Record>(&line) {
+    log_lines(path, |number, line| {
+        match serde_json::from_str::<Record>(line) {
             Ok(c) if since.is_none_or(|s| c.time() >= s) => changes.push(c),
             Ok(_) => {}
-            Err(_) => bad.push(i + 1),
+            Err(_) => bad.push(number),
         }
-    }
+    })?;
     Ok((changes, bad))
 }
 
