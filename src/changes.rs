@@ -960,12 +960,15 @@ mod tests {
         let text = fs::read_to_string(&snap).unwrap();
         assert!(text.lines().nth(1) == Some("# entries 3"), "{text}");
         assert_eq!(read_snapshot(&snap).unwrap().entries.len(), 3);
-        edit(&file, "a.example\nb.example\n");
-        let c = log
-            .record(&lock, "adult", &file, &files, Actor::FileEdit)
-            .unwrap()
-            .unwrap();
-        assert_eq!((c.size_before, c.size_after), (4, 5));
+        let sizes_after_edit = |text: &str| {
+            edit(&file, text);
+            let c = log
+                .record(&lock, "adult", &file, &files, Actor::FileEdit)
+                .unwrap()
+                .unwrap();
+            (c.size_before, c.size_after)
+        };
+        assert_eq!(sizes_after_edit("a.example\nb.example\n"), (4, 5));
 
         // A snapshot from before the count line is counted by reading it.
         let old_format: Vec<&str> = text
@@ -974,12 +977,7 @@ mod tests {
             .collect();
         fs::write(&snap, old_format.join("\n") + "\n").unwrap();
         assert_eq!(snapshot_len(&snap), Some(3));
-        edit(&file, "a.example\n");
-        let c = log
-            .record(&lock, "adult", &file, &files, Actor::FileEdit)
-            .unwrap()
-            .unwrap();
-        assert_eq!((c.size_before, c.size_after), (5, 4));
+        assert_eq!(sizes_after_edit("a.example\n"), (5, 4));
     }
 
     #[test]
