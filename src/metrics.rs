@@ -56,6 +56,7 @@ pub struct Metrics {
     pub rate_limited_clients: IntCounter,
     log_records: IntCounterVec,
     log_errors: IntCounter,
+    log_pauses: IntCounter,
     journal: Option<Arc<Stats>>,
     last_journal: std::sync::Mutex<[u64; 4]>,
 }
@@ -180,6 +181,11 @@ impl Metrics {
                 "schoolgate_log_write_errors_total",
                 "Failed log writes (full disk, unwritable directory)",
             ),
+            log_pauses: counter(
+                &r,
+                "schoolgate_log_pauses_total",
+                "Times the UDP loops stopped taking queries until the log writer caught up on breaches",
+            ),
             journal,
             last_journal: std::sync::Mutex::new([0; 4]),
             registry: r,
@@ -278,6 +284,9 @@ impl Metrics {
         let errors = stats.write_errors.load(Ordering::Relaxed);
         self.log_errors
             .inc_by(errors.saturating_sub(self.log_errors.get()));
+        let pauses = stats.paused.load(Ordering::Relaxed);
+        self.log_pauses
+            .inc_by(pauses.saturating_sub(self.log_pauses.get()));
     }
 }
 

@@ -8,15 +8,18 @@
 //! into JSON lines every few milliseconds, rotates files at local midnight, compresses finished
 //! days and deletes days past their retention.
 //!
-//! Nothing here waits. Access records beyond the configured queue are dropped and counted when
-//! the writer falls behind; breach records are not dropped for a slow writer or a full disk (see
-//! [`MAX_QUEUED_BREACHES`]).
+//! Logging itself never waits. Access records beyond the configured queue are dropped and
+//! counted when the writer falls behind. Breach records are not dropped for a slow writer: past
+//! [`BREACH_PAUSE_AT`] queued breaches the UDP loops stop taking queries until the writer catches
+//! up ([`Journal::catch_up`]), so a flood is answered as fast as its breaches can be written.
+//! Only a writer stuck for longer than [`BREACH_WAIT`] (a hung disk) lets breaches queue on, up to
+//! [`BREACH_LOSE_AT`], past which they are counted lost rather than exhaust memory.
 
 mod record;
 mod writer;
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -90,12 +93,15 @@ pub struct Stats {
     pub access_dropped: AtomicU64,
     /// Breach records written.
     pub breach_written: AtomicU64,
-    /// Breach records lost (only when the disk stays unwritable past the in-memory bound).
+    /// Breach records lost: only when the writer is stuck (see [`BREACH_LOSE_AT`]) or the disk
+    /// stays unwritable past the writer's in-memory bound.
     pub breach_lost: AtomicU64,
     /// Write errors (full disk, unwritable directory).
     pub write_errors: AtomicU64,
     /// Breach records held in memory waiting for the disk.
     pub breach_pending: AtomicU64,
+    /// Times the UDP loops paused for the writer to catch up on breaches.
+    pub paused: AtomicU64,
     /// The last write error, for `/healthz` and logs.
     pub last_error: Mutex<Option<String>>,
 }
@@ -208,6 +214,28 @@ struct Shared {
     queued_access: AtomicUsize,
     /// Breach records sent and not yet formatted.
     queued_breaches: AtomicUsize,
+    /// Set when a pause for the writer timed out, cleared when the writer drains below the
+    /// pause bound again: a stuck writer must not stall every answer.
+    stuck: AtomicBool,
+    bounds: BreachBounds,
+}
+
+/// When the query path pauses for the writer, how long it waits, and when breaches are lost.
+#[derive(Clone, Copy)]
+struct BreachBounds {
+    pause_at: usize,
+    wait: Duration,
+    lose_at: usize,
+}
+
+impl Default for BreachBounds {
+    fn default() -> Self {
+        BreachBounds {
+            pause_at: BREACH_PAUSE_AT,
+            wait: BREACH_WAIT,
+            lose_at: BREACH_LOSE_AT,
+        }
+    }
 }
 
 impl Shared {
@@ -216,7 +244,7 @@ impl Shared {
     }
 
     /// Sends a batch, first cutting what the queue bounds allow no room for: access records
-    /// when the writer is that far behind, breaches only past [`MAX_QUEUED_BREACHES`].
+    /// when the writer is that far behind, breaches only past [`BREACH_LOSE_AT`].
     fn send(&self, mut batch: Batch) {
         let access = batch.records.len() - batch.breaches;
         if access > 0 && self.queued_access.load(Ordering::Relaxed) + access > self.access_limit {
@@ -227,7 +255,7 @@ impl Shared {
         }
         let access = batch.records.len() - batch.breaches;
         if batch.breaches > 0
-            && self.queued_breaches.load(Ordering::Relaxed) + batch.breaches > MAX_QUEUED_BREACHES
+            && self.queued_breaches.load(Ordering::Relaxed) + batch.breaches > self.bounds.lose_at
         {
             self.stats
                 .breach_lost
@@ -290,6 +318,15 @@ impl Journal {
         tz: chrono_tz::Tz,
         alerts: Option<Alerter>,
     ) -> std::io::Result<Journal> {
+        Self::start_bounded(logs, tz, alerts, BreachBounds::default())
+    }
+
+    fn start_bounded(
+        logs: &Logs,
+        tz: chrono_tz::Tz,
+        alerts: Option<Alerter>,
+        bounds: BreachBounds,
+    ) -> std::io::Result<Journal> {
         writer::prepare_dir(&logs.dir)?;
         let (batches, batch_rx) = crossbeam_channel::unbounded();
         let (spare_tx, spare) = crossbeam_channel::bounded(SPARE_BATCHES);
@@ -303,6 +340,8 @@ impl Journal {
             access_limit: logs.queue,
             queued_access: AtomicUsize::new(0),
             queued_breaches: AtomicUsize::new(0),
+            stuck: AtomicBool::new(false),
+            bounds,
         });
         let w = writer::Writer::new(logs.clone(), tz, stats);
         let queues = Arc::downgrade(&shared);
@@ -319,6 +358,36 @@ impl Journal {
                 })
             })?;
         Ok(Journal { shared })
+    }
+
+    /// Whether the writer is so far behind on breaches that the UDP loops should take no more
+    /// queries until it catches up. False while the writer is stuck (see [`Journal::catch_up`]).
+    pub fn behind(&self) -> bool {
+        let s = &self.shared;
+        s.queued_breaches.load(Ordering::Relaxed) >= s.bounds.pause_at
+            && !s.stuck.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the writer is back under the pause bound, or [`BREACH_WAIT`] has passed. A
+    /// writer that does not catch up in that time is stuck (a hung disk): the query path stops
+    /// pausing for it until it drains, so the school keeps its DNS and breaches queue on up to
+    /// [`BREACH_LOSE_AT`].
+    pub async fn catch_up(&self) {
+        let s = &self.shared;
+        s.stats.paused.fetch_add(1, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + s.bounds.wait;
+        while s.queued_breaches.load(Ordering::Relaxed) >= s.bounds.pause_at {
+            if tokio::time::Instant::now() >= deadline {
+                s.stuck.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    "the log writer has not written breaches for {:?}: answering on without \
+                     waiting for it (check the log disk)",
+                    s.bounds.wait
+                );
+                return;
+            }
+            tokio::time::sleep(DRAIN_EVERY).await;
+        }
     }
 
     /// Logs a query now. Never blocks; a breach is never dropped.
@@ -379,8 +448,14 @@ impl Journal {
     }
 }
 
-/// Breach records waiting for the writer before new ones are counted lost.
-pub const MAX_QUEUED_BREACHES: usize = 100_000;
+/// Breach records waiting for the writer at which the UDP loops pause. A few seconds of a
+/// flood: reached only when the writer has lost its core to the query path.
+pub const BREACH_PAUSE_AT: usize = 100_000;
+/// How long a pause waits for the writer before calling it stuck.
+pub const BREACH_WAIT: Duration = Duration::from_secs(1);
+/// Breach records waiting for a stuck writer past which new ones are counted lost: about
+/// 50 MB of records.
+pub const BREACH_LOSE_AT: usize = 400_000;
 
 /// How often the writer wakes to drain the queues and write. The query path never wakes it: a
 /// wake-up per query would cost a context switch per query on a two-core server. Short enough
@@ -442,9 +517,12 @@ impl Drain {
             if let Some(shared) = self.shared.upgrade() {
                 let access = batch.records.len() - batch.breaches;
                 shared.queued_access.fetch_sub(access, Ordering::Relaxed);
-                shared
+                let before = shared
                     .queued_breaches
                     .fetch_sub(batch.breaches, Ordering::Relaxed);
+                if before - batch.breaches < shared.bounds.pause_at {
+                    shared.stuck.store(false, Ordering::Relaxed);
+                }
             }
             batch.clear();
             let _ = self.spare.try_send(batch);
@@ -556,6 +634,90 @@ mod tests {
             lines(&logs, "access").len(),
             1,
             "the breach's own access line"
+        );
+    }
+
+    /// Holds the writer thread until the returned receiver is read or dropped: the writer
+    /// answers a flush on a channel with no room, so it waits there once it has taken the flush
+    /// and written the (empty) queues.
+    fn wedge(journal: &Journal) -> Receiver<()> {
+        let (tx, rx) = crossbeam_channel::bounded(0);
+        journal.shared.control.send(Msg::Flush(tx)).unwrap();
+        while !journal.shared.control.is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        rx
+    }
+
+    fn breaches(journal: &Journal, engine: &Arc<Engine>, n: usize) {
+        let blocked = QueryName::parse("bad.example").unwrap();
+        for _ in 0..n {
+            journal.log(&ask(engine, &blocked));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_behind_on_breaches_pauses_the_query_path_until_it_catches_up() {
+        let (_dir, engine, logs) = school();
+        let bounds = BreachBounds {
+            pause_at: 4,
+            wait: Duration::from_secs(30),
+            lose_at: 1000,
+        };
+        let journal =
+            Journal::start_bounded(&logs, chrono_tz::Europe::London, None, bounds).unwrap();
+        let held = wedge(&journal);
+        breaches(&journal, &engine, 3);
+        assert!(!journal.behind());
+        breaches(&journal, &engine, 2);
+        assert!(journal.behind());
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            held.recv().unwrap();
+        });
+        let waited = std::time::Instant::now();
+        journal.catch_up().await;
+        assert!(
+            waited.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            waited.elapsed()
+        );
+        assert!(!journal.behind());
+        release.join().unwrap();
+        assert!(journal.flush(Duration::from_secs(5)));
+        assert_eq!(lines(&logs, "breach").len(), 5);
+        let stats = journal.stats();
+        assert_eq!(stats.breach_lost.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.paused.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stuck_writer_stops_pausing_the_query_path_and_only_then_breaches_are_lost() {
+        let (_dir, engine, logs) = school();
+        let bounds = BreachBounds {
+            pause_at: 2,
+            wait: Duration::from_millis(100),
+            lose_at: 4,
+        };
+        let journal =
+            Journal::start_bounded(&logs, chrono_tz::Europe::London, None, bounds).unwrap();
+        let held = wedge(&journal);
+        breaches(&journal, &engine, 3);
+        assert!(journal.behind());
+        journal.catch_up().await;
+        assert!(
+            !journal.behind(),
+            "a stuck writer must not pause every answer"
+        );
+        breaches(&journal, &engine, 3);
+        assert_eq!(journal.stats().breach_lost.load(Ordering::Relaxed), 2);
+        drop(held);
+        assert!(journal.flush(Duration::from_secs(5)));
+        assert_eq!(lines(&logs, "breach").len(), 4);
+        assert!(
+            !journal.shared.stuck.load(Ordering::Relaxed),
+            "a writer that drained is waited for again"
         );
     }
 }

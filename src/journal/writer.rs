@@ -2,8 +2,8 @@
 //! when the disk says no.
 //!
 //! A failed write never reaches the query path. Access lines that cannot be written are
-//! counted as dropped; breach lines are kept in memory (up to [`MAX_PENDING_BREACHES`]) and
-//! written when the disk accepts them again.
+//! counted as dropped; breach lines are kept in memory (up to [`MAX_PENDING_BREACH_BYTES`])
+//! and written when the disk accepts them again.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -24,8 +24,10 @@ use super::{Event, Outcome, Stats};
 use crate::config::Logs;
 use crate::policy::Entry;
 
-/// Breach lines held in memory while the disk refuses them; beyond this they are counted lost.
-pub const MAX_PENDING_BREACHES: usize = 1_000_000;
+/// Memory breach lines may hold while the disk refuses them (about 200,000 lines): enough for
+/// days of a school's breaches, small enough for a small server. Past it the oldest are
+/// counted lost.
+pub const MAX_PENDING_BREACH_BYTES: usize = 64 << 20;
 const FILE_MODE: u32 = 0o640;
 
 /// Creates the log directory (0750) if needed.
@@ -256,7 +258,7 @@ impl Writer {
         let date = self.clock.at(ev.time, self.tz);
         line(self.access.line(date), &self.clock, ev, false);
         line(self.breach.line(date), &self.clock, ev, true);
-        while self.breach.lines > MAX_PENDING_BREACHES {
+        while self.breach.pending.len() * CHUNK_BYTES > MAX_PENDING_BREACH_BYTES {
             let lost = self.breach.drop_oldest();
             self.stats
                 .breach_lost

@@ -176,6 +176,15 @@ impl Handler {
         journal::flush_deferred();
     }
 
+    /// Waits while the log writer is too far behind on breaches (see [`Journal::behind`]): the
+    /// UDP loops take no new queries meanwhile, so a flood is answered as fast as its breaches
+    /// can be written instead of losing them.
+    pub async fn wait_for_log(&self) {
+        if let Some(j) = self.journal.as_ref().filter(|j| j.behind()) {
+            j.catch_up().await;
+        }
+    }
+
     /// The metrics this handler feeds.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

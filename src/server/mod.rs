@@ -192,6 +192,7 @@ async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelTok
     let mut tx = udp::SendBatch::new(UDP_PER_CALL, 1500);
     let inflight = Arc::new(Semaphore::new(UPSTREAM_IN_FLIGHT));
     'wait: loop {
+        handler.wait_for_log().await;
         tokio::select! {
             r = sock.readable() => if let Err(e) = r {
                 tracing::debug!(error = %e, "udp socket error");
