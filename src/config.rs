@@ -401,6 +401,8 @@ struct RawLists {
     watch: bool,
     #[serde(default = "default_max_shrink")]
     max_shrink: Spanned<f64>,
+    #[serde(default = "default_work_timeout")]
+    work_timeout: Spanned<String>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -411,6 +413,9 @@ fn default_watch() -> bool {
 }
 fn default_max_shrink() -> Spanned<f64> {
     Spanned::new(0..0, 0.5)
+}
+fn default_work_timeout() -> Spanned<String> {
+    Spanned::new(0..0, "10m".to_string())
 }
 
 #[derive(Deserialize)]
@@ -683,6 +688,9 @@ pub struct Config {
     pub watch: bool,
     /// Largest fraction of its entries a remote source may lose in one refresh and still apply.
     pub max_shrink: f64,
+    /// How long a compile or change-log child may run before it is stopped and the reload
+    /// counted failed: a list on a hung network mount must not stall reloads for good.
+    pub list_work_timeout: std::time::Duration,
     /// Categories, in priority order (locked ones first).
     pub categories: Vec<Category>,
     /// Groups by name; always contains `default`.
@@ -835,6 +843,20 @@ impl Validator<'_> {
                 "must be a fraction between 0.0 and 1.0 (0.5: refuse a download that lost over half its entries)",
             );
         }
+        let list_work_timeout = match humantime::parse_duration(raw.lists.work_timeout.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                self.problem(
+                    &raw.lists.work_timeout,
+                    "lists.work_timeout",
+                    format!(
+                        "{:?} is not a duration like \"10m\" or \"90s\"",
+                        raw.lists.work_timeout.get_ref()
+                    ),
+                );
+                std::time::Duration::from_secs(600)
+            }
+        };
         let allow_file = raw.lists.allow.as_ref().map(|f| {
             let p = lists_dir.join(f.get_ref());
             if !p.is_file() {
@@ -1054,6 +1076,7 @@ impl Validator<'_> {
             state_dir,
             watch: raw.lists.watch,
             max_shrink,
+            list_work_timeout,
             categories,
             groups,
             clients,
@@ -1436,6 +1459,18 @@ mod tests {
             .to_string();
         assert!(err.contains("schoolgate.toml:6:"), "{err}");
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn list_work_timeout_is_a_duration() {
+        let c = cfg("[lists]\ndir = \".\"\nwork_timeout = \"90s\"\n").unwrap();
+        assert_eq!(c.list_work_timeout, std::time::Duration::from_secs(90));
+        let c = cfg("[lists]\ndir = \".\"\n").unwrap();
+        assert_eq!(c.list_work_timeout, std::time::Duration::from_secs(600));
+        let err = cfg("[lists]\ndir = \".\"\nwork_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":3: field `lists.work_timeout`"), "{err}");
     }
 
     #[test]

@@ -12,12 +12,14 @@
 //! snapshot as the decision that is logged with them; the lists are mapped from the compile cache
 //! (nothing is recompiled), so this costs milliseconds.
 
+use std::io::Read;
 #[cfg(target_os = "linux")]
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
@@ -75,7 +77,7 @@ pub fn load(config_path: &Path, adjust: &Adjust, work: &ListWork) -> Result<Load
         if let Some(loaded) = Engine::load_compiled(config.clone()).map_err(|e| e.to_string())? {
             return Ok(loaded);
         }
-        compiled_apart = compile_in_child(program, config_path)?;
+        compiled_apart = compile_in_child(program, config_path, config.list_work_timeout)?;
     }
     // Maps what the child compiled; compiles here only a list edited again since.
     let mut loaded = Engine::load(config).map_err(|e| e.to_string())?;
@@ -88,8 +90,12 @@ pub fn load(config_path: &Path, adjust: &Adjust, work: &ListWork) -> Result<Load
 }
 
 /// Runs `program --config <config_path> compile --json`; the names of the lists it compiled.
-fn compile_in_child(program: &Path, config_path: &Path) -> Result<Vec<String>, String> {
-    let out = run_child(program, config_path, &["compile", "--json"])?;
+fn compile_in_child(
+    program: &Path,
+    config_path: &Path,
+    limit: Duration,
+) -> Result<Vec<String>, String> {
+    let out = run_child(program, config_path, &["compile", "--json"], limit)?;
     match serde_json::from_slice::<CompileOutcome>(&out.stdout) {
         Ok(CompileOutcome::Compiled { recompiled, .. }) if out.status.success() => Ok(recompiled),
         Ok(CompileOutcome::Failed { error }) => Err(error),
@@ -99,8 +105,13 @@ fn compile_in_child(program: &Path, config_path: &Path) -> Result<Vec<String>, S
 
 /// Runs `program --config <config_path> changes --record --json`: the changes it recorded (one
 /// JSON object a line) and the errors it met.
-fn record_in_child(program: &Path, config_path: &Path) -> (Vec<Change>, Vec<String>) {
-    let out = match run_child(program, config_path, &["changes", "--record", "--json"]) {
+fn record_in_child(
+    program: &Path,
+    config_path: &Path,
+    limit: Duration,
+) -> (Vec<Change>, Vec<String>) {
+    let args = ["changes", "--record", "--json"];
+    let out = match run_child(program, config_path, &args, limit) {
         Ok(out) => out,
         Err(e) => return (Vec::new(), vec![e]),
     };
@@ -123,12 +134,14 @@ fn record_in_child(program: &Path, config_path: &Path) -> (Vec<Change>, Vec<Stri
 #[cfg(target_os = "linux")]
 const CHILD_NICENESS: libc::c_int = 10;
 
-/// Runs `program --config <config_path> <args>` to completion, output captured.
+/// Runs `program --config <config_path> <args>` to completion, output captured; a child still
+/// running after `limit` (a list on a hung mount) is killed and the work counted failed.
 fn run_child(
     program: &Path,
     config_path: &Path,
     args: &[&str],
-) -> Result<std::process::Output, String> {
+    limit: Duration,
+) -> Result<Output, String> {
     let mut command = Command::new(program);
     command
         .arg("--config")
@@ -150,13 +163,55 @@ fn run_child(
             Ok(())
         });
     }
-    command
-        .output()
-        .map_err(|e| format!("cannot start {} {}: {e}", program.display(), args.join(" ")))
+    let what = || format!("{} {}", program.display(), args.join(" "));
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", what()))?;
+    let stdout = child.stdout.take().map(read_all);
+    let stderr = child.stderr.take().map(read_all);
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(CHILD_POLL),
+            Ok(None) => {
+                let _ = child.kill();
+                // Reaped apart: a child stuck in the kernel dies only when its read returns.
+                std::thread::spawn(move || child.wait());
+                return Err(format!(
+                    "the list work ({}) was still running after {} and was stopped; if a list \
+                     is on a network mount, check that it answers, or raise [lists] work_timeout",
+                    what(),
+                    humantime::format_duration(limit)
+                ));
+            }
+            Err(e) => return Err(format!("cannot wait for {}: {e}", what())),
+        }
+    };
+    let collected =
+        |r: Option<JoinHandle<Vec<u8>>>| r.and_then(|r| r.join().ok()).unwrap_or_default();
+    Ok(Output {
+        status,
+        stdout: collected(stdout),
+        stderr: collected(stderr),
+    })
+}
+
+/// How often a running child is checked on: a small share of a compile's time.
+const CHILD_POLL: Duration = Duration::from_millis(5);
+
+/// Reads a child's pipe to its end on a thread of its own, so neither pipe can fill and stall
+/// the child while the other is read.
+fn read_all(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = pipe.read_to_end(&mut out);
+        out
+    })
 }
 
 /// What a child that failed said, or how it ended.
-fn child_failure(out: &std::process::Output) -> String {
+fn child_failure(out: &Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let said = stderr.trim().trim_start_matches("schoolgate: ");
     if said.is_empty() {
@@ -243,7 +298,7 @@ pub fn record_changes(config_path: &Path, config: &Config, work: &ListWork) -> V
             let (changes, errors) = ChangeLog::new(config).record_all(config);
             (changes, errors.iter().map(ToString::to_string).collect())
         }
-        ListWork::Child(program) => record_in_child(program, config_path),
+        ListWork::Child(program) => record_in_child(program, config_path, config.list_work_timeout),
     };
     for e in errors {
         tracing::error!("change-control log: {e}");

@@ -191,21 +191,18 @@ fn children_of(pid: u32, command: &str) -> Vec<u32> {
     .collect()
 }
 
-#[test]
-fn a_list_compile_that_is_killed_leaves_the_server_filtering() {
-    let up = Fixture::start(Zone::standard());
-    let setup = Setup::new();
-    let server = setup.start(up.addr);
-    // Large enough that its compile runs for a while, in a child process of the server.
+/// Saves a list large enough that its compile runs for a while (with `example.org` in it), and
+/// returns the server's compile child.
+fn compile_of_a_big_list(setup: &Setup, server: &Server) -> u32 {
     let mut big: String = (0..1_000_000)
         .map(|i| format!("n{i}.big-list.example\n"))
         .collect();
     big.push_str("example.org\n");
     setup.list("adult.txt", &big);
     let deadline = Instant::now() + Duration::from_secs(10);
-    let compile = loop {
+    loop {
         if let Some(&child) = children_of(server.pid(), "compile").first() {
-            break child;
+            return child;
         }
         assert!(
             Instant::now() < deadline,
@@ -213,7 +210,15 @@ fn a_list_compile_that_is_killed_leaves_the_server_filtering() {
             server.log()
         );
         std::thread::sleep(Duration::from_millis(1));
-    };
+    }
+}
+
+#[test]
+fn a_list_compile_that_is_killed_leaves_the_server_filtering() {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new();
+    let server = setup.start(up.addr);
+    let compile = compile_of_a_big_list(&setup, &server);
     // What the kernel's out-of-memory killer would do to it.
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &compile.to_string()])
@@ -227,6 +232,55 @@ fn a_list_compile_that_is_killed_leaves_the_server_filtering() {
         server.log()
     );
     assert!(server.log().contains("SIGKILL"), "{}", server.log());
+    assert!(
+        blocked(&server, "pornhub.com"),
+        "the old list stays in force"
+    );
+    assert!(!blocked(&server, "www.example.org"));
+
+    setup.list("adult.txt", "pornhub.com\nexample.org\n");
+    assert!(
+        wait_until(Duration::from_secs(10), || blocked(
+            &server,
+            "www.example.org"
+        )),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn list_work_that_hangs_is_stopped_and_the_server_keeps_filtering() {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new().lists("work_timeout = \"2s\"");
+    let server = setup.start(up.addr);
+    let compile = compile_of_a_big_list(&setup, &server);
+    // A compile that makes no progress, as one reading a list from a network mount that
+    // stopped answering.
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &compile.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(stopped, "the compile ended before it could be stopped");
+    assert!(
+        server.wait_for_log("reload failed", Duration::from_secs(15)),
+        "{}",
+        server.log()
+    );
+    assert!(
+        server.log().contains("was still running after 2s"),
+        "{}",
+        server.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || children_of(
+            server.pid(),
+            "compile"
+        )
+        .is_empty()),
+        "the hung compile is stopped"
+    );
     assert!(
         blocked(&server, "pornhub.com"),
         "the old list stays in force"
