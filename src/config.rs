@@ -405,6 +405,23 @@ struct RawLists {
     work_timeout: Spanned<String>,
 }
 
+/// Why `path` cannot be read as a list, if it cannot: a pipe or device could block a compile
+/// for good, so only regular files are lists.
+fn not_a_list_file(path: &Path) -> Option<String> {
+    match std::fs::metadata(path) {
+        Ok(md) if md.is_file() => None,
+        Ok(_) => Some(format!(
+            "list file {} is not a regular file (a directory, pipe or device); point it at a \
+             plain text list",
+            path.display()
+        )),
+        Err(_) => Some(format!(
+            "list file {} does not exist; create it (it may be empty) or remove it",
+            path.display()
+        )),
+    }
+}
+
 fn default_state_dir() -> PathBuf {
     PathBuf::from("../state/lists")
 }
@@ -859,12 +876,8 @@ impl Validator<'_> {
         };
         let allow_file = raw.lists.allow.as_ref().map(|f| {
             let p = lists_dir.join(f.get_ref());
-            if !p.is_file() {
-                self.problem(
-                    f,
-                    "lists.allow",
-                    format!("list file {} does not exist", p.display()),
-                );
+            if let Some(problem) = not_a_list_file(&p) {
+                self.problem(f, "lists.allow", problem);
             }
             p
         });
@@ -886,21 +899,7 @@ impl Validator<'_> {
                     format!("category {name:?} is defined twice"),
                 );
             }
-            let mut files = Vec::new();
-            for f in &c.files {
-                let p = lists_dir.join(f.get_ref());
-                if !p.is_file() {
-                    self.problem(
-                        f,
-                        "category.files",
-                        format!(
-                            "list file {} does not exist; create it (it may be empty) or remove it",
-                            p.display()
-                        ),
-                    );
-                }
-                files.push(p);
-            }
+            let mut files = self.list_files(&lists_dir, &c.files, "category.files");
             // `<category>.keywords` beside the lists is picked up without being named.
             let keywords = lists_dir.join(format!("{name}.{KEYWORDS_EXTENSION}"));
             if keywords.is_file() && !files.contains(&keywords) {
@@ -1256,15 +1255,8 @@ impl Validator<'_> {
         let mut out = Vec::new();
         for f in files {
             let p = dir.join(f.get_ref());
-            if !p.is_file() {
-                self.problem(
-                    f,
-                    field,
-                    format!(
-                        "list file {} does not exist; create it (it may be empty) or remove it",
-                        p.display()
-                    ),
-                );
+            if let Some(problem) = not_a_list_file(&p) {
+                self.problem(f, field, problem);
             }
             out.push(p);
         }
@@ -1459,6 +1451,24 @@ mod tests {
             .to_string();
         assert!(err.contains("schoolgate.toml:6:"), "{err}");
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn a_list_that_is_not_a_regular_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pipe = dir.path().join("adult.txt");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&pipe)
+            .status()
+            .unwrap()
+            .success());
+        let text =
+            "[lists]\ndir = \".\"\n[[category]]\nname = \"adult\"\nfiles = [\"adult.txt\"]\n";
+        let err = Config::from_toml(&dir.path().join("schoolgate.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":5: field `category.files`"), "{err}");
+        assert!(err.contains("is not a regular file"), "{err}");
     }
 
     #[test]
