@@ -650,6 +650,15 @@ mod tests {
         rx
     }
 
+    fn bounded(logs: &Logs, pause_at: usize, wait: Duration, lose_at: usize) -> Journal {
+        let bounds = BreachBounds {
+            pause_at,
+            wait,
+            lose_at,
+        };
+        Journal::start_bounded(logs, chrono_tz::Europe::London, None, bounds).unwrap()
+    }
+
     fn breaches(journal: &Journal, engine: &Arc<Engine>, n: usize) {
         let blocked = QueryName::parse("bad.example").unwrap();
         for _ in 0..n {
@@ -660,13 +669,7 @@ mod tests {
     #[tokio::test]
     async fn a_writer_behind_on_breaches_pauses_the_query_path_until_it_catches_up() {
         let (_dir, engine, logs) = school();
-        let bounds = BreachBounds {
-            pause_at: 4,
-            wait: Duration::from_secs(30),
-            lose_at: 1000,
-        };
-        let journal =
-            Journal::start_bounded(&logs, chrono_tz::Europe::London, None, bounds).unwrap();
+        let journal = bounded(&logs, 4, Duration::from_secs(30), 1000);
         let held = wedge(&journal);
         breaches(&journal, &engine, 3);
         assert!(!journal.behind());
@@ -695,13 +698,7 @@ mod tests {
     #[tokio::test]
     async fn a_stuck_writer_stops_pausing_the_query_path_and_only_then_breaches_are_lost() {
         let (_dir, engine, logs) = school();
-        let bounds = BreachBounds {
-            pause_at: 2,
-            wait: Duration::from_millis(100),
-            lose_at: 4,
-        };
-        let journal =
-            Journal::start_bounded(&logs, chrono_tz::Europe::London, None, bounds).unwrap();
+        let journal = bounded(&logs, 2, Duration::from_millis(100), 4);
         let held = wedge(&journal);
         breaches(&journal, &engine, 3);
         assert!(journal.behind());

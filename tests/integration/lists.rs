@@ -191,18 +191,22 @@ fn children_of(pid: u32, command: &str) -> Vec<u32> {
     .collect()
 }
 
-/// Saves a list large enough that its compile runs for a while (with `example.org` in it), and
-/// returns the server's compile child.
-fn compile_of_a_big_list(setup: &Setup, server: &Server) -> u32 {
+/// Saves a list large enough that its compile runs for a while (in a child process of the
+/// server), sends that child `signal`, and checks that the reload fails saying `said`, that the
+/// child is gone and the old list stays in force, and that the next save applies.
+fn list_work_ended_by(signal: &str, lists: &str, said: &str) {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new().lists(lists);
+    let server = setup.start(up.addr);
     let mut big: String = (0..1_000_000)
         .map(|i| format!("n{i}.big-list.example\n"))
         .collect();
     big.push_str("example.org\n");
     setup.list("adult.txt", &big);
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let compile = loop {
         if let Some(&child) = children_of(server.pid(), "compile").first() {
-            return child;
+            break child;
         }
         assert!(
             Instant::now() < deadline,
@@ -210,76 +214,26 @@ fn compile_of_a_big_list(setup: &Setup, server: &Server) -> u32 {
             server.log()
         );
         std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-#[test]
-fn a_list_compile_that_is_killed_leaves_the_server_filtering() {
-    let up = Fixture::start(Zone::standard());
-    let setup = Setup::new();
-    let server = setup.start(up.addr);
-    let compile = compile_of_a_big_list(&setup, &server);
-    // What the kernel's out-of-memory killer would do to it.
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", &compile.to_string()])
+    };
+    let sent = std::process::Command::new("kill")
+        .args([signal, &compile.to_string()])
         .status()
         .expect("kill")
         .success();
-    assert!(killed, "the compile ended before it could be killed");
-    assert!(
-        server.wait_for_log("reload failed", Duration::from_secs(10)),
-        "{}",
-        server.log()
-    );
-    assert!(server.log().contains("SIGKILL"), "{}", server.log());
-    assert!(
-        blocked(&server, "pornhub.com"),
-        "the old list stays in force"
-    );
-    assert!(!blocked(&server, "www.example.org"));
-
-    setup.list("adult.txt", "pornhub.com\nexample.org\n");
-    assert!(
-        wait_until(Duration::from_secs(10), || blocked(
-            &server,
-            "www.example.org"
-        )),
-        "{}",
-        server.log()
-    );
-}
-
-#[test]
-fn list_work_that_hangs_is_stopped_and_the_server_keeps_filtering() {
-    let up = Fixture::start(Zone::standard());
-    let setup = Setup::new().lists("work_timeout = \"2s\"");
-    let server = setup.start(up.addr);
-    let compile = compile_of_a_big_list(&setup, &server);
-    // A compile that makes no progress, as one reading a list from a network mount that
-    // stopped answering.
-    let stopped = std::process::Command::new("kill")
-        .args(["-STOP", &compile.to_string()])
-        .status()
-        .expect("kill")
-        .success();
-    assert!(stopped, "the compile ended before it could be stopped");
+    assert!(sent, "the compile ended before it got {signal}");
     assert!(
         server.wait_for_log("reload failed", Duration::from_secs(15)),
         "{}",
         server.log()
     );
-    assert!(
-        server.log().contains("was still running after 2s"),
-        "{}",
-        server.log()
-    );
+    assert!(server.log().contains(said), "{}", server.log());
     assert!(
         wait_until(Duration::from_secs(5), || children_of(
             server.pid(),
             "compile"
         )
         .is_empty()),
-        "the hung compile is stopped"
+        "the compile is gone"
     );
     assert!(
         blocked(&server, "pornhub.com"),
@@ -295,6 +249,23 @@ fn list_work_that_hangs_is_stopped_and_the_server_keeps_filtering() {
         )),
         "{}",
         server.log()
+    );
+}
+
+#[test]
+fn a_list_compile_that_is_killed_leaves_the_server_filtering() {
+    // What the kernel's out-of-memory killer would do to it.
+    list_work_ended_by("-KILL", "", "SIGKILL");
+}
+
+#[test]
+fn list_work_that_hangs_is_stopped_and_the_server_keeps_filtering() {
+    // A compile that makes no progress, as one reading a list from a network mount that stopped
+    // answering.
+    list_work_ended_by(
+        "-STOP",
+        "work_timeout = \"2s\"",
+        "was still running after 2s",
     );
 }
 
