@@ -185,6 +185,7 @@ struct RawSmtp {
     from: Spanned<String>,
     username: Option<String>,
     password_file: Option<PathBuf>,
+    ca_file: Option<Spanned<PathBuf>>,
 }
 
 /// How the SMTP connection is protected.
@@ -245,6 +246,9 @@ pub struct Smtp {
     pub username: Option<String>,
     /// File holding the password (kept out of the config so the config can be shared).
     pub password_file: Option<PathBuf>,
+    /// PEM certificate of a certificate authority to trust besides the public ones: a school's
+    /// own mail server often has a certificate from the school's or the trust's own authority.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -1181,6 +1185,19 @@ impl Validator<'_> {
             from: raw.from.get_ref().clone(),
             username: raw.username.clone(),
             password_file: raw.password_file.as_ref().map(|p| base.join(p)),
+            ca_file: raw.ca_file.as_ref().map(|f| {
+                let path = base.join(f.get_ref());
+                if raw.tls == SmtpTls::None {
+                    self.problem(
+                        f,
+                        "smtp.ca_file",
+                        "a CA certificate needs tls = \"starttls\" or \"tls\"".to_string(),
+                    );
+                } else if let Err(e) = crate::mail::read_ca(&path) {
+                    self.problem(f, "smtp.ca_file", e.to_string());
+                }
+                path
+            }),
         }
     }
 

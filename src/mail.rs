@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport};
 use thiserror::Error;
 
@@ -15,6 +16,17 @@ pub enum MailError {
     /// The config names an address lettre cannot use.
     #[error("bad address {0:?}; fix it in the [smtp] or recipients settings")]
     Address(String),
+    /// The CA certificate file cannot be read or holds no certificate.
+    #[error(
+        "cannot use {path} as the mail server's CA certificate: {reason}; give a PEM file \
+         (-----BEGIN CERTIFICATE-----) in [smtp] ca_file"
+    )]
+    Ca {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The password file cannot be read.
     #[error("cannot read the SMTP password file {path}: {source}")]
     Password {
@@ -30,16 +42,50 @@ pub enum MailError {
     #[error("cannot build the message: {0}")]
     Build(#[from] lettre::error::Error),
     /// The server refused or could not be reached.
-    #[error(
-        "SMTP delivery via {server} failed: {source}; check [smtp] host, port, tls and credentials"
-    )]
+    #[error("SMTP delivery via {server} failed: {reason}; {next}")]
     Smtp {
         /// `host:port`.
         server: String,
-        /// Why.
-        source: lettre::transport::smtp::Error,
+        /// Why, as lettre says it.
+        reason: String,
+        /// What to check.
+        next: &'static str,
     },
 }
+
+/// Reads a PEM CA certificate for the mail server's TLS.
+pub fn read_ca(path: &std::path::Path) -> Result<Certificate, MailError> {
+    let ca = |reason: String| MailError::Ca {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| ca(e.to_string()))?;
+    // A file without a certificate section would parse as an empty set of certificates.
+    if !pem
+        .windows(CERT_BEGIN.len())
+        .any(|w| w == CERT_BEGIN.as_bytes())
+    {
+        return Err(ca("it holds no certificate".to_string()));
+    }
+    Certificate::from_pem(&pem).map_err(|e| ca(e.to_string()))
+}
+
+fn smtp_failed(server: &str, e: lettre::transport::smtp::Error) -> MailError {
+    let reason = e.to_string();
+    let next = if reason.contains("certificate") {
+        "if the mail server's certificate comes from the school's or the trust's own authority, \
+         name that authority's PEM certificate in [smtp] ca_file"
+    } else {
+        "check [smtp] host, port, tls and credentials"
+    };
+    MailError::Smtp {
+        server: server.to_string(),
+        reason,
+        next,
+    }
+}
+
+const CERT_BEGIN: &str = "-----BEGIN CERTIFICATE-----";
 
 /// A connection recipe for the configured server.
 pub struct Mailer {
@@ -59,18 +105,21 @@ impl Mailer {
             .parse()
             .map_err(|_| MailError::Address(smtp.from.clone()))?;
         let server = format!("{}:{}", smtp.host, smtp.port);
+        let smtp_error = |e| smtp_failed(&server, e);
         let builder = match smtp.tls {
             SmtpTls::None => SmtpTransport::builder_dangerous(&smtp.host),
-            SmtpTls::Starttls => {
-                SmtpTransport::starttls_relay(&smtp.host).map_err(|source| MailError::Smtp {
-                    server: server.clone(),
-                    source,
-                })?
+            protected => {
+                let mut params = TlsParameters::builder(smtp.host.clone());
+                if let Some(ca) = &smtp.ca_file {
+                    params = params.add_root_certificate(read_ca(ca)?);
+                }
+                let params = params.build().map_err(smtp_error)?;
+                let tls = match protected {
+                    SmtpTls::Tls => Tls::Wrapper(params),
+                    _ => Tls::Required(params),
+                };
+                SmtpTransport::builder_dangerous(&smtp.host).tls(tls)
             }
-            SmtpTls::Tls => SmtpTransport::relay(&smtp.host).map_err(|source| MailError::Smtp {
-                server: server.clone(),
-                source,
-            })?,
         };
         let mut builder = builder.port(smtp.port).timeout(Some(SMTP_TIMEOUT));
         if let Some(user) = &smtp.username {
@@ -115,10 +164,7 @@ impl Mailer {
         };
         self.transport
             .send(&message)
-            .map_err(|source| MailError::Smtp {
-                server: self.server.clone(),
-                source,
-            })?;
+            .map_err(|e| smtp_failed(&self.server, e))?;
         Ok(())
     }
 }

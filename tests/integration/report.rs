@@ -335,6 +335,12 @@ struct SmtpSink {
 
 impl SmtpSink {
     fn start(dir: &Path) -> SmtpSink {
+        Self::start_with(dir, &[])
+    }
+
+    /// With `tls` arguments to aiosmtpd (`--tlscert`/`--tlskey` for STARTTLS, which it then
+    /// requires; `--smtpscert`/`--smtpskey` for TLS from the first byte).
+    fn start_with(dir: &Path, tls: &[&Path]) -> SmtpSink {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -344,6 +350,7 @@ impl SmtpSink {
         let child = Command::new("python3")
             .args(["-u", "-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{port}"))
+            .args(tls)
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(Stdio::null())
             .spawn()
@@ -409,6 +416,89 @@ fn emailed_report_arrives_at_the_smtp_server() {
         mail.contains("text/plain") && mail.contains("text/html"),
         "{mail}"
     );
+}
+
+/// A school's own certificate authority and a mail server certificate it signed for
+/// 127.0.0.1: (CA certificate, server certificate, server key) files in `dir`.
+fn school_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "Test Trust CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let files = (
+        dir.join("ca.pem"),
+        dir.join("mail.pem"),
+        dir.join("mail.key"),
+    );
+    std::fs::write(&files.0, ca.pem()).unwrap();
+    std::fs::write(&files.1, cert.pem()).unwrap();
+    std::fs::write(&files.2, key.serialize_pem()).unwrap();
+    files
+}
+
+/// Emails the report over TLS (`tls` in the config; `flags` give aiosmtpd the certificate):
+/// refused while only the public authorities are trusted, delivered once `ca_file` names the
+/// school's own.
+fn report_over_tls(tls: &str, flags: [&str; 2]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = school_ca(tmp.path());
+    let sink = SmtpSink::start_with(
+        tmp.path(),
+        &[Path::new(flags[0]), &cert, Path::new(flags[1]), &key],
+    );
+    let smtp = format!(
+        "[report]\nschool = \"Test Primary\"\nrecipients = [\"dsl@school.test\"]\n\n\
+         [smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"{tls}\"\nfrom = \"filter@school.test\"\n",
+        sink.port
+    );
+    let untrusted = Setup::new().toml(&smtp);
+    let (ok, _, err) = untrusted.run(&["report", "daily", "--date", "today", "--email"]);
+    assert!(
+        !ok,
+        "a certificate from an unknown authority must be refused"
+    );
+    assert!(err.contains("SMTP delivery via 127.0.0.1"), "{err}");
+    assert!(err.contains("ca_file"), "{err}");
+
+    let trusted = Setup::new().toml(&format!("{smtp}ca_file = {:?}\n", ca.display().to_string()));
+    let (ok, _, err) = trusted.run(&["report", "daily", "--date", "today", "--email"]);
+    assert!(ok, "{err}");
+    let mail = sink.wait_for("END MESSAGE", 1);
+    assert!(
+        mail.contains("Test Primary filtering summary for"),
+        "{mail}"
+    );
+}
+
+#[test]
+fn emailed_report_goes_over_starttls_to_a_server_with_the_schools_own_ca() {
+    report_over_tls("starttls", ["--tlscert", "--tlskey"]);
+}
+
+#[test]
+fn emailed_report_goes_over_implicit_tls_to_a_server_with_the_schools_own_ca() {
+    report_over_tls("tls", ["--smtpscert", "--smtpskey"]);
+}
+
+#[test]
+fn a_ca_file_without_a_certificate_names_the_config_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bogus = tmp.path().join("ca.pem");
+    std::fs::write(&bogus, "not a certificate\n").unwrap();
+    let setup = Setup::new().toml(&format!(
+        "[smtp]\nhost = \"127.0.0.1\"\nfrom = \"filter@school.test\"\nca_file = {:?}\n",
+        bogus.display().to_string()
+    ));
+    let (ok, _, err) = setup.run(&["report", "daily", "--email"]);
+    assert!(!ok);
+    assert!(err.contains("field `smtp.ca_file`"), "{err}");
+    assert!(err.contains("holds no certificate"), "{err}");
 }
 
 #[test]
