@@ -14,7 +14,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use hickory_proto::rr::RecordType;
@@ -542,12 +542,13 @@ struct Clock {
 impl Clock {
     /// Moves the clock to `t`'s second in `tz`; returns its local date.
     fn at(&mut self, t: SystemTime, tz: chrono_tz::Tz) -> NaiveDate {
-        let utc = DateTime::<Utc>::from(t);
-        let second = utc.timestamp();
+        // Only a new second needs the calendar: converting every record's time to a date was
+        // 0.7% of the server's CPU under load.
+        let second = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         match self.date {
             Some(date) if second == self.second => date,
             _ => {
-                let local = utc.with_timezone(&tz);
+                let local = DateTime::<Utc>::from(t).with_timezone(&tz);
                 self.prefix.clear();
                 self.offset.clear();
                 let _ = write!(self.prefix, "{}", local.format("%Y-%m-%dT%H:%M:%S"));
@@ -561,7 +562,7 @@ impl Clock {
     /// Appends `t` (in the second [`Clock::at`] was last moved to) with microseconds.
     fn push_time(&self, out: &mut String, t: SystemTime) {
         out.push_str(&self.prefix);
-        let micros = DateTime::<Utc>::from(t).timestamp_subsec_micros();
+        let micros = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_micros());
         let mut digits = itoa::Buffer::new();
         let digits = digits.format(micros);
         out.push('.');
