@@ -544,7 +544,9 @@ impl Clock {
     fn at(&mut self, t: SystemTime, tz: chrono_tz::Tz) -> NaiveDate {
         // Only a new second needs the calendar: converting every record's time to a date was
         // 0.7% of the server's CPU under load.
-        let second = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let second = t
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         match self.date {
             Some(date) if second == self.second => date,
             _ => {
@@ -562,7 +564,9 @@ impl Clock {
     /// Appends `t` (in the second [`Clock::at`] was last moved to) with microseconds.
     fn push_time(&self, out: &mut String, t: SystemTime) {
         out.push_str(&self.prefix);
-        let micros = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_micros());
+        let micros = t
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_micros());
         let mut digits = itoa::Buffer::new();
         let digits = digits.format(micros);
         out.push('.');
