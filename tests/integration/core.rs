@@ -207,7 +207,7 @@ fn bad_list_lines_are_reported_and_the_rest_loads() {
         "pornhub.com\nthis is not a domain\nxvideos.com\n",
     );
     let server = setup.start(up.addr);
-    assert!(server.log().contains("adult.txt:2"), "{}", server.log());
+    server.expect_log("adult.txt:2");
     assert_eq!(
         addresses(&server.query("xvideos.com", RecordType::A)),
         vec!["0.0.0.0"]
@@ -219,14 +219,10 @@ fn compiled_lists_are_reused_across_restarts() {
     let up = Fixture::start(Zone::standard());
     let setup = Setup::new();
     let first = setup.start(up.addr);
-    assert!(
-        first.log().contains("recompiled=[\"allow\""),
-        "{}",
-        first.log()
-    );
+    first.expect_log("recompiled=[\"allow\"");
     drop(first);
     let second = setup.start(up.addr);
-    assert!(second.log().contains("recompiled=[]"), "{}", second.log());
+    second.expect_log("recompiled=[]");
     assert_eq!(
         addresses(&second.query("bet365.com", RecordType::A)),
         vec!["0.0.0.0"]

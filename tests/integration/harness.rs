@@ -259,6 +259,16 @@ impl Server {
         false
     }
 
+    /// Waits (up to 15 s) for `needle` in the server's log; fails the test with the log if it
+    /// never appears.
+    pub fn expect_log(&self, needle: &str) {
+        assert!(
+            self.wait_for_log(needle, Duration::from_secs(15)),
+            "{needle:?} is not in the server's log:\n{}",
+            self.log()
+        );
+    }
+
     /// The process ID (for signals).
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -105,11 +105,7 @@ fn a_new_keyword_file_takes_effect_on_hot_reload() {
     );
 
     setup.list("gambling.keywords", "roulette\n");
-    assert!(
-        server.wait_for_log("reloaded", Duration::from_secs(10)),
-        "{}",
-        server.log()
-    );
+    server.expect_log("reloaded");
     let m = server.query("roulette-royale.example", RecordType::A);
     assert_eq!(addresses(&m), vec!["0.0.0.0"], "{}", server.log());
     assert!(ede_text(&m).unwrap().contains("gambling"));
@@ -143,16 +139,8 @@ fn bad_keyword_rules_are_reported_and_the_rest_load() {
     let s = setup();
     s.list("adult.keywords", "porn\nab\nsex except=hello\n");
     let server = s.start(up.addr);
-    assert!(
-        server.log().contains("adult.keywords:2"),
-        "{}",
-        server.log()
-    );
-    assert!(
-        server.log().contains("adult.keywords:3"),
-        "{}",
-        server.log()
-    );
+    server.expect_log("adult.keywords:2");
+    server.expect_log("adult.keywords:3");
     assert_eq!(
         addresses(&server.query("pornvids.example", RecordType::A)),
         vec!["0.0.0.0"]

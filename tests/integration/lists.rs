@@ -133,12 +133,8 @@ fn a_garbage_or_missing_list_keeps_the_previous_lists_in_force() {
         "adult.txt",
         "<html>\n<body>503 Service Unavailable</body>\n</html>\n",
     );
-    assert!(
-        server.wait_for_log("reload failed", Duration::from_secs(5)),
-        "{}",
-        server.log()
-    );
-    assert!(server.log().contains("adult.txt:1"), "{}", server.log());
+    server.expect_log("reload failed");
+    server.expect_log("adult.txt:1");
     assert!(
         blocked(&server, "pornhub.com"),
         "the old adult list must stay in force"
@@ -221,12 +217,8 @@ fn list_work_ended_by(signal: &str, lists: &str, said: &str) {
         .expect("kill")
         .success();
     assert!(sent, "the compile ended before it got {signal}");
-    assert!(
-        server.wait_for_log("reload failed", Duration::from_secs(15)),
-        "{}",
-        server.log()
-    );
-    assert!(server.log().contains(said), "{}", server.log());
+    server.expect_log("reload failed");
+    server.expect_log(said);
     assert!(
         wait_until(Duration::from_secs(5), || children_of(
             server.pid(),
@@ -279,16 +271,8 @@ fn a_broken_config_keeps_the_server_filtering() {
         "[server]\nlisten = [\"127.0.0.1:0\"]\n[lists\n",
     )
     .unwrap();
-    assert!(
-        server.wait_for_log("reload failed", Duration::from_secs(5)),
-        "{}",
-        server.log()
-    );
-    assert!(
-        server.log().contains("schoolgate.toml:3"),
-        "{}",
-        server.log()
-    );
+    server.expect_log("reload failed");
+    server.expect_log("schoolgate.toml:3");
     assert!(blocked(&server, "tiktok.com"));
     assert_eq!(
         addresses(&server.query("www.example.org", RecordType::A)),
@@ -316,11 +300,7 @@ fn sighup_reloads_with_watching_turned_off() {
         "{}",
         server.log()
     );
-    assert!(
-        server.wait_for_log("trigger=Signal", Duration::from_secs(5)),
-        "{}",
-        server.log()
-    );
+    server.expect_log("trigger=Signal");
 }
 
 #[test]
@@ -801,11 +781,7 @@ fn a_remote_source_keeps_its_last_good_copy_when_it_goes_away() {
     http.set(Reply::Status(503));
     let served = http.served();
     assert!(wait_until(Duration::from_secs(5), || http.served() > served));
-    assert!(
-        server.wait_for_log("download failed", Duration::from_secs(5)),
-        "{}",
-        server.log()
-    );
+    server.expect_log("download failed");
     assert!(blocked(&server, "remote-ads.example"));
 
     drop(http);
@@ -815,11 +791,7 @@ fn a_remote_source_keeps_its_last_good_copy_when_it_goes_away() {
         blocked(&offline, "remote-ads.example"),
         "the last good copy loads at start-up"
     );
-    assert!(
-        offline.wait_for_log("download failed", Duration::from_secs(5)),
-        "{}",
-        offline.log()
-    );
+    offline.expect_log("download failed");
     assert!(blocked(&offline, "tracker.example"));
 }
 
@@ -842,24 +814,12 @@ fn a_remote_source_that_shrinks_or_turns_to_garbage_is_not_applied() {
     );
 
     http.set(Reply::Body(names(0..2)));
-    assert!(
-        server.wait_for_log("not applied", Duration::from_secs(5)),
-        "{}",
-        server.log()
-    );
-    assert!(
-        server.log().contains("2 entries against 10"),
-        "{}",
-        server.log()
-    );
+    server.expect_log("not applied");
+    server.expect_log("2 entries against 10");
     assert!(blocked(&server, "n9.remote.example"));
 
     http.set(Reply::Body("<html><body>Moved</body></html>\n".into()));
-    assert!(
-        server.wait_for_log("no usable entry", Duration::from_secs(5)),
-        "{}",
-        server.log()
-    );
+    server.expect_log("no usable entry");
     assert!(blocked(&server, "n9.remote.example"));
 
     http.set(Reply::Body(names(1..11)));

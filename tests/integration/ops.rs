@@ -121,11 +121,7 @@ fn list_edits_and_sighup_reload_and_are_counted() {
     text.push_str("newsite.example\n");
     std::fs::write(&path, text).unwrap();
     // The watcher sees the edit first; SIGHUP must then cause a reload of its own.
-    assert!(
-        server.wait_for_log("reloaded", Duration::from_secs(5)),
-        "{}",
-        server.log()
-    );
+    server.expect_log("reloaded");
     let m = server.query("newsite.example", RecordType::A);
     assert_eq!(crate::harness::addresses(&m), vec!["0.0.0.0"]);
     std::thread::sleep(Duration::from_millis(800));

@@ -621,11 +621,7 @@ fn changed_alert_settings_apply_on_reload() {
         text.replace(&old_port.to_string(), &new_port.to_string()),
     )
     .unwrap();
-    assert!(
-        server.wait_for_log("alert settings applied", Duration::from_secs(10)),
-        "{}",
-        server.log()
-    );
+    server.expect_log("alert settings applied");
     ask(&server, "127.0.0.2", "iwf-test.schoolgate.test");
     let got = new_hooks
         .recv_timeout(Duration::from_secs(10))
