@@ -2,8 +2,6 @@
 //! the Scunthorpe problem; exceptions and the allow list keep innocent names answered; a new
 //! keyword takes effect on hot reload; `check` explains the match.
 
-use std::time::Duration;
-
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
