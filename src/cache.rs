@@ -7,7 +7,7 @@
 //! flaky internet link does not take known names down with it.
 
 use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
@@ -195,6 +195,13 @@ impl AnswerCache {
         }
     }
 
+    /// The shard that holds key `k`, locked (a panic elsewhere does not poison the cache).
+    fn shard(&self, k: u64) -> MutexGuard<'_, Shard> {
+        self.shards[k as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -212,9 +219,7 @@ impl AnswerCache {
         };
         let k = key(name, qtype);
         let now_ms = self.now_ms();
-        let mut shard = self.shards[k as usize % SHARDS]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut shard = self.shard(k);
         let shard = &mut *shard;
         let (slot, fresh) = match shard.find(k) {
             Some(i) => (i, false),
@@ -310,9 +315,7 @@ impl AnswerCache {
     ) -> Option<R> {
         let k = key(name, qtype);
         let now_ms = self.now_ms();
-        let mut shard = self.shards[k as usize % SHARDS]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut shard = self.shard(k);
         let shard = &mut *shard;
         let i = shard.find(k)?;
         let e = &mut shard.slab[i];

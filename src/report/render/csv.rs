@@ -56,29 +56,19 @@ pub(super) fn render(r: &Report) -> String {
         ]);
     };
     for i in &r.serious {
-        for a in &i.attempts {
-            put(Row {
-                section: "serious",
-                time: &a.time,
-                client: Some(&i.client),
-                group: &i.group,
-                name: &a.name,
-                category: a.category.as_deref().unwrap_or(""),
-                action: &a.action,
-                ..Row::default()
-            });
-        }
-        for a in &i.later {
-            put(Row {
-                section: "serious_later",
-                time: &a.time,
-                client: Some(&i.client),
-                group: &i.group,
-                name: &a.name,
-                category: a.category.as_deref().unwrap_or(""),
-                action: &a.action,
-                ..Row::default()
-            });
+        for (section, attempts) in [("serious", &i.attempts), ("serious_later", &i.later)] {
+            for a in attempts {
+                put(Row {
+                    section,
+                    time: &a.time,
+                    client: Some(&i.client),
+                    group: &i.group,
+                    name: &a.name,
+                    category: a.category.as_deref().unwrap_or(""),
+                    action: &a.action,
+                    ..Row::default()
+                });
+            }
         }
     }
     for (n, c) in r.by_category.iter().enumerate() {
