@@ -89,14 +89,21 @@ fn write_changes(setup: &Setup) {
     .unwrap();
 }
 
-#[test]
-fn daily_report_counts_and_orders_in_every_format() {
+/// The school after a day: its filtering changes recorded, then the test traffic served and
+/// logged by a server that has since stopped.
+fn a_logged_day() -> Setup {
     let up = Fixture::start(Zone::standard());
     let setup = school();
     write_changes(&setup);
     let server = setup.start(up.addr);
     traffic(&server);
     stop(server);
+    setup
+}
+
+#[test]
+fn daily_report_counts_and_orders_in_every_format() {
+    let setup = a_logged_day();
 
     let json: Value = serde_json::from_str(&report(&setup, &["--format", "json"])).unwrap();
     assert_eq!(json["date"], today());
@@ -242,12 +249,7 @@ fn daily_report_counts_and_orders_in_every_format() {
 
 #[test]
 fn anonymised_report_hides_every_name_and_address() {
-    let up = Fixture::start(Zone::standard());
-    let setup = school();
-    write_changes(&setup);
-    let server = setup.start(up.addr);
-    traffic(&server);
-    stop(server);
+    let setup = a_logged_day();
     let mut pseudonym = None;
     for format in ["text", "html", "csv", "json"] {
         let out = report(&setup, &["--format", format, "--anonymise"]);
