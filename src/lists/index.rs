@@ -312,6 +312,8 @@ const SLOT_BYTES: usize = 6;
 /// place every key in a few moves.
 const BUCKET_SLOTS: usize = 4;
 const BUCKET_BYTES: usize = BUCKET_SLOTS * SLOT_BYTES;
+/// Parent domains probed together (names rarely have more labels; longer ones go in rounds).
+const PROBES_AT_ONCE: usize = 8;
 /// Keys per slot, in percent.
 const TABLE_LOAD_PERCENT: usize = 94;
 /// Moves one insert may make before the builder gives up and grows the table.
@@ -782,24 +784,53 @@ impl KeyTable {
         Some(Origin::widen(u32::from_le_bytes(word), self.line_bits)).filter(|o| *o != Origin::NONE)
     }
 
+    /// Probes the name's parent domains and the name itself. Their hashes come first and
+    /// their buckets are asked for together, so the probes' cache misses overlap instead of
+    /// each waiting for the one before.
     #[inline]
     fn lookup(&self, key: &[u8]) -> Matches {
         let mut m = Matches::default();
+        let mut probes = [(0u64, 0usize); PROBES_AT_ONCE];
+        let mut n = 0;
         let mut h = HASH_START;
         for (i, &b) in key.iter().enumerate() {
             if b == b'.' {
-                if let Some((slot, mask)) = self.find(hash_finish(h, i)) {
-                    m.push(i, mask, slot as u32);
+                probes[n] = (hash_finish(h, i), i);
+                n += 1;
+                if n == PROBES_AT_ONCE {
+                    self.probe(&probes, &mut m);
+                    n = 0;
                 }
             }
             h = hash_step(h, b);
         }
         if !key.is_empty() {
-            if let Some((slot, mask)) = self.find(hash_finish(h, key.len())) {
-                m.push(key.len(), mask, slot as u32);
+            probes[n] = (hash_finish(h, key.len()), key.len());
+            n += 1;
+        }
+        self.probe(&probes[..n], &mut m);
+        m
+    }
+
+    /// Looks up `(hash, key length)` probes in order, their buckets prefetched first when there
+    /// are misses to overlap: of a name's two probes, the first (its top-level domain) is always
+    /// cached, and asking for the second's buckets early only costs (measured: 4-9% slower).
+    #[inline]
+    fn probe(&self, probes: &[(u64, usize)], m: &mut Matches) {
+        for &(hash, _) in probes.iter().filter(|_| probes.len() > 2) {
+            let (b1, b2) = buckets_of(hash, self.buckets);
+            for b in [b1, b2] {
+                let at = self.slots_at + BUCKET_BYTES * b;
+                // A bucket may straddle two cache lines.
+                prefetch(&self.bytes, at);
+                prefetch(&self.bytes, at + BUCKET_BYTES - 1);
             }
         }
-        m
+        for &(hash, at) in probes {
+            if let Some((slot, mask)) = self.find(hash) {
+                m.push(at, mask, slot as u32);
+            }
+        }
     }
 }
 
@@ -838,8 +869,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.txt");
         let b = dir.path().join("b.txt");
+        // Some listed names deeper than the probes looked up at once.
         let names: Vec<String> = (0..2000)
-            .map(|i| format!("n{i}.example{}", i % 7))
+            .map(|i| match i % 10 {
+                0 => format!("d1.d2.d3.d4.d5.d6.d7.d8.n{i}.example{}", i % 7),
+                _ => format!("n{i}.example{}", i % 7),
+            })
             .collect();
         fs::write(
             &a,
@@ -874,6 +909,7 @@ mod tests {
                 format!("www.{n}"),
                 format!("ok.{n}"),
                 format!("x{n}"),
+                format!("a.b.c.d.e.f.g.h.i.j.{n}"),
             ] {
                 crate::domain::reverse_key(&q, &mut key);
                 let (t, w) = (idx.lookup(&key), idx.walk(&key));
