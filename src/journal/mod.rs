@@ -716,5 +716,19 @@ mod tests {
             !journal.shared.stuck.load(Ordering::Relaxed),
             "a writer that drained is waited for again"
         );
+        // The daily summary reads of both from the notices.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let count = |kind: &str| {
+            lines(&logs, "notices")
+                .iter()
+                .filter(|n| n["kind"] == kind)
+                .map(|n| n["count"].as_u64().unwrap_or(0))
+                .sum::<u64>()
+        };
+        while count("breach_lost") == 0 && std::time::Instant::now() < deadline {
+            assert!(journal.flush(Duration::from_secs(5)));
+        }
+        assert_eq!(count("breach_lost"), 2);
+        assert_eq!(count("log_paused"), 1);
     }
 }

@@ -213,14 +213,38 @@ pub(super) struct Writer {
     breach: DayFile,
     notices: DayFile,
     housekept: Option<NaiveDate>,
-    dropped_noticed: u64,
-    last_drop_notice: Instant,
+    /// Per [`WATCHED`] counter: the value last reported in a notice, and when.
+    noticed: [(u64, Option<Instant>); WATCHED.len()],
     last_error_log: Option<Instant>,
     clock: Clock,
 }
 
 /// Access lines buffered before a write is forced.
 const ACCESS_BATCH: usize = 4096;
+
+/// The logging troubles the daily summary reports, from the writer's counters: (notice kind,
+/// what it means). The first of each kind is noticed at once, later ones a minute at a time.
+const WATCHED: [(&str, &str); 4] = [
+    (
+        "access_dropped",
+        "access log could not keep up or could not be written",
+    ),
+    (
+        "write_error",
+        "log writes failed (full disk or unwritable directory); breach records were held in memory",
+    ),
+    (
+        "breach_lost",
+        "breach records lost: the log writer was stuck, or the disk refused them past the memory bound",
+    ),
+    (
+        "log_paused",
+        "answering paused until the log writer caught up on breaches (a flood of blocked queries)",
+    ),
+];
+
+/// Notice lines held while the disk refuses them (they are few: a handful a minute).
+const MAX_PENDING_NOTICES: usize = 10_000;
 
 impl Writer {
     pub(super) fn new(logs: Logs, tz: chrono_tz::Tz, stats: Arc<Stats>) -> Self {
@@ -232,8 +256,7 @@ impl Writer {
             breach: DayFile::new(Stream::Breach),
             notices: DayFile::new(Stream::Notices),
             housekept: None,
-            dropped_noticed: 0,
-            last_drop_notice: Instant::now(),
+            noticed: [(0, None); WATCHED.len()],
             last_error_log: None,
             clock: Clock::default(),
         };
@@ -333,32 +356,52 @@ impl Writer {
     /// Runs after every drain: breaches reach the disk within milliseconds of the query.
     pub(super) fn tick(&mut self) {
         self.flush();
-        let dropped = self.stats.access_dropped.load(Ordering::Relaxed);
-        if dropped > self.dropped_noticed
-            && self.last_drop_notice.elapsed() > Duration::from_secs(60)
-        {
-            let n = Notice {
-                time: self.now_string(),
-                kind: "access_dropped".into(),
-                count: dropped - self.dropped_noticed,
-                client: None,
-                detail: Some("access log could not keep up or could not be written".into()),
-            };
-            self.dropped_noticed = dropped;
-            self.last_drop_notice = Instant::now();
-            self.notice(&n);
-        }
+        self.notice_troubles();
         if self.housekept != Some(self.today()) {
             self.housekeep();
         }
     }
 
-    /// Writes everything pending.
+    /// Notices each [`WATCHED`] counter that grew: the coordinator reads of a full disk or lost
+    /// breaches in the daily summary, not only in metrics.
+    fn notice_troubles(&mut self) {
+        let now = [
+            self.stats.access_dropped.load(Ordering::Relaxed),
+            self.stats.write_errors.load(Ordering::Relaxed),
+            self.stats.breach_lost.load(Ordering::Relaxed),
+            self.stats.paused.load(Ordering::Relaxed),
+        ];
+        for (i, &(kind, meaning)) in WATCHED.iter().enumerate() {
+            let (seen, at) = self.noticed[i];
+            if now[i] <= seen || at.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+                continue;
+            }
+            let last_error = self.stats.last_error.lock().ok().and_then(|e| e.clone());
+            let detail = match last_error.filter(|_| kind == "write_error") {
+                Some(e) => format!("{meaning}; last: {e}"),
+                None => meaning.to_string(),
+            };
+            let n = Notice {
+                time: self.now_string(),
+                kind: kind.into(),
+                count: now[i] - seen,
+                client: None,
+                detail: Some(detail),
+            };
+            self.noticed[i] = (now[i], Some(Instant::now()));
+            self.notice(&n);
+        }
+    }
+
+    /// Writes everything pending. Notices a disk refuses wait for it, as breaches do: the
+    /// notice that it was full is written when it has room again.
     pub(super) fn flush(&mut self) {
         self.write_breaches();
         self.write_access();
         if let Err(e) = self.notices.write_pending(&self.logs.dir) {
-            self.notices.clear();
+            if self.notices.lines > MAX_PENDING_NOTICES {
+                self.notices.clear();
+            }
             self.failed(Stream::Notices, &e);
         }
     }

@@ -460,9 +460,27 @@ fn a_full_log_disk_never_stops_dns_and_breaches_are_written_when_space_returns()
         n >= 30,
         "every breach held in memory is written once space returns ({n}/30)"
     );
+    server.expect_log("cannot write");
+    // The coordinator reads of it in the daily summary too, once the disk has room for it.
+    let mut problems = Vec::new();
+    for _ in 0..60 {
+        let (ok, out, err) = setup.run(&["report", "daily", "--date", "today", "--format", "json"]);
+        assert!(ok, "{err}");
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        problems = report["problems"].as_array().cloned().unwrap_or_default();
+        if problems.iter().any(|p| p["kind"] == "write_error") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let full = problems.iter().find(|p| p["kind"] == "write_error");
+    let full = full.unwrap_or_else(|| panic!("no write_error in {problems:?}"));
+    assert!(full["count"].as_u64() > Some(0), "{full}");
     assert!(
-        server.log().contains("cannot write"),
-        "the failure is logged"
+        full["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("No space left")),
+        "{full}"
     );
 }
 
