@@ -637,6 +637,25 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_writer_catching_up_on_a_backlog_writes_as_it_goes() {
+        let (_dir, engine, logs) = school();
+        let stats = Arc::new(Stats::default());
+        writer::prepare_dir(&logs.dir).unwrap();
+        let mut w = writer::Writer::new(logs.clone(), chrono_tz::Europe::London, stats.clone());
+        let blocked = QueryName::parse("bad.example").unwrap();
+        let ev = ask(&engine, &blocked);
+        for _ in 0..10_000 {
+            w.breach(&ev);
+        }
+        // Before any tick: what was drained is on disk, not all held in memory.
+        let written = stats.breach_written.load(Ordering::Relaxed);
+        assert!(written >= 8_000, "{written} breaches written");
+        assert!(stats.access_written.load(Ordering::Relaxed) >= 8_000);
+        assert!(stats.breach_pending.load(Ordering::Relaxed) < 4_096);
+        assert_eq!(stats.breach_lost.load(Ordering::Relaxed), 0);
+    }
+
     /// Holds the writer thread until the returned receiver is read or dropped: the writer
     /// answers a flush on a channel with no room, so it waits there once it has taken the flush
     /// and written the (empty) queues.

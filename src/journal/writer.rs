@@ -213,6 +213,8 @@ pub(super) struct Writer {
     breach: DayFile,
     notices: DayFile,
     housekept: Option<NaiveDate>,
+    /// The last breach write failed: until a tick's retry succeeds, breaches are only held.
+    breach_refused: bool,
     /// Per [`WATCHED`] counter: the value last reported in a notice, and when.
     noticed: [(u64, Option<Instant>); WATCHED.len()],
     last_error_log: Option<Instant>,
@@ -256,6 +258,7 @@ impl Writer {
             breach: DayFile::new(Stream::Breach),
             notices: DayFile::new(Stream::Notices),
             housekept: None,
+            breach_refused: false,
             noticed: [(0, None); WATCHED.len()],
             last_error_log: None,
             clock: Clock::default(),
@@ -281,6 +284,15 @@ impl Writer {
         let date = self.clock.at(ev.time, self.tz);
         line(self.access.line(date), &self.clock, ev, false);
         line(self.breach.line(date), &self.clock, ev, true);
+        // A writer catching up on a long backlog writes as it goes: formatting all of it before
+        // writing any held every line in memory (400 MB of access lines behind 1.6 million
+        // breaches) and cut breaches at the memory bound while the disk had room.
+        if self.access.lines >= ACCESS_BATCH {
+            self.write_access();
+        }
+        if self.breach.lines >= ACCESS_BATCH && !self.breach_refused {
+            self.write_breaches();
+        }
         while self.breach.pending.len() * CHUNK_BYTES > MAX_PENDING_BREACH_BYTES {
             let lost = self.breach.drop_oldest();
             self.stats
@@ -322,11 +334,15 @@ impl Writer {
     fn write_breaches(&mut self) {
         match self.breach.write_pending(&self.logs.dir) {
             Ok(n) => {
+                self.breach_refused = false;
                 self.stats
                     .breach_written
                     .fetch_add(n as u64, Ordering::Relaxed);
             }
-            Err(e) => self.failed(Stream::Breach, &e),
+            Err(e) => {
+                self.breach_refused = true;
+                self.failed(Stream::Breach, &e);
+            }
         }
         self.stats
             .breach_pending
