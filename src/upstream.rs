@@ -2,15 +2,19 @@
 //!
 //! Each lookup is one query from a fresh socket (a random port chosen by the kernel) with a
 //! random ID, the defences against spoofed answers (RFC 5452); a packet that is not the answer
-//! to that query is ignored. Upstreams are asked in order, each for at most the timeout, so a
-//! dead one is skipped; a truncated answer is asked again over TCP. What comes back is checked
-//! and put in the answer cache's form by [`crate::wire::upstream_answer`].
+//! to that query is ignored. Upstreams are asked in order, each for at most the timeout; one
+//! that fails is set aside for [`SET_ASIDE`], asked only when every other has failed too, so a
+//! dead first upstream costs one timeout every half minute rather than one per never-seen name.
+//! A truncated answer is asked again over TCP. What comes back is checked and put in the answer
+//! cache's form by [`crate::wire::upstream_answer`].
 //!
 //! This replaced hickory-resolver here: its lookup (a resolver cache, a name-server pool, a
 //! multiplexed stream per query) cost about 66 us of CPU per never-seen name on the load
 //! benchmark, while the server forwards, caches and serves stale itself.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -41,11 +45,17 @@ pub struct Answer {
 /// Largest UDP answer read; the query offers 1232 bytes, so more is a misbehaving upstream.
 const MAX_UDP_ANSWER: usize = 4096;
 
-/// The forwarding client: the upstreams, tried in order.
+/// How long an upstream that failed is asked only after the others.
+pub const SET_ASIDE: Duration = Duration::from_secs(30);
+
+/// The forwarding client: the upstreams, tried in order, those that failed lately last.
 #[derive(Clone)]
 pub struct Upstream {
     servers: Vec<SocketAddr>,
     timeout: Duration,
+    /// Per server: until when (milliseconds since `epoch`) it is set aside; 0 when healthy.
+    aside_until: Arc<[AtomicU64]>,
+    epoch: Instant,
 }
 
 impl Upstream {
@@ -54,7 +64,23 @@ impl Upstream {
         Upstream {
             servers: servers.to_vec(),
             timeout,
+            aside_until: servers.iter().map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The servers' indexes in the order to ask them: healthy ones in configured order, then
+    /// those set aside, as a last resort. Taken once per lookup, so a server this lookup sets
+    /// aside is not asked again.
+    fn order(&self) -> Vec<usize> {
+        let now = self.now_ms();
+        let (healthy, aside): (Vec<usize>, Vec<usize>) = (0..self.servers.len())
+            .partition(|&i| self.aside_until[i].load(Ordering::Relaxed) <= now);
+        [healthy, aside].concat()
     }
 
     /// Resolves `name` (normalised, no trailing dot) and encodes the answer. `observe` hears
@@ -69,40 +95,62 @@ impl Upstream {
             return Err(UpstreamError::NotConfigured);
         }
         let mut last = String::new();
-        for addr in &self.servers {
+        for i in self.order() {
+            let addr = &self.servers[i];
             let started = Instant::now();
             let query = wire::upstream_query(rand::random(), name, qtype);
             let result = tokio::time::timeout(self.timeout, ask(*addr, &query)).await;
             observe(addr, started.elapsed(), matches!(result, Ok(Ok(_))));
             match result {
-                Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(e)) => last = format!("{addr}: {e}"),
+                Ok(Ok(answer)) => {
+                    self.aside_until[i].store(0, Ordering::Relaxed);
+                    return Ok(answer);
+                }
+                // It answered, with an error for this name: ask the next, but it is alive.
+                Ok(Err(Miss::Answered(e))) => {
+                    last = format!("{addr}: {e}");
+                    continue;
+                }
+                Ok(Err(Miss::Unreachable(e))) => last = format!("{addr}: {e}"),
                 Err(_) => last = format!("{addr}: no answer within {:?}", self.timeout),
             }
+            let until = self.now_ms() + SET_ASIDE.as_millis() as u64;
+            self.aside_until[i].store(until, Ordering::Relaxed);
         }
         Err(UpstreamError::Failed(last))
     }
 }
 
+/// Why one upstream gave no answer to use.
+enum Miss {
+    /// It answered, but with an error (SERVFAIL, REFUSED, a malformed message).
+    Answered(String),
+    /// It could not be reached.
+    Unreachable(String),
+}
+
+fn unreachable(e: std::io::Error) -> Miss {
+    Miss::Unreachable(e.to_string())
+}
+
 /// One query to one upstream: UDP, then TCP if the answer was truncated.
-async fn ask(addr: SocketAddr, query: &[u8]) -> Result<Answer, String> {
+async fn ask(addr: SocketAddr, query: &[u8]) -> Result<Answer, Miss> {
     let local: SocketAddr = if addr.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let sock = UdpSocket::bind(local).await.map_err(|e| e.to_string())?;
+    let sock = UdpSocket::bind(local).await.map_err(unreachable)?;
     // Connected: the kernel drops packets from any other address or port.
-    sock.connect(addr).await.map_err(|e| e.to_string())?;
-    sock.send(query).await.map_err(|e| e.to_string())?;
+    sock.connect(addr).await.map_err(unreachable)?;
+    sock.send(query).await.map_err(unreachable)?;
     loop {
-        sock.readable().await.map_err(|e| e.to_string())?;
-        match read_answer(&sock, query) {
-            Ok(Some(Upstreamed::Answer { bytes, ttl })) => return Ok(Answer { bytes, ttl }),
-            Ok(Some(Upstreamed::Truncated)) => return ask_tcp(addr, query).await,
+        sock.readable().await.map_err(unreachable)?;
+        match read_answer(&sock, query)? {
+            Some(Upstreamed::Answer { bytes, ttl }) => return Ok(Answer { bytes, ttl }),
+            Some(Upstreamed::Truncated) => return ask_tcp(addr, query).await,
             // Nothing yet, or a stray packet: keep waiting (the caller's timeout bounds it).
-            Ok(Some(Upstreamed::Stray)) | Ok(None) => continue,
-            Err(e) => return Err(e),
+            Some(Upstreamed::Stray) | None => continue,
         }
     }
 }
@@ -110,19 +158,20 @@ async fn ask(addr: SocketAddr, query: &[u8]) -> Result<Answer, String> {
 /// Reads one datagram into a stack buffer: a plain function, so the buffer is never part of a
 /// waiting lookup's state and a thousand lookups waiting on a slow upstream cost their sockets
 /// only. `None` when nothing was there after all.
-fn read_answer(sock: &UdpSocket, query: &[u8]) -> Result<Option<Upstreamed>, String> {
+fn read_answer(sock: &UdpSocket, query: &[u8]) -> Result<Option<Upstreamed>, Miss> {
     let mut buf = [0u8; MAX_UDP_ANSWER];
     match sock.try_recv(&mut buf) {
         Ok(n) => wire::upstream_answer(&buf[..n], query)
             .map(Some)
-            .map_err(str::to_string),
+            .map_err(|e| Miss::Answered(e.to_string())),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
-        Err(e) => Err(e.to_string()),
+        // An ICMP port unreachable comes back as a refused receive: nothing listens there.
+        Err(e) => Err(unreachable(e)),
     }
 }
 
-async fn ask_tcp(addr: SocketAddr, query: &[u8]) -> Result<Answer, String> {
-    let io = |e: std::io::Error| format!("over TCP: {e}");
+async fn ask_tcp(addr: SocketAddr, query: &[u8]) -> Result<Answer, Miss> {
+    let io = |e: std::io::Error| Miss::Unreachable(format!("over TCP: {e}"));
     let mut stream = TcpStream::connect(addr).await.map_err(io)?;
     let mut framed = Vec::with_capacity(query.len() + 2);
     framed.extend_from_slice(&(query.len() as u16).to_be_bytes());
@@ -131,10 +180,42 @@ async fn ask_tcp(addr: SocketAddr, query: &[u8]) -> Result<Answer, String> {
     let len = stream.read_u16().await.map_err(io)? as usize;
     let mut resp = vec![0u8; len];
     stream.read_exact(&mut resp).await.map_err(io)?;
+    let answered = |e: &str| Miss::Answered(format!("over TCP: {e}"));
     match wire::upstream_answer(&resp, query) {
         Ok(Upstreamed::Answer { bytes, ttl }) => Ok(Answer { bytes, ttl }),
-        Ok(Upstreamed::Truncated) => Err("truncated answer over TCP".into()),
-        Ok(Upstreamed::Stray) => Err("over TCP: not an answer to the query".into()),
-        Err(e) => Err(format!("over TCP: {e}")),
+        Ok(Upstreamed::Truncated) => Err(answered("truncated answer")),
+        Ok(Upstreamed::Stray) => Err(answered("not an answer to the query")),
+        Err(e) => Err(answered(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstreams_set_aside_are_asked_last_until_their_time_is_up() {
+        let servers: Vec<SocketAddr> = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let mut u = Upstream::new(&servers, Duration::from_secs(1));
+        // Ten seconds into serving, so a time in the past can be written.
+        u.epoch -= Duration::from_secs(10);
+        assert_eq!(u.order(), [0, 1, 2]);
+        u.aside_until[0].store(u.now_ms() + 60_000, Ordering::Relaxed);
+        assert_eq!(u.order(), [1, 2, 0]);
+        u.aside_until[0].store(0, Ordering::Relaxed);
+        u.aside_until[1].store(u.now_ms() + 60_000, Ordering::Relaxed);
+        u.aside_until[2].store(u.now_ms() + 60_000, Ordering::Relaxed);
+        assert_eq!(u.order(), [0, 1, 2]);
+        assert_eq!(u.clone().order(), [0, 1, 2], "clones share what they learn");
+        u.aside_until[0].store(u.now_ms() + 60_000, Ordering::Relaxed);
+        u.aside_until[2].store(1, Ordering::Relaxed);
+        assert_eq!(
+            u.order(),
+            [2, 0, 1],
+            "a server whose time is up is asked again"
+        );
     }
 }

@@ -8,7 +8,7 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 
 use crate::fixture::{Fixture, Zone};
-use crate::harness::{addresses, cnames, ede_text, raw_tcp, raw_udp, Ask, Setup};
+use crate::harness::{addresses, cnames, ede_text, raw_tcp, raw_udp, Ask, Server, Setup};
 
 #[test]
 fn blocked_names_are_blocked_for_every_query_type() {
@@ -482,6 +482,43 @@ fn a_full_log_disk_never_stops_dns_and_breaches_are_written_when_space_returns()
             .is_some_and(|d| d.contains("No space left")),
         "{full}"
     );
+}
+
+#[test]
+fn a_dead_first_upstream_costs_one_timeout_not_one_per_name() {
+    let up = Fixture::start(Zone::standard());
+    // The first upstream never answers, as one that was switched off.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let setup = Setup::new();
+    let server = Server::start(
+        &setup.config(),
+        &[
+            "--upstream",
+            &dead.local_addr().unwrap().to_string(),
+            "--upstream",
+            &up.addr.to_string(),
+        ],
+    );
+    let names = [
+        ("www.example.org", "192.0.2.11"),
+        ("childline.org.uk", "192.0.2.20"),
+        ("www.bbc.co.uk", "192.0.2.30"),
+        ("essex.gov.uk", "192.0.2.31"),
+    ];
+    for (name, address) in names {
+        let m = server.query(name, RecordType::A);
+        assert_eq!(addresses(&m), [address], "{name}");
+    }
+    dead.set_nonblocking(true).unwrap();
+    let mut asked = 0;
+    while dead.recv(&mut [0u8; 512]).is_ok() {
+        asked += 1;
+    }
+    assert_eq!(
+        asked, 1,
+        "after its first timeout the dead upstream is set aside, not asked for every name"
+    );
+    assert_eq!(up.queries(), names.len());
 }
 
 #[test]
