@@ -549,7 +549,7 @@ fn default_log_queue() -> usize {
 }
 
 /// Where and for how long query logs are kept.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Logs {
     /// Directory of the daily access, breach and notice files.
     pub dir: PathBuf,
@@ -747,6 +747,41 @@ pub struct Config {
 
 /// Name of the group unknown clients fall into.
 pub const DEFAULT_GROUP: &str = "default";
+
+impl Config {
+    /// The settings in which this config differs from the `running` one that take effect only
+    /// at a restart: sockets, the answer cache, rate limits, logging and file watching are set
+    /// up once. Everything else (lists, groups, clients, upstreams, alerts) applies on reload.
+    pub fn restart_only_changes(&self, running: &Config) -> Vec<&'static str> {
+        let a = running;
+        [
+            ("server.listen", self.listen != a.listen),
+            ("server.cache_size", self.cache_size != a.cache_size),
+            (
+                "server.rate_limit_qps",
+                self.rate_limit_qps != a.rate_limit_qps,
+            ),
+            (
+                "server.rate_limit_burst",
+                self.rate_limit_burst != a.rate_limit_burst,
+            ),
+            (
+                "server.time_zone (log file days)",
+                self.time_zone != a.time_zone,
+            ),
+            ("admin.listen", self.admin != a.admin),
+            ("logs", self.logs != a.logs),
+            ("lists.watch", self.watch != a.watch),
+            (
+                "lists.dir (which directory is watched)",
+                self.lists_dir != a.lists_dir,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+    }
+}
 
 impl Config {
     /// Reads and validates a config file.

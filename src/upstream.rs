@@ -69,6 +69,12 @@ impl Upstream {
         }
     }
 
+    /// Whether this client forwards to `servers` with `timeout` (a reload that changed neither
+    /// keeps it, and what it learned of which upstreams are down).
+    pub fn serves(&self, servers: &[SocketAddr], timeout: Duration) -> bool {
+        self.servers == servers && self.timeout == timeout
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }

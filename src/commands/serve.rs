@@ -15,7 +15,6 @@ use schoolgate::lists::refresh_forever;
 use schoolgate::metrics::Metrics;
 use schoolgate::reload::{self, Adjust, ListWork, ReloadResult, Trigger};
 use schoolgate::server::{self, Handler};
-use schoolgate::upstream::Upstream;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -73,7 +72,6 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     let served = runtime.block_on(async move {
         let listeners = server::bind(&config.listen, workers)?;
-        let upstream = Upstream::new(&config.upstreams, config.upstream_timeout);
         let alerts = Alerter::start(&config).context("cannot set up alerts")?;
         if alerts.is_some() {
             tracing::info!("alerts on for alert-flagged categories");
@@ -83,7 +81,6 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let metrics = Arc::new(Metrics::new(Some(journal.stats().clone())));
         let handler = Arc::new(Handler::new(
             engine,
-            upstream,
             AnswerCache::new(config.cache_size, SERVE_STALE),
             Some(journal.clone()),
             metrics.clone(),
@@ -204,6 +201,11 @@ async fn reloader(
                     "reloaded"
                 );
                 let after = handler.engine().config().clone();
+                for setting in after.restart_only_changes(&before) {
+                    tracing::warn!(
+                        "{setting} changed in the config: it takes effect when schoolgate restarts"
+                    );
+                }
                 if alerts::settings_changed(&before, &after) {
                     match Alerter::start(&after) {
                         Ok(a) => {

@@ -55,12 +55,13 @@ pub enum Outcome {
 struct Snapshot {
     engine: Arc<Engine>,
     counters: QueryCounters,
+    /// The engine's config's upstreams: a reload can change them.
+    upstream: Upstream,
 }
 
 /// Everything the query path shares across sockets and tasks.
 pub struct Handler {
     snapshot: ArcSwap<Snapshot>,
-    upstream: Upstream,
     cache: AnswerCache,
     journal: Option<Journal>,
     metrics: Arc<Metrics>,
@@ -137,17 +138,20 @@ impl Handler {
     /// A handler over an initial engine.
     pub fn new(
         engine: Arc<Engine>,
-        upstream: Upstream,
         cache: AnswerCache,
         journal: Option<Journal>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let config = engine.config().clone();
         let counters = metrics.counters_for(&engine);
+        let upstream = Upstream::new(&config.upstreams, config.upstream_timeout);
         metrics.mark_loaded();
         Handler {
-            snapshot: ArcSwap::from_pointee(Snapshot { engine, counters }),
-            upstream,
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                engine,
+                counters,
+                upstream,
+            }),
             cache,
             journal,
             metrics,
@@ -167,7 +171,23 @@ impl Handler {
     /// both indexes were (6 MB of the server's peak during a reload of 1,000,000 names).
     pub fn replace_engine(&self, engine: Arc<Engine>) {
         let counters = self.metrics.counters_for(&engine);
-        let old = self.snapshot.swap(Arc::new(Snapshot { engine, counters }));
+        let config = engine.config();
+        let running = self.snapshot.load();
+        let upstream = if running
+            .upstream
+            .serves(&config.upstreams, config.upstream_timeout)
+        {
+            running.upstream.clone()
+        } else {
+            tracing::info!(upstreams = ?config.upstreams, "upstream resolvers changed");
+            Upstream::new(&config.upstreams, config.upstream_timeout)
+        };
+        drop(running);
+        let old = self.snapshot.swap(Arc::new(Snapshot {
+            engine,
+            counters,
+            upstream,
+        }));
         old.engine.release_pages();
     }
 
@@ -355,7 +375,7 @@ impl Handler {
             return self.rewrite_upstream(&cx, decision, buf).await;
         }
         let metrics = &self.metrics;
-        let result = self
+        let result = snap
             .upstream
             .resolve(q.name.as_str(), q.qtype, |server, took, ok| {
                 metrics.upstream(server, took, ok)
@@ -433,7 +453,8 @@ impl Handler {
             return self.done(cx, buf, Done::servfail());
         };
         let metrics = &self.metrics;
-        match self
+        match cx
+            .snap
             .upstream
             .resolve(target, q.qtype, |server, took, ok| {
                 metrics.upstream(server, took, ok)

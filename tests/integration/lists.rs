@@ -262,6 +262,40 @@ fn list_work_that_hangs_is_stopped_and_the_server_keeps_filtering() {
 }
 
 #[test]
+fn a_changed_upstream_applies_on_reload_and_restart_only_settings_say_so() {
+    let old = Fixture::start(Zone::standard());
+    let mut zone = Zone::standard();
+    zone.a("only-new.example.org", "192.0.2.98");
+    let new = Fixture::start(zone);
+    let setup = Setup::new().server(&format!("upstreams = [\"{}\"]", old.addr));
+    let cfg = setup.config();
+    let server = Server::start(&cfg, &[]);
+    let ask = |name| addresses(&server.query(name, RecordType::A));
+    assert_eq!(ask("www.example.org"), ["192.0.2.11"]);
+
+    let text = fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&old.addr.to_string(), &new.addr.to_string())
+        .replace("[server]\n", "[server]\ncache_size = 777\n");
+    let reloads = count(&server, "reloaded");
+    let edited = cfg.with_extension("new");
+    fs::write(&edited, text).unwrap();
+    fs::rename(&edited, &cfg).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || count(
+        &server, "reloaded"
+    ) > reloads));
+    assert_eq!(
+        ask("only-new.example.org"),
+        ["192.0.2.98"],
+        "asked the new upstream"
+    );
+    assert_eq!(old.queries(), 1, "the old upstream is no longer asked");
+    server.expect_log(
+        "server.cache_size changed in the config: it takes effect when schoolgate restarts",
+    );
+}
+
+#[test]
 fn a_broken_config_keeps_the_server_filtering() {
     let up = Fixture::start(Zone::standard());
     let setup = Setup::new();
