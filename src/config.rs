@@ -750,21 +750,14 @@ pub const DEFAULT_GROUP: &str = "default";
 
 impl Config {
     /// The settings in which this config differs from the `running` one that take effect only
-    /// at a restart: sockets, the answer cache, rate limits, logging and file watching are set
-    /// up once. Everything else (lists, groups, clients, upstreams, alerts) applies on reload.
+    /// at a restart: sockets, the answer cache, logging and file watching are set up once.
+    /// Everything else (lists, groups, clients, upstreams, rate limits, alerts) applies on
+    /// reload.
     pub fn restart_only_changes(&self, running: &Config) -> Vec<&'static str> {
         let a = running;
         [
             ("server.listen", self.listen != a.listen),
             ("server.cache_size", self.cache_size != a.cache_size),
-            (
-                "server.rate_limit_qps",
-                self.rate_limit_qps != a.rate_limit_qps,
-            ),
-            (
-                "server.rate_limit_burst",
-                self.rate_limit_burst != a.rate_limit_burst,
-            ),
             (
                 "server.time_zone (log file days)",
                 self.time_zone != a.time_zone,

@@ -6,6 +6,7 @@
 //! and idle buckets are swept when a shard grows.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -36,42 +37,53 @@ pub enum Verdict {
 
 /// Token buckets by client address.
 pub struct RateLimiter {
-    rate: f64,
-    burst: f64,
+    /// Queries a second (high half) and burst (low half), one word so a reload changes both at
+    /// once.
+    limits: AtomicU64,
     shards: Vec<Mutex<FxHashMap<IpAddr, Bucket>>>,
 }
 
 impl RateLimiter {
     /// `qps` per client with `burst`; `qps == 0` disables limiting.
     pub fn new(qps: u32, burst: u32) -> Self {
-        RateLimiter {
-            rate: f64::from(qps),
-            burst: f64::from(burst.max(qps)),
+        let limiter = RateLimiter {
+            limits: AtomicU64::new(0),
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(FxHashMap::default()))
                 .collect(),
-        }
+        };
+        limiter.set_limits(qps, burst);
+        limiter
+    }
+
+    /// New limits (a reload), for every client from its next query; buckets keep their tokens.
+    pub fn set_limits(&self, qps: u32, burst: u32) {
+        let word = (u64::from(qps) << 32) | u64::from(burst.max(qps));
+        self.limits.store(word, Ordering::Relaxed);
     }
 
     /// Takes one token for `ip`.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Verdict {
-        if self.rate == 0.0 {
+        let limits = self.limits.load(Ordering::Relaxed);
+        let rate = (limits >> 32) as f64;
+        let burst = (limits & u64::from(u32::MAX)) as f64;
+        if rate == 0.0 {
             return Verdict::Pass;
         }
         let shard = &self.shards[shard_of(&ip)];
         let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_PER_SHARD && !map.contains_key(&ip) {
-            let idle = Duration::from_secs_f64(self.burst / self.rate);
+            let idle = Duration::from_secs_f64(burst / rate);
             map.retain(|_, b| now.duration_since(b.last) < idle);
         }
         let b = map.entry(ip).or_insert(Bucket {
-            tokens: self.burst,
+            tokens: burst,
             last: now,
             limited: 0,
             reported: None,
         });
         let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
+        b.tokens = (b.tokens + elapsed * rate).min(burst);
         b.last = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
@@ -101,6 +113,23 @@ fn shard_of(ip: &IpAddr) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_limits_apply_from_the_next_query() {
+        let l = RateLimiter::new(1, 2);
+        let now = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(l.check(a, now), Verdict::Pass);
+        assert_eq!(l.check(a, now), Verdict::Pass);
+        assert_ne!(l.check(a, now), Verdict::Pass);
+        l.set_limits(0, 0);
+        assert_eq!(l.check(a, now), Verdict::Pass, "0 turns limiting off");
+        l.set_limits(1, 2);
+        assert_ne!(l.check(a, now), Verdict::Pass, "the bucket kept its state");
+        l.set_limits(1000, 1000);
+        let later = now + Duration::from_millis(10);
+        assert_eq!(l.check(a, later), Verdict::Pass, "refilled at the new rate");
+    }
 
     #[test]
     fn limits_one_client_not_another() {

@@ -172,6 +172,8 @@ impl Handler {
     pub fn replace_engine(&self, engine: Arc<Engine>) {
         let counters = self.metrics.counters_for(&engine);
         let config = engine.config();
+        self.limiter
+            .set_limits(config.rate_limit_qps, config.rate_limit_burst);
         let running = self.snapshot.load();
         let upstream = if running
             .upstream
