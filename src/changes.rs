@@ -524,9 +524,19 @@ impl Verified {
 
 /// Checks every link of the change-control log.
 pub fn verify_log(path: &Path) -> Result<Verified, ChangeError> {
+    verify_log_reading(path, |_| {})
+}
+
+/// As [`verify_log`], handing `each` every record line on the way, so a reader of the records
+/// (the daily summary) reads the log once.
+pub fn verify_log_reading(
+    path: &Path,
+    mut each: impl FnMut(&str),
+) -> Result<Verified, ChangeError> {
     let mut v = Verified::default();
     let mut linked = false;
     log_lines(path, |number, line| {
+        each(line);
         v.records += 1;
         match unlink(line) {
             Some((body, stored)) => {

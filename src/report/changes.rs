@@ -10,20 +10,21 @@ use chrono::{DateTime, NaiveDate};
 use serde_json::Value;
 
 use super::{Change, NAMES_SHOWN};
+use crate::changes::{verify_log_reading, ChangeError, Verified};
 
-/// The day's changes and exemptions (entries with `"kind": "exemption"`). A missing file is
-/// an empty day.
+/// The day's changes and exemptions (entries with `"kind": "exemption"`), and the state of the
+/// log's links, from one read. A missing file is an empty day.
 pub(super) fn read(
     path: &Path,
     date: NaiveDate,
     tz: chrono_tz::Tz,
-) -> std::io::Result<(Vec<Change>, Vec<Change>)> {
+) -> Result<(Vec<Change>, Vec<Change>, Verified), ChangeError> {
     let mut changes = Vec::new();
     let mut exemptions = Vec::new();
-    if !path.exists() {
-        return Ok((changes, exemptions));
-    }
-    crate::journal::read_lines::<Value>(path, |v| {
+    let verified = verify_log_reading(path, |line| {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            return;
+        };
         let time = text(&v, &["time"]);
         if day_of(&time, tz) != Some(date) {
             return;
@@ -57,7 +58,7 @@ pub(super) fn read(
             changes.push(change);
         }
     })?;
-    Ok((changes, exemptions))
+    Ok((changes, exemptions, verified))
 }
 
 fn day_of(time: &str, tz: chrono_tz::Tz) -> Option<NaiveDate> {
@@ -110,7 +111,12 @@ mod tests {
         )
         .unwrap();
         let d = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
-        let (c, e) = read(&p, d, chrono_tz::Europe::London).unwrap();
+        let (c, e, links) = read(&p, d, chrono_tz::Europe::London).unwrap();
+        assert_eq!(
+            (links.records, links.unlinked_at_start),
+            (4, 4),
+            "the links are checked in the same read"
+        );
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].target, "adult");
         assert_eq!(c[0].removed, vec!["b.com"]);
@@ -131,7 +137,7 @@ mod tests {
         });
         std::fs::write(&p, format!("{line}\n")).unwrap();
         let d = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
-        let (c, _) = read(&p, d, chrono_tz::Europe::London).unwrap();
+        let (c, _, _) = read(&p, d, chrono_tz::Europe::London).unwrap();
         assert_eq!(c[0].added.len(), NAMES_SHOWN);
         assert_eq!((c[0].added_count, c[0].removed_count), (1000, 0));
     }

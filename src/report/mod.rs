@@ -311,17 +311,16 @@ pub fn build(config: &Config, date: NaiveDate, anonymise: bool) -> Result<Report
 
 impl Report {
     fn changes_from(&mut self, config: &Config, date: NaiveDate) -> Result<(), ReportError> {
-        let path = &config.changes_log;
-        let (changes, exemptions) =
-            changes::read(path, date, config.time_zone).map_err(|source| ReportError::Read {
-                path: path.clone(),
-                source,
-            })?;
+        let (changes, exemptions, links) =
+            changes::read(&config.changes_log, date, config.time_zone).map_err(
+                |crate::changes::ChangeError::Io { path, source }| ReportError::Read {
+                    path,
+                    source,
+                },
+            )?;
         self.changes = changes;
         self.exemptions = exemptions;
-        self.change_log = crate::changes::verify_log(path).map_err(
-            |crate::changes::ChangeError::Io { path, source }| ReportError::Read { path, source },
-        )?;
+        self.change_log = links;
         Ok(())
     }
 
