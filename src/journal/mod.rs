@@ -484,7 +484,7 @@ fn run(mut d: Drain) {
                 Ok(Msg::Alerts(a)) => d.alerts = a,
                 Ok(Msg::Flush(done)) => {
                     d.drain();
-                    d.w.flush();
+                    d.w.flush_now();
                     let _ = done.send(());
                 }
                 Err(_) => break,
@@ -496,7 +496,7 @@ fn run(mut d: Drain) {
         }
     }
     d.drain();
-    d.w.flush();
+    d.w.flush_now();
 }
 
 impl Drain {

@@ -213,8 +213,8 @@ pub(super) struct Writer {
     breach: DayFile,
     notices: DayFile,
     housekept: Option<NaiveDate>,
-    /// The last breach write failed: until a tick's retry succeeds, breaches are only held.
-    breach_refused: bool,
+    /// After a failed write, the disk is left alone until then (see [`RETRY_EVERY`]).
+    resting_until: Option<Instant>,
     /// Per [`WATCHED`] counter: the value last reported in a notice, and when.
     noticed: [(u64, Option<Instant>); WATCHED.len()],
     last_error_log: Option<Instant>,
@@ -245,6 +245,9 @@ const WATCHED: [(&str, &str); 4] = [
     ),
 ];
 
+/// How long the writer leaves a disk that refused a write before asking it again.
+const RETRY_EVERY: Duration = Duration::from_millis(250);
+
 /// Notice lines held while the disk refuses them (they are few: a handful a minute).
 const MAX_PENDING_NOTICES: usize = 10_000;
 
@@ -258,7 +261,7 @@ impl Writer {
             breach: DayFile::new(Stream::Breach),
             notices: DayFile::new(Stream::Notices),
             housekept: None,
-            breach_refused: false,
+            resting_until: None,
             noticed: [(0, None); WATCHED.len()],
             last_error_log: None,
             clock: Clock::default(),
@@ -290,7 +293,7 @@ impl Writer {
         if self.access.lines >= ACCESS_BATCH {
             self.write_access();
         }
-        if self.breach.lines >= ACCESS_BATCH && !self.breach_refused {
+        if self.breach.lines >= ACCESS_BATCH {
             self.write_breaches();
         }
         while self.breach.pending.len() * CHUNK_BYTES > MAX_PENDING_BREACH_BYTES {
@@ -313,10 +316,22 @@ impl Writer {
         }
     }
 
+    /// Whether a write failed less than [`RETRY_EVERY`] ago: a full disk is asked again a few
+    /// times a second, not at every drain (1,400 failed writes a second under a flood, each
+    /// counted as an error).
+    fn resting(&self) -> bool {
+        self.resting_until.is_some_and(|t| Instant::now() < t)
+    }
+
     /// Access lines that cannot be written are dropped and counted: they must never hold up
     /// breaches or memory.
     fn write_access(&mut self) {
-        match self.access.write_pending(&self.logs.dir) {
+        let result = if self.resting() {
+            Err(None)
+        } else {
+            self.access.write_pending(&self.logs.dir).map_err(Some)
+        };
+        match result {
             Ok(n) => {
                 self.stats
                     .access_written
@@ -325,22 +340,25 @@ impl Writer {
             Err(e) => {
                 let lost = self.access.clear() as u64;
                 self.stats.access_dropped.fetch_add(lost, Ordering::Relaxed);
-                self.failed(Stream::Access, &e);
+                if let Some(e) = e {
+                    self.failed(Stream::Access, &e);
+                }
             }
         }
     }
 
     /// Breach lines that cannot be written stay in memory until the disk takes them.
     fn write_breaches(&mut self) {
+        if self.resting() {
+            return;
+        }
         match self.breach.write_pending(&self.logs.dir) {
             Ok(n) => {
-                self.breach_refused = false;
                 self.stats
                     .breach_written
                     .fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e) => {
-                self.breach_refused = true;
                 self.failed(Stream::Breach, &e);
             }
         }
@@ -350,6 +368,7 @@ impl Writer {
     }
 
     fn failed(&mut self, stream: Stream, e: &std::io::Error) {
+        self.resting_until = Some(Instant::now() + RETRY_EVERY);
         self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
         let msg = format!(
             "cannot write {} log in {}: {e}",
@@ -414,12 +433,22 @@ impl Writer {
     pub(super) fn flush(&mut self) {
         self.write_breaches();
         self.write_access();
+        if self.resting() {
+            return;
+        }
         if let Err(e) = self.notices.write_pending(&self.logs.dir) {
             if self.notices.lines > MAX_PENDING_NOTICES {
                 self.notices.clear();
             }
             self.failed(Stream::Notices, &e);
         }
+    }
+
+    /// As [`Writer::flush`], asking the disk even if it refused a write a moment ago: someone
+    /// is waiting for the lines (a flush request, or shutdown).
+    pub(super) fn flush_now(&mut self) {
+        self.resting_until = None;
+        self.flush();
     }
 
     /// Once a day: compress finished days, delete expired ones.
