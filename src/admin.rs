@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http_body_util::Full;
@@ -102,11 +103,30 @@ fn route(
                 (true, false) => "unfiltered",
                 (true, true) => "ok",
             };
+            let upstreams: Vec<_> = handler
+                .upstream_health()
+                .into_iter()
+                .map(|(addr, aside)| {
+                    serde_json::json!({"addr": addr.to_string(), "set_aside": aside})
+                })
+                .collect();
+            let log = handler.journal_stats().map(|s| {
+                serde_json::json!({
+                    "breach_pending": s.breach_pending.load(Ordering::Relaxed),
+                    "breach_lost": s.breach_lost.load(Ordering::Relaxed),
+                    "write_errors": s.write_errors.load(Ordering::Relaxed),
+                    "last_error": s.last_error.lock().ok().and_then(|e| e.clone()),
+                })
+            });
+            // Upstreams and logging are reported, not judged: blocked names and cached
+            // answers are still served without them.
             let body = serde_json::json!({
                 "status": status,
                 "answering": answering,
                 "lists_loaded": loaded,
                 "names": engine.index_len(),
+                "upstreams": upstreams,
+                "log": log,
             });
             let code = if loaded && answering {
                 StatusCode::OK

@@ -75,6 +75,16 @@ impl Upstream {
         self.servers == servers && self.timeout == timeout
     }
 
+    /// Each server and whether it is set aside now (it failed within [`SET_ASIDE`]).
+    pub fn health(&self) -> Vec<(SocketAddr, bool)> {
+        let now = self.now_ms();
+        self.servers
+            .iter()
+            .zip(self.aside_until.iter())
+            .map(|(s, until)| (*s, until.load(Ordering::Relaxed) > now))
+            .collect()
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }

@@ -207,6 +207,16 @@ impl Handler {
         }
     }
 
+    /// The upstreams in force and whether each is set aside (failed lately), for `/healthz`.
+    pub fn upstream_health(&self) -> Vec<(SocketAddr, bool)> {
+        self.snapshot.load().upstream.health()
+    }
+
+    /// The journal's counters, if queries are logged.
+    pub fn journal_stats(&self) -> Option<&Arc<journal::Stats>> {
+        self.journal.as_ref().map(Journal::stats)
+    }
+
     /// The metrics this handler feeds.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

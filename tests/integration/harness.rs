@@ -21,9 +21,10 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_schoolgate")
 }
 
-/// A temporary school: config, lists, state.
+/// A temporary school: config, lists, state. A server started from it keeps the directory
+/// until it stops, so `Setup::new().start(..)` does not delete the files under a running server.
 pub struct Setup {
-    pub dir: tempfile::TempDir,
+    pub dir: Arc<tempfile::TempDir>,
     server_extra: String,
     logs_extra: String,
     lists_extra: String,
@@ -35,7 +36,7 @@ impl Setup {
     /// an allow list; one default group blocking all of them.
     pub fn new() -> Self {
         let s = Setup {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir: Arc::new(tempfile::tempdir().expect("tempdir")),
             server_extra: String::new(),
             logs_extra: String::new(),
             lists_extra: String::new(),
@@ -154,7 +155,9 @@ files = ["circumvention.txt"]
 
     /// Starts `schoolgate serve` forwarding to `upstream`.
     pub fn start(&self, upstream: SocketAddr) -> Server {
-        Server::start(&self.config(), &["--upstream", &upstream.to_string()])
+        let mut server = Server::start(&self.config(), &["--upstream", &upstream.to_string()]);
+        server.dir = Some(self.dir.clone());
+        server
     }
 
     /// Runs another subcommand against this setup's config; returns (success, stdout, stderr).
@@ -186,6 +189,8 @@ pub struct Server {
     /// The admin (metrics) endpoint.
     pub admin: Option<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
+    /// The school directory it runs in, removed only after the process is stopped.
+    dir: Option<Arc<tempfile::TempDir>>,
 }
 
 impl Server {
@@ -220,6 +225,7 @@ impl Server {
             addr: "0.0.0.0:0".parse().expect("addr"),
             admin: None,
             log,
+            dir: None,
         };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -75,6 +75,10 @@ fn metrics_move_with_queries_and_health_reports_lists() {
         v["answering"], true,
         "a real query to the DNS listener was answered"
     );
+    assert_eq!(v["upstreams"][0]["addr"], up.addr.to_string());
+    assert_eq!(v["upstreams"][0]["set_aside"], false);
+    assert_eq!(v["log"]["write_errors"], 0, "{v}\n{}", server.log());
+    assert_eq!(v["log"]["last_error"], serde_json::Value::Null);
 }
 
 #[test]

@@ -519,6 +519,10 @@ fn a_dead_first_upstream_costs_one_timeout_not_one_per_name() {
         "after its first timeout the dead upstream is set aside, not asked for every name"
     );
     assert_eq!(up.queries(), names.len());
+    let (_, health) = crate::ops::http_get(server.admin.unwrap(), "/healthz");
+    let v: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(v["upstreams"][0]["set_aside"], true, "{v}");
+    assert_eq!(v["upstreams"][1]["set_aside"], false, "{v}");
 }
 
 #[test]
