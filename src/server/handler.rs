@@ -75,21 +75,22 @@ pub struct Handler {
 pub struct Received {
     /// For latency and rate limiting.
     pub at: Instant,
-    /// For schedules and the log.
+    /// For the log.
     pub wall: SystemTime,
+    /// The wall clock as a date and time, for schedules: converted once per batch, not per
+    /// query.
+    utc: DateTime<Utc>,
 }
 
 impl Received {
     /// Now, on both clocks.
     pub fn now() -> Self {
+        let wall = SystemTime::now();
         Received {
             at: Instant::now(),
-            wall: SystemTime::now(),
+            wall,
+            utc: wall.into(),
         }
-    }
-
-    fn utc(self) -> DateTime<Utc> {
-        self.wall.into()
     }
 }
 
@@ -298,7 +299,7 @@ impl Handler {
             self.error(&q, buf, rcode::REFUSED, None);
             return self.done(&cx, buf, Done::refused());
         }
-        let decision = engine.decide(&cx.client, &q.name, received.utc());
+        let decision = engine.decide(&cx.client, &q.name, received.utc);
         match decision.action {
             Action::Nxdomain => {
                 let mut w = Writer::respond(buf, &q, rcode::NXDOMAIN, false);
@@ -382,7 +383,7 @@ impl Handler {
         let addr = crate::clients::canonical(src.ip());
         let cx = Ctx::new(&snap, &q, addr, transport, received, false);
         let engine = &snap.engine;
-        let decision = engine.decide(&cx.client, &q.name, received.utc());
+        let decision = engine.decide(&cx.client, &q.name, received.utc);
         if decision.action == Action::Rewrite {
             return self.rewrite_upstream(&cx, decision, buf).await;
         }
