@@ -358,9 +358,7 @@ impl Writer {
                     .breach_written
                     .fetch_add(n as u64, Ordering::Relaxed);
             }
-            Err(e) => {
-                self.failed(Stream::Breach, &e);
-            }
+            Err(e) => self.failed(Stream::Breach, &e),
         }
         self.stats
             .breach_pending
