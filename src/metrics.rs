@@ -184,7 +184,7 @@ impl Metrics {
             log_pauses: counter(
                 &r,
                 "schoolgate_log_pauses_total",
-                "Times the UDP loops stopped taking queries until the log writer caught up on breaches",
+                "Times a query loop stopped taking queries until the log writer caught up on breaches",
             ),
             journal,
             last_journal: std::sync::Mutex::new([0; 4]),

@@ -10,8 +10,9 @@
 //!
 //! Logging itself never waits. Access records beyond the configured queue are dropped and
 //! counted when the writer falls behind. Breach records are not dropped for a slow writer: past
-//! [`BREACH_PAUSE_AT`] queued breaches the UDP loops stop taking queries until the writer catches
-//! up ([`Journal::catch_up`]), so a flood is answered as fast as its breaches can be written.
+//! [`BREACH_PAUSE_AT`] queued breaches the query loops (UDP and TCP) stop taking queries until
+//! the writer catches up ([`Journal::catch_up`]), so a flood is answered as fast as its breaches
+//! can be written.
 //! Only a writer stuck for longer than [`BREACH_WAIT`] (a hung disk) lets breaches queue on, up to
 //! [`BREACH_LOSE_AT`], past which they are counted lost rather than exhaust memory.
 
@@ -100,7 +101,7 @@ pub struct Stats {
     pub write_errors: AtomicU64,
     /// Breach records held in memory waiting for the disk.
     pub breach_pending: AtomicU64,
-    /// Times the UDP loops paused for the writer to catch up on breaches.
+    /// Times a query loop paused for the writer to catch up on breaches.
     pub paused: AtomicU64,
     /// The last write error, for `/healthz` and logs.
     pub last_error: Mutex<Option<String>>,
@@ -360,7 +361,7 @@ impl Journal {
         Ok(Journal { shared })
     }
 
-    /// Whether the writer is so far behind on breaches that the UDP loops should take no more
+    /// Whether the writer is so far behind on breaches that the query loops should take no more
     /// queries until it catches up. False while the writer is stuck (see [`Journal::catch_up`]).
     pub fn behind(&self) -> bool {
         let s = &self.shared;
@@ -448,7 +449,7 @@ impl Journal {
     }
 }
 
-/// Breach records waiting for the writer at which the UDP loops pause. A few seconds of a
+/// Breach records waiting for the writer at which the query loops pause. A few seconds of a
 /// flood: reached only when the writer has lost its core to the query path.
 pub const BREACH_PAUSE_AT: usize = 100_000;
 /// How long a pause waits for the writer before calling it stuck.

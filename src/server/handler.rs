@@ -200,7 +200,7 @@ impl Handler {
     }
 
     /// Waits while the log writer is too far behind on breaches (see [`Journal::behind`]): the
-    /// UDP loops take no new queries meanwhile, so a flood is answered as fast as its breaches
+    /// query loops take no new queries meanwhile, so a flood is answered as fast as its breaches
     /// can be written instead of losing them.
     pub async fn wait_for_log(&self) {
         if let Some(j) = self.journal.as_ref().filter(|j| j.behind()) {

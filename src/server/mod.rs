@@ -343,6 +343,8 @@ async fn tcp_conn(
     let mut packet = vec![0u8; 65535];
     let mut buf = Vec::with_capacity(1500);
     loop {
+        // As the UDP loops do: no new query while the log writer is far behind on breaches.
+        handler.wait_for_log().await;
         let len = tokio::select! {
             r = tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read_u16()) => match r {
                 Ok(Ok(n)) => n as usize,
