@@ -93,9 +93,9 @@ impl Upstream {
     /// those set aside, as a last resort. Taken once per lookup, so a server this lookup sets
     /// aside is not asked again.
     fn order(&self) -> Vec<usize> {
-        let now = self.now_ms();
-        let (healthy, aside): (Vec<usize>, Vec<usize>) = (0..self.servers.len())
-            .partition(|&i| self.aside_until[i].load(Ordering::Relaxed) <= now);
+        let health = self.health();
+        let (healthy, aside): (Vec<usize>, Vec<usize>) =
+            (0..health.len()).partition(|&i| !health[i].1);
         [healthy, aside].concat()
     }
 
