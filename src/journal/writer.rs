@@ -12,7 +12,7 @@ use std::io::{BufWriter, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -224,24 +224,30 @@ pub(super) struct Writer {
 /// Access lines buffered before a write is forced.
 const ACCESS_BATCH: usize = 4096;
 
-/// The logging troubles the daily summary reports, from the writer's counters: (notice kind,
-/// what it means). The first of each kind is noticed at once, later ones a minute at a time.
-const WATCHED: [(&str, &str); 4] = [
+/// The logging troubles the daily summary reports: (notice kind, what it means, the writer's
+/// counter of it). The first of each kind is noticed at once, later ones a minute at a time.
+type Watched = (&'static str, &'static str, fn(&Stats) -> &AtomicU64);
+
+const WATCHED: [Watched; 4] = [
     (
         "access_dropped",
         "access log could not keep up or could not be written",
+        |s| &s.access_dropped,
     ),
     (
         "write_error",
         "log writes failed (full disk or unwritable directory); breach records were held in memory",
+        |s| &s.write_errors,
     ),
     (
         "breach_lost",
         "breach records lost: the log writer was stuck, or the disk refused them past the memory bound",
+        |s| &s.breach_lost,
     ),
     (
         "log_paused",
         "answering paused until the log writer caught up on breaches (a flood of blocked queries)",
+        |s| &s.paused,
     ),
 ];
 
@@ -398,15 +404,10 @@ impl Writer {
     /// Notices each [`WATCHED`] counter that grew: the coordinator reads of a full disk or lost
     /// breaches in the daily summary, not only in metrics.
     fn notice_troubles(&mut self) {
-        let now = [
-            self.stats.access_dropped.load(Ordering::Relaxed),
-            self.stats.write_errors.load(Ordering::Relaxed),
-            self.stats.breach_lost.load(Ordering::Relaxed),
-            self.stats.paused.load(Ordering::Relaxed),
-        ];
-        for (i, &(kind, meaning)) in WATCHED.iter().enumerate() {
+        for (i, &(kind, meaning, counter)) in WATCHED.iter().enumerate() {
+            let now = counter(&self.stats).load(Ordering::Relaxed);
             let (seen, at) = self.noticed[i];
-            if now[i] <= seen || at.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+            if now <= seen || at.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
                 continue;
             }
             let last_error = self.stats.last_error.lock().ok().and_then(|e| e.clone());
@@ -417,11 +418,11 @@ impl Writer {
             let n = Notice {
                 time: self.now_string(),
                 kind: kind.into(),
-                count: now[i] - seen,
+                count: now - seen,
                 client: None,
                 detail: Some(detail),
             };
-            self.noticed[i] = (now[i], Some(Instant::now()));
+            self.noticed[i] = (now, Some(Instant::now()));
             self.notice(&n);
         }
     }
