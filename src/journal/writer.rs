@@ -221,8 +221,9 @@ pub(super) struct Writer {
     clock: Clock,
 }
 
-/// Access lines buffered before a write is forced.
-const ACCESS_BATCH: usize = 4096;
+/// Lines of a stream buffered before a write is forced (access lines always; breach lines too
+/// while a writer works through a backlog).
+const WRITE_BATCH: usize = 4096;
 
 /// The logging troubles the daily summary reports: (notice kind, what it means, the writer's
 /// counter of it). The first of each kind is noticed at once, later ones a minute at a time.
@@ -284,7 +285,7 @@ impl Writer {
         let date = self.clock.at(ev.time, self.tz);
         let out = self.access.line(date);
         line(out, &self.clock, ev, false);
-        if self.access.lines >= ACCESS_BATCH {
+        if self.access.lines >= WRITE_BATCH {
             self.write_access();
         }
     }
@@ -296,10 +297,10 @@ impl Writer {
         // A writer catching up on a long backlog writes as it goes: formatting all of it before
         // writing any held every line in memory (400 MB of access lines behind 1.6 million
         // breaches) and cut breaches at the memory bound while the disk had room.
-        if self.access.lines >= ACCESS_BATCH {
+        if self.access.lines >= WRITE_BATCH {
             self.write_access();
         }
-        if self.breach.lines >= ACCESS_BATCH {
+        if self.breach.lines >= WRITE_BATCH {
             self.write_breaches();
         }
         while self.breach.pending.len() * CHUNK_BYTES > MAX_PENDING_BREACH_BYTES {
