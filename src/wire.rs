@@ -616,7 +616,7 @@ pub fn upstream_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Upstreamed {
     /// An answer (NOERROR or NXDOMAIN) in the cache's form: ID 0, question in lower case, AA
-    /// and AD clear, no additional section; with the TTL it may be cached for.
+    /// and AD clear, RA set, no additional section; with the TTL it may be cached for.
     Answer {
         /// The encoded answer.
         bytes: Vec<u8>,
@@ -678,9 +678,11 @@ pub fn upstream_answer(resp: &[u8], query: &[u8]) -> Result<Upstreamed, &'static
     let mut bytes = resp[..at].to_vec();
     bytes[0] = 0;
     bytes[1] = 0;
-    // A forwarder's answer is neither authoritative nor validated here.
+    // A forwarder's answer is neither authoritative nor validated here, but it is recursive:
+    // without RA, clients of an upstream that does not set it (an authoritative server, a
+    // school's own domain controller) are told recursion is not on offer.
     bytes[2] &= !0x04;
-    bytes[3] &= !0x20;
+    bytes[3] = (bytes[3] & !0x20) | 0x80;
     bytes[10] = 0;
     bytes[11] = 0;
     bytes[HEADER..qname_end].make_ascii_lowercase();
@@ -730,6 +732,7 @@ mod tests {
         assert_eq!(ttl, 120, "the smallest TTL");
         assert_eq!(&bytes[..2], &[0, 0], "ID 0");
         assert_eq!(bytes[2] & 0x04, 0, "not authoritative");
+        assert_eq!(bytes[3] & 0x80, 0x80, "recursion available, though the upstream said not");
         assert_eq!(be16(&bytes, 10), Some(0), "no additional section, no OPT");
         assert_eq!(
             &bytes[12..q.len() - 11],
