@@ -110,6 +110,13 @@ fn route(
                     serde_json::json!({"addr": addr.to_string(), "set_aside": aside})
                 })
                 .collect();
+            let forwards: Vec<_> = handler
+                .forward_health()
+                .into_iter()
+                .map(|(zone, addr, aside)| {
+                    serde_json::json!({"zone": zone, "addr": addr.to_string(), "set_aside": aside})
+                })
+                .collect();
             let log = handler.journal_stats().map(|s| {
                 serde_json::json!({
                     "breach_pending": s.breach_pending.load(Ordering::Relaxed),
@@ -126,6 +133,7 @@ fn route(
                 "lists_loaded": loaded,
                 "names": engine.index_len(),
                 "upstreams": upstreams,
+                "forwards": forwards,
                 "log": log,
             });
             let code = if loaded && answering {

@@ -206,6 +206,13 @@ impl AnswerCache {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Forgets every answer.
+    pub fn clear(&self) {
+        for i in 0..SHARDS {
+            *self.shard(i as u64) = Shard::default();
+        }
+    }
+
     /// Stores an encoded answer (ID 0, question in lower case) for `ttl` seconds.
     pub fn insert(&self, name: &[u8], qtype: u16, bytes: &[u8], ttl: u32) {
         let Some(ttl_offsets) = wire::ttl_offsets(bytes) else {

@@ -60,6 +60,8 @@ struct Raw {
     lists: RawLists,
     #[serde(default, rename = "category")]
     categories: Vec<RawCategory>,
+    #[serde(default, rename = "forward")]
+    forwards: Vec<RawForward>,
     #[serde(default)]
     groups: BTreeMap<String, RawGroup>,
     #[serde(default, rename = "client")]
@@ -278,7 +280,7 @@ fn default_admin_listen() -> Option<Spanned<SocketAddr>> {
 struct RawServer {
     #[serde(default = "default_listen")]
     listen: Vec<SocketAddr>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "dns_servers")]
     upstreams: Vec<SocketAddr>,
     #[serde(default = "default_client_networks")]
     client_networks: Vec<IpNet>,
@@ -457,6 +459,30 @@ fn default_cache_dir() -> PathBuf {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawForward {
+    zone: Spanned<String>,
+    #[serde(default, deserialize_with = "dns_servers")]
+    upstreams: Vec<SocketAddr>,
+}
+
+/// DNS servers as `address` (port 53) or `address:port`.
+fn dns_servers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            s.parse::<SocketAddr>()
+                .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{s:?} is not a DNS server address; write \"10.0.0.5\" or \"10.0.0.5:5353\" (\"[fd00::53]:5353\" for IPv6 with a port)"
+                    ))
+                })
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawCategory {
     name: Spanned<String>,
     #[serde(default)]
@@ -586,6 +612,16 @@ impl Category {
     }
 }
 
+/// A zone the school's own DNS servers answer (its Active Directory domain, its reverse zones):
+/// names under it are forwarded there instead of to the upstreams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// The zone, normalised (`school.internal`).
+    pub zone: String,
+    /// The school's DNS servers for it, asked in order.
+    pub upstreams: Vec<SocketAddr>,
+}
+
 /// A list fetched over HTTP(S) and kept on disk, so the category survives the source going away.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteSource {
@@ -680,6 +716,8 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// Resolvers allowed names are forwarded to.
     pub upstreams: Vec<SocketAddr>,
+    /// Zones forwarded to the school's own DNS servers instead.
+    pub forwards: Vec<Forward>,
     /// Networks whose queries are answered; everyone else gets REFUSED.
     pub client_networks: Vec<IpNet>,
     /// How long an upstream may take before SERVFAIL.
@@ -914,6 +952,7 @@ impl Validator<'_> {
             p
         });
 
+        let forwards = self.forwards(&raw.forwards);
         let mut categories = Vec::new();
         for c in &raw.categories {
             let name = c.name.get_ref().clone();
@@ -1093,6 +1132,7 @@ impl Validator<'_> {
             path: self.file.clone(),
             listen: raw.server.listen,
             upstreams: raw.server.upstreams,
+            forwards,
             client_networks: raw.server.client_networks,
             upstream_timeout: std::time::Duration::from_millis(raw.server.upstream_timeout_ms),
             cache_size: raw.server.cache_size,
@@ -1227,6 +1267,44 @@ impl Validator<'_> {
                 path
             }),
         }
+    }
+
+    fn forwards(&mut self, raw: &[RawForward]) -> Vec<Forward> {
+        let mut out: Vec<Forward> = Vec::new();
+        for f in raw {
+            let zone = match crate::domain::normalise(f.zone.get_ref()) {
+                Ok(zone) => zone,
+                Err(e) => {
+                    self.problem(
+                        &f.zone,
+                        "forward.zone",
+                        format!("{e}; give the zone the school's own DNS answers, such as \"school.internal\" (to forward everything, set server.upstreams)"),
+                    );
+                    continue;
+                }
+            };
+            if out.iter().any(|x| x.zone == zone) {
+                self.problem(
+                    &f.zone,
+                    "forward.zone",
+                    format!(
+                        "zone {zone:?} is forwarded twice; list all its servers in one [[forward]]"
+                    ),
+                );
+            }
+            if f.upstreams.is_empty() {
+                self.problem(
+                    &f.zone,
+                    "forward.upstreams",
+                    format!("zone {zone:?} needs the school's DNS servers for it, such as upstreams = [\"10.0.0.5:53\"]"),
+                );
+            }
+            out.push(Forward {
+                zone,
+                upstreams: f.upstreams.clone(),
+            });
+        }
+        out
     }
 
     fn addresses(&mut self, list: &[Spanned<String>], field: &str) -> Vec<String> {
@@ -1496,6 +1574,42 @@ mod tests {
             .to_string();
         assert!(err.contains("schoolgate.toml:6:"), "{err}");
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn forward_zones_are_normalised_and_bad_ones_name_their_line() {
+        let ok = cfg("[lists]\ndir = \".\"\n[[forward]]\nzone = \"School.Internal.\"\nupstreams = [\"10.0.0.5:53\", \"10.0.0.6:53\"]\n")
+            .unwrap();
+        assert_eq!(ok.forwards[0].zone, "school.internal");
+        assert_eq!(ok.forwards[0].upstreams.len(), 2);
+        let err = cfg("[lists]\ndir = \".\"\n[[forward]]\nzone = \"school.internal\"\nupstreams = []\n[[forward]]\nzone = \"bad zone\"\nupstreams = [\"10.0.0.5:53\"]\n[[forward]]\nzone = \"school.INTERNAL\"\nupstreams = [\"10.0.0.5:53\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":4: field `forward.upstreams`"), "{err}");
+        assert!(err.contains(":7: field `forward.zone`"), "{err}");
+        assert!(
+            err.contains(":10: field `forward.zone`: zone \"school.internal\" is forwarded twice"),
+            "{err}"
+        );
+        let bare = cfg("[lists]\ndir = \".\"\n[server]\nupstreams = [\"192.168.1.1\", \"fd00::53\"]\n[[forward]]\nzone = \"school.internal\"\nupstreams = [\"10.0.0.5\"]\n")
+            .unwrap();
+        assert_eq!(bare.forwards[0].upstreams, ["10.0.0.5:53".parse().unwrap()]);
+        assert_eq!(
+            bare.upstreams,
+            [
+                "192.168.1.1:53".parse().unwrap(),
+                "[fd00::53]:53".parse().unwrap()
+            ],
+            "port 53 when none is given"
+        );
+        let typo = cfg("[lists]\ndir = \".\"\n[[forward]]\nzone = \"school.internal\"\nupstreams = [\"10.0.0.300\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(typo.contains("schoolgate.toml:5:"), "{typo}");
+        assert!(
+            typo.contains("\"10.0.0.300\" is not a DNS server address"),
+            "{typo}"
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! - [`clients`], [`leases`], [`exemptions`]: who asked, their group, approved exemptions.
 //! - [`config`]: the configuration file, validated with file, line and field in every error.
 //! - [`wire`], [`cache`], [`upstream`]: DNS bytes, the answer cache, forwarding.
+//! - [`zones`]: names answered here (`localhost`, private reverse zones) or forwarded to the
+//!   school's own DNS.
 //! - [`reload`]: watching files, compiling in a child process, swapping in a new engine.
 //! - [`journal`]: access, breach and notice logs, off the query path.
 //! - [`report`], [`alerts`], [`mail`]: the daily summary, immediate alerts, email.
@@ -41,3 +43,4 @@ pub mod safesearch;
 pub mod server;
 pub mod upstream;
 pub mod wire;
+pub mod zones;

@@ -732,7 +732,11 @@ mod tests {
         assert_eq!(ttl, 120, "the smallest TTL");
         assert_eq!(&bytes[..2], &[0, 0], "ID 0");
         assert_eq!(bytes[2] & 0x04, 0, "not authoritative");
-        assert_eq!(bytes[3] & 0x80, 0x80, "recursion available, though the upstream said not");
+        assert_eq!(
+            bytes[3] & 0x80,
+            0x80,
+            "recursion available, though the upstream said not"
+        );
         assert_eq!(be16(&bytes, 10), Some(0), "no additional section, no OPT");
         assert_eq!(
             &bytes[12..q.len() - 11],

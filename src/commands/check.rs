@@ -9,6 +9,7 @@ use anyhow::Context;
 use schoolgate::config::Config;
 use schoolgate::domain::QueryName;
 use schoolgate::policy::{Action, Engine, Rule};
+use schoolgate::zones::{Route, Zones};
 use serde_json::json;
 
 use crate::cli::CheckArgs;
@@ -55,6 +56,24 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let target = engine.rewrite_target(&d.rule).map(str::to_string);
+    let zones = Zones::new(
+        &engine.config().forwards,
+        engine.config().upstream_timeout,
+        None,
+    );
+    // Where an allowed name's answer comes from: a technician setting up `[[forward]]` checks it.
+    let answered_by = (d.action == Action::Allow).then(|| match zones.route(&name) {
+        None => "the upstreams".to_string(),
+        Some(Route::Local(_)) => "schoolgate itself (a name only for this network)".to_string(),
+        Some(Route::Forward { zone, upstream }) => {
+            let servers: Vec<String> = upstream
+                .health()
+                .iter()
+                .map(|(a, _)| a.to_string())
+                .collect();
+            format!("the school's DNS for {zone} ({})", servers.join(", "))
+        }
+    });
     let keyword = match d.rule {
         Rule::Keyword { rule, at } => engine.keyword_rules().get(rule as usize).map(|k| {
             let (at, end) = (at as usize, at as usize + k.word.len());
@@ -77,6 +96,7 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
             "group": group,
             "schedule": schedule,
             "target": target,
+            "answered_by": answered_by,
             "keyword": keyword.as_ref().map(|(word, token, at, end)| json!({
                 "word": word, "token_only": token, "at": at, "end": end,
             })),
@@ -133,6 +153,9 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
             .map(|s| format!(", schedule {s:?}"))
             .unwrap_or_default()
     );
+    if let Some(by) = &answered_by {
+        println!("  answered: by {by}");
+    }
     if let Some(e) = exemption {
         println!(
             "  exemption: {} lifted for {} until {}, approved by {}: {}",

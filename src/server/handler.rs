@@ -27,9 +27,13 @@ use crate::policy::{Action, Decision, Engine};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::upstream::Upstream;
 use crate::wire::{self, ede, rcode, rtype, Query, Writer};
+use crate::zones::{Local, Route, Zones};
 
 /// TTL of a rewrite's CNAME when the safe host's answer carries none.
 const REWRITE_TTL: u32 = 300;
+
+/// TTL of `localhost` answers: they never change.
+const LOCAL_TTL: u32 = 86400;
 
 /// The transport a query came over; UDP answers are size-limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +61,8 @@ struct Snapshot {
     counters: QueryCounters,
     /// The engine's config's upstreams: a reload can change them.
     upstream: Upstream,
+    /// Names answered here or forwarded to the school's own DNS instead.
+    zones: Zones,
 }
 
 /// Everything the query path shares across sockets and tasks.
@@ -146,12 +152,14 @@ impl Handler {
         let config = engine.config().clone();
         let counters = metrics.counters_for(&engine);
         let upstream = Upstream::new(&config.upstreams, config.upstream_timeout);
+        let zones = Zones::new(&config.forwards, config.upstream_timeout, None);
         metrics.mark_loaded();
         Handler {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 engine,
                 counters,
                 upstream,
+                zones,
             }),
             cache,
             journal,
@@ -185,11 +193,23 @@ impl Handler {
             tracing::info!(upstreams = ?config.upstreams, "upstream resolvers changed");
             Upstream::new(&config.upstreams, config.upstream_timeout)
         };
+        let zones = Zones::new(
+            &config.forwards,
+            config.upstream_timeout,
+            Some(&running.zones),
+        );
+        if config.forwards != running.engine.config().forwards {
+            // Answers cached from the servers that used to answer a zone (an NXDOMAIN from the
+            // internet for the school's own domain) would outlive the change by their TTL.
+            tracing::info!(forwards = ?config.forwards, "forward zones changed; answer cache emptied");
+            self.cache.clear();
+        }
         drop(running);
         let old = self.snapshot.swap(Arc::new(Snapshot {
             engine,
             counters,
             upstream,
+            zones,
         }));
         old.engine.release_pages();
     }
@@ -211,6 +231,11 @@ impl Handler {
     /// The upstreams in force and whether each is set aside (failed lately), for `/healthz`.
     pub fn upstream_health(&self) -> Vec<(SocketAddr, bool)> {
         self.snapshot.load().upstream.health()
+    }
+
+    /// The same for each forward zone's servers, with the zone.
+    pub fn forward_health(&self) -> Vec<(String, SocketAddr, bool)> {
+        self.snapshot.load().zones.forward_health()
     }
 
     /// The journal's counters, if queries are logged.
@@ -338,16 +363,16 @@ impl Handler {
                     self.minimal_any(&q, buf);
                     return self.done(&cx, buf, Done::decided(decision, None));
                 }
-                if is_resolver_arpa(&q.name) {
-                    // RFC 9462 discovery: advertise no encrypted resolver, so devices stay here.
-                    self.error(&q, buf, rcode::NOERROR, None);
-                    return self.done(&cx, buf, Done::decided(decision, None));
-                }
                 if q.name.is_root() {
                     self.error(&q, buf, rcode::REFUSED, None);
                     return self.done(&cx, buf, Done::refused());
                 }
                 if self.cache.serve(&q, buf, false).is_none() {
+                    // Looked up only on a miss: answers from forward zones are cached like any.
+                    if let Some(Route::Local(local)) = snap.zones.route(&q.name) {
+                        self.local(&q, local, buf);
+                        return self.done(&cx, buf, Done::decided(decision, None));
+                    }
                     self.metrics.cache_misses.inc();
                     return Outcome::Upstream;
                 }
@@ -388,8 +413,11 @@ impl Handler {
             return self.rewrite_upstream(&cx, decision, buf).await;
         }
         let metrics = &self.metrics;
-        let result = snap
-            .upstream
+        let upstream = match snap.zones.route(&q.name) {
+            Some(Route::Forward { upstream, .. }) => upstream,
+            _ => &snap.upstream,
+        };
+        let result = upstream
             .resolve(q.name.as_str(), q.qtype, |server, took, ok| {
                 metrics.upstream(server, took, ok)
             })
@@ -595,6 +623,27 @@ impl Handler {
         }
     }
 
+    /// A name in a built-in zone (see [`crate::zones`]), answered without asking anyone.
+    fn local(&self, q: &Query<'_>, local: Local, buf: &mut Vec<u8>) {
+        let code = match local {
+            Local::NoSuchName => rcode::NXDOMAIN,
+            Local::Loopback | Local::NoRecords => rcode::NOERROR,
+        };
+        let mut w = Writer::respond(buf, q, code, true);
+        match (local, q.qtype) {
+            (Local::Loopback, rtype::A) => w.answer(rtype::A, LOCAL_TTL, &[127, 0, 0, 1]),
+            (Local::Loopback, rtype::AAAA) => w.answer(
+                rtype::AAAA,
+                LOCAL_TTL,
+                &std::net::Ipv6Addr::LOCALHOST.octets(),
+            ),
+            _ => {}
+        }
+        if let Some(e) = q.edns {
+            w.opt(e.dnssec_ok, 0, None);
+        }
+    }
+
     /// RFC 8482: ANY gets one synthesised HINFO instead of everything we know.
     fn minimal_any(&self, q: &Query<'_>, buf: &mut Vec<u8>) {
         let mut w = Writer::respond(buf, q, rcode::NOERROR, false);
@@ -688,11 +737,6 @@ impl Done<'_> {
 }
 
 /// `resolver.arpa` and names below it (`_dns.resolver.arpa`): answered here, never forwarded.
-fn is_resolver_arpa(name: &crate::domain::QueryName) -> bool {
-    let key = name.key();
-    key.starts_with(b"arpa.resolver") && (key.len() == 13 || key[13] == b'.')
-}
-
 fn journal_time(engine: &Engine) -> String {
     journal::format_time(SystemTime::now(), engine.config().time_zone)
 }

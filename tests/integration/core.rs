@@ -172,6 +172,17 @@ fn check_explains_blocked_and_allowed_names() {
     assert_eq!(v["name"], "xn--bcher-kva.example");
     assert_eq!(v["action"], "allow");
     assert_eq!(v["rule"], "unlisted");
+    assert_eq!(v["answered_by"], "the upstreams");
+
+    let school =
+        Setup::new().toml("[[forward]]\nzone = \"school.internal\"\nupstreams = [\"10.0.0.5\"]");
+    let (_, out, _) = school.run(&["check", "dc1.School.Internal"]);
+    assert!(
+        out.contains("answered: by the school's DNS for school.internal (10.0.0.5:53)"),
+        "{out}"
+    );
+    let (_, out, _) = school.run(&["check", "20.1.168.192.in-addr.arpa"]);
+    assert!(out.contains("answered: by schoolgate itself"), "{out}");
 }
 
 #[test]
@@ -281,4 +292,61 @@ fn tcp_clients_are_told_apart_by_address_too() {
         .send(server.addr)
         .unwrap();
     assert_eq!(addresses(&insider), vec!["192.0.2.11"]);
+}
+
+#[test]
+fn the_schools_own_names_go_to_its_dns_and_internal_ones_never_leave() {
+    let up = Fixture::start(Zone::standard());
+    let mut zone = Zone::default();
+    zone.a("dc1.school.internal", "10.0.0.5");
+    let school = Fixture::start(zone);
+    let server = Setup::new()
+        .toml(&format!(
+            "[[forward]]\nzone = \"school.internal\"\nupstreams = [\"{}\"]\n",
+            school.addr
+        ))
+        .start(up.addr);
+
+    assert_eq!(
+        addresses(&server.query("DC1.school.internal", RecordType::A)),
+        ["10.0.0.5"]
+    );
+    let nx = server.query("nosuch.school.internal", RecordType::A);
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(school.queries(), 2);
+
+    assert_eq!(
+        addresses(&server.query("localhost", RecordType::A)),
+        ["127.0.0.1"]
+    );
+    assert_eq!(
+        addresses(&server.query("printer.localhost", RecordType::AAAA)),
+        ["::1"]
+    );
+    for (name, rtype) in [
+        ("10.1.168.192.in-addr.arpa", RecordType::PTR),
+        ("1.0.0.10.in-addr.arpa", RecordType::PTR),
+        ("nas.home.arpa", RecordType::A),
+        ("anything.invalid", RecordType::A),
+    ] {
+        let m = server.query(name, rtype);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{name}");
+    }
+    let svcb = server.query("_dns.resolver.arpa", RecordType::SVCB);
+    assert_eq!(svcb.metadata.response_code, ResponseCode::NoError);
+    assert!(svcb.answers.is_empty(), "no encrypted resolver to move to");
+    assert_eq!(up.queries(), 0, "nothing internal was sent to the internet");
+
+    assert_eq!(
+        addresses(&server.query("www.example.org", RecordType::A)),
+        ["192.0.2.11"]
+    );
+    assert_eq!((up.queries(), school.queries()), (1, 2));
+    let forwarded = server.query("www.example.org", RecordType::A);
+    assert!(forwarded.metadata.recursion_available);
+
+    let (_, health) = crate::ops::http_get(server.admin.unwrap(), "/healthz");
+    let v: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(v["forwards"][0]["zone"], "school.internal", "{v}");
+    assert_eq!(v["forwards"][0]["addr"], school.addr.to_string(), "{v}");
 }

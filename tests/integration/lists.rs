@@ -296,6 +296,38 @@ fn a_changed_upstream_applies_on_reload_and_restart_only_settings_say_so() {
 }
 
 #[test]
+fn a_forward_zone_added_on_reload_replaces_what_the_internet_said() {
+    let up = Fixture::start(Zone::standard());
+    let mut zone = Zone::default();
+    zone.a("vle.school.internal", "10.0.0.8");
+    let school = Fixture::start(zone);
+    let setup = Setup::new().server(&format!("upstreams = [\"{}\"]", up.addr));
+    let cfg = setup.config();
+    let server = Server::start(&cfg, &[]);
+    let ask = || server.query("vle.school.internal", RecordType::A);
+    assert_eq!(ask().metadata.response_code, ResponseCode::NXDomain);
+
+    let reloads = count(&server, "reloaded");
+    let forward = format!(
+        "\n[[forward]]\nzone = \"school.internal\"\nupstreams = [\"{}\"]\n",
+        school.addr
+    );
+    let edited = cfg.with_extension("new");
+    fs::write(&edited, fs::read_to_string(&cfg).unwrap() + &forward).unwrap();
+    fs::rename(&edited, &cfg).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || count(
+        &server, "reloaded"
+    ) > reloads));
+    assert_eq!(
+        addresses(&ask()),
+        ["10.0.0.8"],
+        "the cached NXDOMAIN is gone: {}",
+        server.log()
+    );
+    assert_eq!(school.queries(), 1);
+}
+
+#[test]
 fn a_broken_config_keeps_the_server_filtering() {
     let up = Fixture::start(Zone::standard());
     let setup = Setup::new();
