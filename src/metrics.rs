@@ -52,6 +52,8 @@ pub struct Metrics {
     pub udp_replies_dropped: IntCounter,
     /// Never-seen names dropped because a socket already had its most lookups in flight.
     pub upstream_busy: IntCounter,
+    /// Queries that waited for a lookup of the same name already on its way upstream.
+    pub upstream_joined: IntCounter,
     /// Times a client went over its limit (at most once a minute per client).
     pub rate_limited_clients: IntCounter,
     log_records: IntCounterVec,
@@ -164,6 +166,11 @@ impl Metrics {
                 &r,
                 "schoolgate_upstream_busy_dropped_total",
                 "Queries dropped because too many upstream lookups were already in flight",
+            ),
+            upstream_joined: counter(
+                &r,
+                "schoolgate_upstream_joined_total",
+                "Queries answered by a lookup of the same name already on its way upstream, not one of their own",
             ),
             rate_limited_clients: counter(
                 &r,

@@ -25,6 +25,7 @@ use crate::journal::{self, Event, Journal, Notice};
 use crate::metrics::{Metrics, QueryCounters};
 use crate::policy::{Action, Decision, Engine};
 use crate::ratelimit::{RateLimiter, Verdict};
+use crate::server::inflight::{self, InFlight, Turn};
 use crate::upstream::Upstream;
 use crate::wire::{self, ede, rcode, rtype, Query, Writer};
 use crate::zones::{Local, Route, Zones};
@@ -72,6 +73,7 @@ pub struct Handler {
     journal: Option<Journal>,
     metrics: Arc<Metrics>,
     limiter: RateLimiter,
+    in_flight: InFlight,
 }
 
 /// When a query (or the batch of datagrams it came in) was read: the monotonic clock for its
@@ -165,6 +167,7 @@ impl Handler {
             journal,
             metrics,
             limiter: RateLimiter::new(config.rate_limit_qps, config.rate_limit_burst),
+            in_flight: InFlight::default(),
         }
     }
 
@@ -417,64 +420,75 @@ impl Handler {
             Some(Route::Forward { upstream, .. }) => upstream,
             _ => &snap.upstream,
         };
-        let result = upstream
-            .resolve(q.name.as_str(), q.qtype, |server, took, ok| {
-                metrics.upstream(server, took, ok)
-            })
-            .await;
-        let done = match result {
-            Ok(answer) => {
-                self.cache.insert(
-                    q.name.as_str().as_bytes(),
-                    q.qtype,
-                    &answer.bytes,
-                    answer.ttl,
-                );
-                if self.cache.serve(&q, buf, true).is_none() {
-                    self.error(&q, buf, rcode::SERVFAIL, None);
-                    return self.done(&cx, buf, Done::servfail());
+        let fetched = match self.in_flight.join(q.name.as_str(), q.qtype) {
+            Turn::Follow(leader) => {
+                metrics.upstream_joined.inc();
+                inflight::follow(leader).await
+            }
+            Turn::Lead(lead) => {
+                let cached = match upstream
+                    .resolve(q.name.as_str(), q.qtype, |server, took, ok| {
+                        metrics.upstream(server, took, ok)
+                    })
+                    .await
+                {
+                    Ok(answer) => {
+                        let name = q.name.as_str().as_bytes();
+                        self.cache.insert(name, q.qtype, &answer.bytes, answer.ttl);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::debug!(name = q.name.as_str(), error = %e, "upstream failed");
+                        false
+                    }
+                };
+                lead.finish(cached);
+                cached
+            }
+        };
+        let done = if fetched {
+            if self.cache.serve(&q, buf, true).is_none() {
+                self.error(&q, buf, rcode::SERVFAIL, None);
+                return self.done(&cx, buf, Done::servfail());
+            }
+            match self.cloaked(engine, &cx.client, buf) {
+                Some((blocked, target)) => {
+                    self.sinkhole(engine, &q, &blocked, Some(&target), buf);
+                    return self.done(&cx, buf, Done::decided(blocked, Some(&target)));
                 }
-                match self.cloaked(engine, &cx.client, buf) {
-                    Some((blocked, target)) => {
-                        self.sinkhole(engine, &q, &blocked, Some(&target), buf);
-                        return self.done(&cx, buf, Done::decided(blocked, Some(&target)));
-                    }
-                    None => {
-                        finish_edns(buf, &q, None);
-                        Done::decided(decision, None)
-                    }
+                None => {
+                    finish_edns(buf, &q, None);
+                    Done::decided(decision, None)
                 }
             }
-            Err(e) => {
-                tracing::debug!(name = q.name.as_str(), error = %e, "upstream failed");
-                match self.cache.serve(&q, buf, true) {
-                    Some(Freshness::Stale) | Some(Freshness::Fresh) => {
-                        finish_edns(
-                            buf,
-                            &q,
-                            Some((
-                                ede::STALE_ANSWER,
-                                "schoolgate: upstream unreachable, stale answer",
-                            )),
-                        );
-                        Done {
-                            decision: Some(decision),
-                            outcome: journal::Outcome::Stale,
-                            via: None,
-                        }
+        } else {
+            match self.cache.serve(&q, buf, true) {
+                Some(Freshness::Stale) | Some(Freshness::Fresh) => {
+                    finish_edns(
+                        buf,
+                        &q,
+                        Some((
+                            ede::STALE_ANSWER,
+                            "schoolgate: upstream unreachable, stale answer",
+                        )),
+                    );
+                    Done {
+                        decision: Some(decision),
+                        outcome: journal::Outcome::Stale,
+                        via: None,
                     }
-                    None => {
-                        self.error(
-                            &q,
-                            buf,
-                            rcode::SERVFAIL,
-                            Some((
-                                ede::NO_REACHABLE_AUTHORITY,
-                                "schoolgate: upstream resolver failed",
-                            )),
-                        );
-                        Done::servfail()
-                    }
+                }
+                None => {
+                    self.error(
+                        &q,
+                        buf,
+                        rcode::SERVFAIL,
+                        Some((
+                            ede::NO_REACHABLE_AUTHORITY,
+                            "schoolgate: upstream resolver failed",
+                        )),
+                    );
+                    Done::servfail()
                 }
             }
         };

@@ -5,6 +5,7 @@
 //! connections are limited in number per client and in total, and time out when idle.
 
 mod handler;
+mod inflight;
 mod udp;
 
 use std::collections::HashMap;

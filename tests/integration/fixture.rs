@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, UdpSocket};
 pub struct Zone {
     records: HashMap<String, Vec<RData>>,
     ttls: HashMap<String, u32>,
+    delay: Duration,
 }
 
 impl Zone {
@@ -59,6 +60,12 @@ impl Zone {
             z.a("huge.example.org", &format!("198.51.100.{}", i + 1));
         }
         z
+    }
+
+    /// Answers UDP queries only after `delay`, as a resolver far away or busy.
+    pub fn slow(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
     }
 
     /// Adds an A record with its own TTL (for expiry and serve-stale tests).
@@ -203,15 +210,21 @@ impl Fixture {
             }
             let (udp, tcp, addr) = bound.expect("a port free for both UDP and TCP");
             let (z, n) = (zone.clone(), queries.clone());
+            let udp = Arc::new(udp);
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 while let Ok((len, src)) = udp.recv_from(&mut buf).await {
                     n.fetch_add(1, Ordering::SeqCst);
-                    if let Ok(q) = Message::from_vec(&buf[..len]) {
+                    let Ok(q) = Message::from_vec(&buf[..len]) else {
+                        continue;
+                    };
+                    let (z, udp) = (z.clone(), udp.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(z.delay).await;
                         if let Ok(bytes) = udp_answer(&z, &q) {
                             let _ = udp.send_to(&bytes, src).await;
                         }
-                    }
+                    });
                 }
             });
             let (z, n) = (zone, queries.clone());

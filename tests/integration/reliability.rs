@@ -526,6 +526,39 @@ fn a_dead_first_upstream_costs_one_timeout_not_one_per_name() {
 }
 
 #[test]
+fn devices_asking_one_new_name_together_cost_one_upstream_query() {
+    let up = Fixture::start(Zone::standard().slow(Duration::from_millis(300)));
+    let server = Setup::new().start(up.addr);
+    let ask_together = |name: &'static str, rtype| {
+        let askers: Vec<_> = (0..20)
+            .map(|_| {
+                let addr = server.addr;
+                std::thread::spawn(move || Ask::new(name, rtype).send(addr))
+            })
+            .collect();
+        askers
+            .into_iter()
+            .map(|a| addresses(&a.join().unwrap().expect("answered")))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ask_together("www.bbc.co.uk", RecordType::A),
+        vec![vec!["192.0.2.30"]; 20]
+    );
+    assert_eq!(up.queries(), 1, "one upstream query for the whole class");
+    assert_eq!(
+        ask_together("example.org", RecordType::AAAA),
+        vec![vec!["2001:db8::10"]; 20]
+    );
+    assert_eq!(up.queries(), 2);
+    let (_, metrics) = crate::ops::http_get(server.admin.unwrap(), "/metrics");
+    assert!(
+        metrics.contains("schoolgate_upstream_joined_total 38"),
+        "{metrics}"
+    );
+}
+
+#[test]
 fn designated_resolver_discovery_advertises_nothing() {
     let up = Fixture::start(Zone::standard());
     let server = Setup::new().start(up.addr);
