@@ -629,6 +629,19 @@ pub enum Upstreamed {
     Stray,
 }
 
+/// Longest an upstream answer is kept or handed on, as unbound's default `cache-max-ttl`: a site
+/// that moves is found again within a day, whatever TTL its owner set.
+pub const MAX_TTL: u32 = 86_400;
+
+/// A TTL as the cache keeps it: at most [`MAX_TTL`]; one with the top bit set is 0 (RFC 2181).
+fn capped_ttl(ttl: u32) -> u32 {
+    if ttl & 0x8000_0000 != 0 {
+        0
+    } else {
+        ttl.min(MAX_TTL)
+    }
+}
+
 /// Checks that `resp` answers `query` (ID and question) and turns it into [`Upstreamed`].
 /// `Err` says why an answer to this query is unusable.
 pub fn upstream_answer(resp: &[u8], query: &[u8]) -> Result<Upstreamed, &'static str> {
@@ -660,17 +673,19 @@ pub fn upstream_answer(resp: &[u8], query: &[u8]) -> Result<Upstreamed, &'static
     for i in 0..an + ns {
         let (_, _, after) = read_name(resp, at).ok_or("malformed answer")?;
         let rt = be16(resp, after).ok_or("malformed answer")?;
-        let rttl = u32::from_be_bytes(
+        let rttl = capped_ttl(u32::from_be_bytes(
             resp.get(after + 4..after + 8)
                 .and_then(|b| b.try_into().ok())
                 .ok_or("malformed answer")?,
-        );
+        ));
         let end = record_end(resp, after).ok_or("malformed answer")?;
         if i < an {
             ttl = Some(ttl.map_or(rttl, |t| t.min(rttl)));
         } else if an == 0 && rt == rtype::SOA && end >= after + 14 {
             // Negative answers are cached for min(SOA TTL, SOA minimum) (RFC 2308).
-            let minimum = u32::from_be_bytes(resp[end - 4..end].try_into().unwrap_or_default());
+            let minimum = capped_ttl(u32::from_be_bytes(
+                resp[end - 4..end].try_into().unwrap_or_default(),
+            ));
             ttl = Some(ttl.map_or(rttl.min(minimum), |t| t.min(rttl).min(minimum)));
         }
         at = end;
@@ -685,6 +700,11 @@ pub fn upstream_answer(resp: &[u8], query: &[u8]) -> Result<Upstreamed, &'static
     bytes[3] = (bytes[3] & !0x20) | 0x80;
     bytes[10] = 0;
     bytes[11] = 0;
+    for at in ttl_offsets(&bytes).unwrap_or_default() {
+        let at = at as usize;
+        let ttl = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap_or_default());
+        bytes[at..at + 4].copy_from_slice(&capped_ttl(ttl).to_be_bytes());
+    }
     bytes[HEADER..qname_end].make_ascii_lowercase();
     Ok(Upstreamed::Answer {
         bytes,
@@ -744,6 +764,15 @@ mod tests {
             "question in lower case"
         );
         assert_eq!(ttl_offsets(&bytes).unwrap().len(), 2);
+
+        let long = upstream_reply(&q, 0x1234, "www.example.org", &[604_800, 0x8000_0001], 0);
+        let Ok(Upstreamed::Answer { bytes, ttl }) = upstream_answer(&long, &q) else {
+            panic!("a good answer");
+        };
+        let mut ttls = Vec::new();
+        answers(&bytes, |_, t, _| ttls.push(t)).unwrap();
+        assert_eq!(ttls, [MAX_TTL, 0], "a week is a day; the top bit set is 0");
+        assert_eq!(ttl, 0);
 
         let negative = upstream_reply(&q, 0x1234, "www.example.org", &[], rcode::NXDOMAIN);
         let Ok(Upstreamed::Answer { bytes, ttl }) = upstream_answer(&negative, &q) else {
