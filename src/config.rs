@@ -298,6 +298,7 @@ struct RawServer {
     start_unfiltered: bool,
     #[serde(default)]
     trusted_forwarders: Vec<IpNet>,
+    xdp: Option<String>,
 }
 
 impl Default for RawServer {
@@ -313,6 +314,7 @@ impl Default for RawServer {
             rate_limit_burst: default_rate_limit_burst(),
             start_unfiltered: false,
             trusted_forwarders: Vec::new(),
+            xdp: None,
         }
     }
 }
@@ -718,6 +720,8 @@ pub struct Config {
     pub upstreams: Vec<SocketAddr>,
     /// Zones forwarded to the school's own DNS servers instead.
     pub forwards: Vec<Forward>,
+    /// Interface whose IPv4 UDP queries take the AF_XDP fast path, if any.
+    pub xdp: Option<String>,
     /// Networks whose queries are answered; everyone else gets REFUSED.
     pub client_networks: Vec<IpNet>,
     /// How long an upstream may take before SERVFAIL.
@@ -795,6 +799,7 @@ impl Config {
         let a = running;
         [
             ("server.listen", self.listen != a.listen),
+            ("server.xdp", self.xdp != a.xdp),
             ("server.cache_size", self.cache_size != a.cache_size),
             (
                 "server.time_zone (log file days)",
@@ -1133,6 +1138,7 @@ impl Validator<'_> {
             listen: raw.server.listen,
             upstreams: raw.server.upstreams,
             forwards,
+            xdp: raw.server.xdp,
             client_networks: raw.server.client_networks,
             upstream_timeout: std::time::Duration::from_millis(raw.server.upstream_timeout_ms),
             cache_size: raw.server.cache_size,

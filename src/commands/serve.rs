@@ -71,7 +71,15 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let served = runtime.block_on(async move {
-        let listeners = server::bind(&config.listen, workers)?;
+        let mut listeners = server::bind(&config.listen, workers)?;
+        if let Some(interface) = &config.xdp {
+            match listeners.attach_xdp(interface) {
+                Ok(how) => tracing::info!("XDP fast path on {interface} ({how})"),
+                Err(e) => tracing::warn!(
+                    "XDP fast path not in use on {interface}: {e}; answering through sockets"
+                ),
+            }
+        }
         let alerts = Alerter::start(&config).context("cannot set up alerts")?;
         if alerts.is_some() {
             tracing::info!("alerts on for alert-flagged categories");

@@ -7,6 +7,7 @@
 mod handler;
 mod inflight;
 mod udp;
+mod xdp;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,12 +17,14 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken as CancelToken;
 
 pub use handler::{Handler, Outcome, Received, Transport};
+pub use xdp::XdpError;
 
 /// TCP connections served at once, in total.
 pub const MAX_TCP_CONNECTIONS: usize = 512;
@@ -51,6 +54,33 @@ pub struct Listeners {
     tcp: Vec<TcpListener>,
     /// The addresses actually bound (port 0 resolved).
     pub addrs: Vec<SocketAddr>,
+    xdp: Option<xdp::FastPath>,
+}
+
+impl Listeners {
+    /// Takes IPv4 UDP queries to the listen port on `interface` through the XDP fast path
+    /// ([`xdp`]); says how it is attached. The sockets stay bound for everything else.
+    pub fn attach_xdp(&mut self, interface: &str) -> Result<String, XdpError> {
+        let mut v4 = self.addrs.iter().filter_map(|a| match a {
+            SocketAddr::V4(a) => Some(*a),
+            SocketAddr::V6(_) => None,
+        });
+        let first = v4.next().ok_or(XdpError::NoPort)?;
+        let rest: Vec<_> = v4.collect();
+        if rest.iter().any(|a| a.port() != first.port()) {
+            return Err(XdpError::NoPort);
+        }
+        // One specific address is checked by the program; several, or any, are not.
+        let addr = if rest.is_empty() {
+            *first.ip()
+        } else {
+            std::net::Ipv4Addr::UNSPECIFIED
+        };
+        let path = xdp::attach(interface, first.port(), addr)?;
+        let said = format!("{} mode, {} queue(s)", path.mode, path.sockets.len());
+        self.xdp = Some(path);
+        Ok(said)
+    }
 }
 
 /// Binds every listen address for UDP (`per_addr` sockets each) and TCP on the same port.
@@ -59,6 +89,7 @@ pub fn bind(listen: &[SocketAddr], per_addr: usize) -> Result<Listeners, BindErr
         udp: Vec::new(),
         tcp: Vec::new(),
         addrs: Vec::new(),
+        xdp: None,
     };
     for &want in listen {
         let (udp, tcp, addr) = if want.port() == 0 {
@@ -154,6 +185,19 @@ pub async fn serve(
 ) {
     let cancel = CancelToken::new();
     let mut tasks = tokio::task::JoinSet::new();
+    // Held until the tasks are done: dropping it gives the traffic back to the kernel.
+    let mut fast = listeners.xdp;
+    if let Some(fast) = fast.as_mut() {
+        let v4 = listeners
+            .udp
+            .iter()
+            .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4()));
+        if let Some(sock) = v4 {
+            for xsk in std::mem::take(&mut fast.sockets) {
+                tasks.spawn(xdp_loop(handler.clone(), xsk, sock.clone(), cancel.clone()));
+            }
+        }
+    }
     for sock in listeners.udp {
         tasks.spawn(udp_loop(handler.clone(), sock, cancel.clone()));
     }
@@ -169,6 +213,7 @@ pub async fn serve(
     shutdown.await;
     cancel.cancel();
     let _ = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    drop(fast);
 }
 
 /// Packets answered per wake-up before yielding, so one busy socket cannot starve the others.
@@ -226,30 +271,16 @@ async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelTok
                     d.data
                 };
                 let src = d.src;
-                match handler.answer_now(pkt, src, Transport::Udp, received, tx.next_buf()) {
-                    Outcome::Reply => tx.push(src),
-                    Outcome::Drop => {}
-                    Outcome::Upstream => {
-                        // Bound the lookups in flight so a flood of unique names cannot exhaust memory.
-                        let Ok(permit) = inflight.clone().try_acquire_owned() else {
-                            handler.metrics().upstream_busy.inc();
-                            continue;
-                        };
-                        let handler = handler.clone();
-                        let sock = sock.clone();
-                        let pkt = pkt.to_vec();
-                        tokio::spawn(async move {
-                            let mut out = Vec::new();
-                            if handler
-                                .answer_upstream(&pkt, src, Transport::Udp, received, &mut out)
-                                .await
-                                == Outcome::Reply
-                            {
-                                let _ = sock.send_to(&out, src).await;
-                            }
-                            drop(permit);
-                        });
-                    }
+                if answer_datagram(
+                    &handler,
+                    &sock,
+                    &inflight,
+                    pkt,
+                    src,
+                    received,
+                    tx.next_buf(),
+                ) {
+                    tx.push(src);
                 }
             }
             let mut dropped = tx.try_send(&sock);
@@ -266,6 +297,99 @@ async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelTok
         tokio::task::yield_now().await;
     }
     // Let spawned upstream lookups answer before the socket goes.
+    let all = UPSTREAM_IN_FLIGHT as u32;
+    let _ = tokio::time::timeout(Duration::from_secs(3), inflight.acquire_many(all)).await;
+}
+
+/// Answers one datagram; true when the reply is ready in `out`. A name that must be fetched
+/// upstream is looked up in a task of its own, which replies through `sock`.
+fn answer_datagram(
+    handler: &Arc<Handler>,
+    sock: &Arc<UdpSocket>,
+    inflight: &Arc<Semaphore>,
+    pkt: &[u8],
+    src: SocketAddr,
+    received: Received,
+    out: &mut Vec<u8>,
+) -> bool {
+    match handler.answer_now(pkt, src, Transport::Udp, received, out) {
+        Outcome::Reply => true,
+        Outcome::Drop => false,
+        Outcome::Upstream => {
+            // Bound the lookups in flight so a flood of unique names cannot exhaust memory.
+            let Ok(permit) = inflight.clone().try_acquire_owned() else {
+                handler.metrics().upstream_busy.inc();
+                return false;
+            };
+            let handler = handler.clone();
+            let sock = sock.clone();
+            let pkt = pkt.to_vec();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                if handler
+                    .answer_upstream(&pkt, src, Transport::Udp, received, &mut out)
+                    .await
+                    == Outcome::Reply
+                {
+                    let _ = sock.send_to(&out, src).await;
+                }
+                drop(permit);
+            });
+            false
+        }
+    }
+}
+
+/// Drains one AF_XDP socket as [`udp_loop`] drains a UDP socket. Upstream lookups and replies
+/// too big for a frame go out through `sock`, the listen address's own socket.
+async fn xdp_loop(handler: Arc<Handler>, xsk: xdp::Xsk, sock: Arc<UdpSocket>, cancel: CancelToken) {
+    // SAFETY: the socket owns its descriptor, open and unchanged until it is dropped.
+    let mut ready = match unsafe { AsyncFd::register_with_interest(xsk, Interest::READABLE) } {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot wait on the XDP socket; its queue goes unanswered");
+            return;
+        }
+    };
+    let inflight = Arc::new(Semaphore::new(UPSTREAM_IN_FLIGHT));
+    let mut reply = Vec::with_capacity(1500);
+    let mut spill = Vec::new();
+    'wait: loop {
+        handler.wait_for_log().await;
+        let mut guard = tokio::select! {
+            r = ready.readable_mut() => match r {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::debug!(error = %e, "xdp socket error");
+                    continue;
+                }
+            },
+            _ = cancel.cancelled() => break,
+        };
+        let mut handled = 0;
+        while handled < UDP_BATCH {
+            let received = Received::now();
+            let n = guard
+                .get_inner_mut()
+                .serve_batch(&mut reply, &mut spill, |pkt, src, out| {
+                    answer_datagram(&handler, &sock, &inflight, pkt, src, received, out)
+                });
+            for (bytes, dest) in spill.drain(..) {
+                if sock.try_send_to(&bytes, dest).is_err() {
+                    handler.metrics().udp_replies_dropped.inc();
+                }
+            }
+            if n == 0 {
+                guard.clear_ready();
+                handler.flush_log();
+                continue 'wait;
+            }
+            handled += n as usize;
+        }
+        handler.flush_log();
+        tokio::task::yield_now().await;
+    }
+    drop(ready);
     let all = UPSTREAM_IN_FLIGHT as u32;
     let _ = tokio::time::timeout(Duration::from_secs(3), inflight.acquire_many(all)).await;
 }
