@@ -54,6 +54,8 @@ pub struct Metrics {
     pub upstream_busy: IntCounter,
     /// Queries that waited for a lookup of the same name already on its way upstream.
     pub upstream_joined: IntCounter,
+    /// Packets taken by the XDP fast path.
+    pub xdp_packets: IntCounter,
     /// Times a client went over its limit (at most once a minute per client).
     pub rate_limited_clients: IntCounter,
     log_records: IntCounterVec,
@@ -171,6 +173,11 @@ impl Metrics {
                 &r,
                 "schoolgate_upstream_joined_total",
                 "Queries answered by a lookup of the same name already on its way upstream, not one of their own",
+            ),
+            xdp_packets: counter(
+                &r,
+                "schoolgate_xdp_packets_total",
+                "UDP queries taken by the XDP fast path rather than a socket",
             ),
             rate_limited_clients: counter(
                 &r,

@@ -384,6 +384,7 @@ async fn xdp_loop(handler: Arc<Handler>, xsk: xdp::Xsk, sock: Arc<UdpSocket>, ca
                 handler.flush_log();
                 continue 'wait;
             }
+            handler.metrics().xdp_packets.inc_by(u64::from(n));
             handled += n as usize;
         }
         handler.flush_log();

@@ -305,7 +305,6 @@ fn bpf_status(cmd: libc::c_long, attr: &mut Attr, what: &'static str) -> Result<
 struct Ring<T> {
     producer: NonNull<AtomicU32>,
     consumer: NonNull<AtomicU32>,
-    flags: NonNull<AtomicU32>,
     entries: NonNull<T>,
     map: NonNull<libc::c_void>,
     map_len: usize,
@@ -336,7 +335,6 @@ impl<T: Copy> Ring<T> {
         Ok(Ring {
             producer: at(off.producer).cast(),
             consumer: at(off.consumer).cast(),
-            flags: at(off.flags).cast(),
             entries: at(off.desc).cast(),
             map: NonNull::new(p).expect("mapped"),
             map_len,
@@ -351,11 +349,6 @@ impl<T: Copy> Ring<T> {
     fn consumer(&self) -> &AtomicU32 {
         // SAFETY: as above.
         unsafe { self.consumer.as_ref() }
-    }
-
-    fn needs_wakeup(&self) -> bool {
-        // SAFETY: as above.
-        unsafe { self.flags.as_ref() }.load(Ordering::Relaxed) & libc::XDP_RING_NEED_WAKEUP != 0
     }
 
     fn get(&self, index: u32) -> T {
@@ -607,15 +600,12 @@ impl Xsk {
         self.tx_next = self.tx_next.wrapping_add(1);
     }
 
-    /// Publishes queued replies and asks the kernel to send them. In copy mode it sends at
-    /// most a few dozen per call and says to try again for the rest.
+    /// Publishes queued replies and asks the kernel to send them. In copy mode only a send call
+    /// moves them, whatever the ring's wake-up flag says, a few dozen per call.
     fn kick(&mut self) {
         self.tx.producer().store(self.tx_next, Ordering::Release);
         for _ in 0..RING / 16 {
             if self.tx.consumer().load(Ordering::Acquire) == self.tx_next {
-                return;
-            }
-            if !self.tx.needs_wakeup() {
                 return;
             }
             // SAFETY: sendto with no data on an AF_XDP socket only wakes its transmit path.

@@ -7,6 +7,7 @@
 //! - `safesearch`: safe search rewrites per group, bypass canaries, circumvention blocking.
 //! - `logs`: access and breach logs, permissions, SIGTERM flush, retention.
 //! - `ops`: metrics, health, rate limiting.
+//! - `fastpath`: the XDP fast path on loopback.
 //! - `fuzz`: property-driven fuzzing of decoding, normalisation and decision.
 //! - `reliability`: hostile packets, every query type, CNAME cloaking, outages, full disk.
 //! - `lists`: hot reload, bad lists kept out, list edits, the change-control log, remote sources.
@@ -17,6 +18,7 @@ mod harness;
 
 mod clients;
 mod core;
+mod fastpath;
 mod fuzz;
 mod http;
 mod keywords;
