@@ -6,12 +6,15 @@
 #                              writes benches/RESULTS.md
 #   benches/load.sh --quick    20,000 names, 1 s per measurement: proves the harness works
 #
-# Options: --names N  --seconds S  --servers "schoolgate unbound dnsmasq"  --keep (keep the work dir)
+# Options: --names N  --seconds S  --servers "schoolgate schoolgate-xdp unbound dnsmasq"
+#          --keep (keep the work dir)
 #          --out FILE (markdown results; default benches/RESULTS.md for a full run)
 #
 # Everything runs on loopback. The upstream is knot, authoritative for a generated zone; no
 # public resolver is ever asked. Each server is pinned to the last CPU and the load (dnsperf or
 # the batching client, and knot) to the others. Processes started here are stopped by PID.
+# schoolgate runs twice: through its sockets, and as `schoolgate-xdp` with the XDP fast path on
+# loopback (root only; the two loopback sysctls it needs are set for the run and put back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -19,7 +22,8 @@ ROOT=$(pwd)
 QUICK=0
 NAMES=1000000
 SECONDS_PER=10
-SERVERS="schoolgate unbound dnsmasq"
+SERVERS="schoolgate schoolgate-xdp unbound dnsmasq"
+[ "$(id -u)" = 0 ] || SERVERS="schoolgate unbound dnsmasq"
 KEEP=0
 OUT=""
 while [ $# -gt 0 ]; do
@@ -71,14 +75,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The fast path's replies on loopback are dropped as martians without these (see src/server/xdp.rs).
+LO_SYSCTLS=(net.ipv4.conf.lo.route_localnet net.ipv4.conf.lo.accept_local)
+LO_WAS=()
+if [[ " $SERVERS " == *" schoolgate-xdp "* ]]; then
+    for k in "${LO_SYSCTLS[@]}"; do LO_WAS+=("$k=$(sysctl -n "$k")"); sysctl -qw "$k=1"; done
+    trap 'cleanup; for kv in "${LO_WAS[@]}"; do sysctl -qw "$kv"; done' EXIT
+fi
+
 # Ports chosen per run so a leftover process from another run cannot answer for us.
 BASE=$((20000 + $$ % 20000))
-KNOT_PORT=$BASE; SG_PORT=$((BASE + 1)); UB_PORT=$((BASE + 2)); DM_PORT=$((BASE + 3))
+KNOT_PORT=$BASE; SG_PORT=$((BASE + 1)); UB_PORT=$((BASE + 2)); DM_PORT=$((BASE + 3)); SGX_PORT=$((BASE + 4))
 if [ "$QUICK" = 1 ]; then MIXED=$((SECONDS_PER * 300000)); SAMPLE=20000; else MIXED=$((SECONDS_PER * 300000)); SAMPLE=100000; fi
 
 echo "generating $NAMES listed names in $WORK" >&2
 python3 "$ROOT/benches/load/gen.py" --dir "$WORK" --names "$NAMES" --mixed-lines "$MIXED" \
     --blocked-sample "$SAMPLE" --knot-port "$KNOT_PORT" --schoolgate-port "$SG_PORT" \
+    --schoolgate-xdp-port "$SGX_PORT" \
     --unbound-port "$UB_PORT" --dnsmasq-port "$DM_PORT"
 PROBE=$(cat "$WORK/probe-name")
 # Logs and results go below the config's directory, not in it: schoolgate watches that directory
@@ -102,6 +115,7 @@ start_server() { # name -> sets SPID (and SPIDS[name]), STARTUP_MS
     t0=$(now_ns)
     case $name in
         schoolgate) "${PRIO[@]}" taskset -c "$SERVER_CPU" "$SG" --config "$WORK/schoolgate.toml" serve >"$OUTD/schoolgate.log" 2>&1 & ;;
+        schoolgate-xdp) "${PRIO[@]}" taskset -c "$SERVER_CPU" "$SG" --config "$WORK/xdp/schoolgate.toml" serve >"$OUTD/schoolgate-xdp.log" 2>&1 & ;;
         unbound) "${PRIO[@]}" taskset -c "$SERVER_CPU" unbound -d -c "$WORK/unbound.conf" >"$OUTD/unbound.log" 2>&1 & ;;
         dnsmasq) "${PRIO[@]}" taskset -c "$SERVER_CPU" dnsmasq -k -C "$WORK/dnsmasq.conf" >"$OUTD/dnsmasq.log" 2>&1 & ;;
     esac
@@ -122,7 +136,7 @@ stop_server() {
     PIDS=("${keep[@]}")
 }
 
-port_of() { case $1 in schoolgate) echo "$SG_PORT" ;; unbound) echo "$UB_PORT" ;; dnsmasq) echo "$DM_PORT" ;; esac; }
+port_of() { case $1 in schoolgate) echo "$SG_PORT" ;; schoolgate-xdp) echo "$SGX_PORT" ;; unbound) echo "$UB_PORT" ;; dnsmasq) echo "$DM_PORT" ;; esac; }
 
 # One dnsperf run: prints "qps= avg_us= lost= answered= cpu_qps=".
 run_dnsperf() { # name file
@@ -183,6 +197,15 @@ for name in $SERVERS; do
     start_server "$name"
     record "$name startup_ms=$STARTUP_MS rss_start_kib=$(rss_kib "$SPID")"
     echo "   start-up to first answer: $STARTUP_MS ms" >&2
+    if [ "$name" = schoolgate-xdp ]; then
+        if grep -q 'XDP fast path on lo' "$OUTD/$name.log"; then
+            record "$name fastpath=1"
+        else
+            echo "   the fast path did not attach; this server answers through its sockets:" >&2
+            grep 'XDP fast path' "$OUTD/$name.log" >&2 || true
+            record "$name fastpath=0"
+        fi
+    fi
 done
 
 for mix in blocked cached mixed; do

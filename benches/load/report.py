@@ -9,6 +9,8 @@ import argparse
 import datetime
 
 PEERS = ["unbound", "dnsmasq"]
+# schoolgate through its sockets, and with the XDP fast path (on loopback here).
+OURS = ["schoolgate", "schoolgate-xdp"]
 MIXES = ["blocked", "cached", "mixed"]
 TOOLS = [("dnsperf", "dnsperf"), ("loadgen", "batching client, saturating"),
          ("half", "batching client, half of peak")]
@@ -53,7 +55,8 @@ def main():
     ap.add_argument("--out")
     a = ap.parse_args()
     rows = parse(a.results)
-    servers = [s for s in ["schoolgate"] + PEERS if any(r["server"] == s for r in rows)]
+    servers = [s for s in OURS + PEERS if any(r["server"] == s for r in rows)]
+    ours = [s for s in OURS if s in servers]
 
     def get(server, key, **match):
         for r in rows:
@@ -72,22 +75,31 @@ def main():
       "(measured processes ran at nice -10; background jobs still disturb latency most)")
     w(f"- Listed names: {a.names:,} (the same names for every server); {a.seconds} s per measurement")
     w("- Each server pinned to one CPU, the load (dnsperf or the batching client) and the upstream "
-      "(knot) to the other; all on loopback. The three servers run side by side and each mix is "
+      "(knot) to the other; all on loopback. The servers run side by side and each mix is "
       "measured on each in turn, so background load falls on all of them alike. `per CPU-s` is "
-      "answers divided by the server's own CPU time (utime+stime from /proc) during the run.\n")
+      "answers divided by the server's own CPU time (utime+stime from /proc) during the run.")
+    if "schoolgate-xdp" in servers:
+        attached = get("schoolgate-xdp", "fastpath")
+        w("- `schoolgate-xdp` is the same build and config with `xdp = \"lo\"`: IPv4 UDP queries "
+          "taken by the AF_XDP fast path in generic mode "
+          + ("(attached for the run)." if attached else "(**it did not attach**: it answered through its sockets)."))
+    w("")
 
     w("## Summary: schoolgate against the better peer\n")
-    w("| measure | " + " | ".join(servers) + " | schoolgate / best peer | target | met |")
-    w("|---|" + "---:|" * len(servers) + "---:|---|---|")
+    w("| measure | " + " | ".join(servers) + " | " + " | ".join(f"{s} / best peer" for s in ours)
+      + " | target | met (" + ", ".join(ours) + ") |")
+    w("|---|" + "---:|" * (len(servers) + len(ours)) + "---|---|")
 
     def line(label, values, higher_better, target=None, check=None):
-        peers = [values[s] for s in servers if s != "schoolgate" and values.get(s) is not None]
-        sg = values.get("schoolgate")
+        peers = [values[s] for s in servers if s not in OURS and values.get(s) is not None]
         best = (max(peers) if higher_better else min(peers)) if peers else None
-        ratio = f"{sg / best:.2f}x" if sg is not None and best else "-"
-        met = "-" if check is None or sg is None else ("yes" if check(sg, best) else "**no**")
+        ratios, mets = [], []
+        for s in ours:
+            sg = values.get(s)
+            ratios.append(f"{sg / best:.2f}x" if sg is not None and best else "-")
+            mets.append("-" if check is None or sg is None else ("yes" if check(sg, best) else "**no**"))
         w(f"| {label} | " + " | ".join(fmt(values.get(s)) for s in servers)
-          + f" | {ratio} | {target or ''} | {met} |")
+          + " | " + " | ".join(ratios) + f" | {target or ''} | {' / '.join(mets)} |")
 
     for mix, factor in [("blocked", 2.0), ("cached", 1.5), ("mixed", None)]:
         vals = {s: get(s, "cpu_qps", mix=mix, tool="loadgen") for s in servers}
@@ -119,7 +131,7 @@ def main():
                        ("rss_after_mixed_kib", "after the mixed runs"),
                        ("rss_kib", "peak (VmHWM)")]:
         w(f"| {label} | " + " | ".join(fmt((get(s, key) or 0) / 1024 or None) for s in servers) + " |")
-    lost = sum(int(get(s, "lost", mix=m, tool=t) or 0) for s in ["schoolgate"] for m in MIXES
+    lost = sum(int(get(s, "lost", mix=m, tool=t) or 0) for s in ours for m in MIXES
                for t in ("loadgen", "half"))
     w("")
     compile_ms = get("schoolgate", "startup_compile_ms")
@@ -132,7 +144,7 @@ def main():
           f"took {r.get('took_ms')} ms; {r.get('answered')} answered, **{r.get('lost')} lost**, "
           f"p99 {r.get('p99_us')} us, max-RSS after the reload {fmt(num(r.get('rss_after_reload_kib', 0)) / 1024)} MiB"
           + (" (target: no query lost)." if took is not None else "."))
-    w(f"- Queries lost by schoolgate in the batching-client runs: {lost}.\n")
+    w(f"- Queries lost by schoolgate ({', '.join(ours)}) in the batching-client runs: {lost}.\n")
 
     w("## All runs\n")
     w("| server | mix | client | qps | per CPU-s | server CPU s | avg us | p99 us | lost | answered | rcodes (noerror/nxdomain/servfail/refused) |")

@@ -74,10 +74,12 @@ fn check(r: libc::c_long, what: &'static str) -> Result<libc::c_long, XdpError> 
 const HEADERS: usize = 14 + 20 + 8;
 /// UMEM frame size: the smallest the kernel accepts in aligned mode.
 const FRAME: usize = 2048;
-/// Entries in each ring. Receive frames in the fill ring plus as many for replies: 2 MiB of
-/// frames a queue.
-const RING: u32 = 512;
-const FRAMES: usize = 2 * RING as usize;
+/// Entries in the receive and fill rings: the packets that may wait while the server is busy.
+const RX_RING: u32 = 1024;
+/// Entries in the transmit and completion rings: replies on their way out.
+const TX_RING: u32 = 256;
+/// Every receive slot has a frame, and every transmit slot: 2.5 MiB a queue.
+const FRAMES: usize = (RX_RING + TX_RING) as usize;
 /// Packets taken off the receive ring per pass.
 pub const BATCH: u32 = 64;
 
@@ -303,6 +305,7 @@ fn bpf_status(cmd: libc::c_long, attr: &mut Attr, what: &'static str) -> Result<
 
 /// A ring shared with the kernel: producer and consumer indexes and the entries.
 struct Ring<T> {
+    size: u32,
     producer: NonNull<AtomicU32>,
     consumer: NonNull<AtomicU32>,
     entries: NonNull<T>,
@@ -312,8 +315,13 @@ struct Ring<T> {
 
 impl<T: Copy> Ring<T> {
     /// Maps the ring at `pgoff` of `fd` as `off` describes it.
-    fn map(fd: RawFd, off: &libc::xdp_ring_offset, pgoff: i64) -> Result<Self, XdpError> {
-        let map_len = off.desc as usize + RING as usize * size_of::<T>();
+    fn map(
+        fd: RawFd,
+        off: &libc::xdp_ring_offset,
+        pgoff: i64,
+        size: u32,
+    ) -> Result<Self, XdpError> {
+        let map_len = off.desc as usize + size as usize * size_of::<T>();
         // SAFETY: a shared mapping of the socket's ring, of the size the kernel described.
         let p = unsafe {
             libc::mmap(
@@ -333,6 +341,7 @@ impl<T: Copy> Ring<T> {
             NonNull::new(unsafe { p.cast::<u8>().add(o as usize) }).expect("mapped")
         };
         Ok(Ring {
+            size,
             producer: at(off.producer).cast(),
             consumer: at(off.consumer).cast(),
             entries: at(off.desc).cast(),
@@ -353,12 +362,22 @@ impl<T: Copy> Ring<T> {
 
     fn get(&self, index: u32) -> T {
         // SAFETY: the index is reduced modulo the ring size, within the mapping.
-        unsafe { self.entries.as_ptr().add((index % RING) as usize).read() }
+        unsafe {
+            self.entries
+                .as_ptr()
+                .add((index % self.size) as usize)
+                .read()
+        }
     }
 
     fn set(&self, index: u32, v: T) {
         // SAFETY: as above; the slot belongs to us until the producer index passes it.
-        unsafe { self.entries.as_ptr().add((index % RING) as usize).write(v) }
+        unsafe {
+            self.entries
+                .as_ptr()
+                .add((index % self.size) as usize)
+                .write(v)
+        }
     }
 }
 
@@ -441,13 +460,13 @@ impl Xsk {
         let raw = fd.as_raw_fd();
         let built = (|| {
             sockopt(raw, libc::XDP_UMEM_REG, &reg, "cannot register XDP frames")?;
-            for opt in [
-                libc::XDP_UMEM_FILL_RING,
-                libc::XDP_UMEM_COMPLETION_RING,
-                libc::XDP_RX_RING,
-                libc::XDP_TX_RING,
+            for (opt, size) in [
+                (libc::XDP_UMEM_FILL_RING, RX_RING),
+                (libc::XDP_UMEM_COMPLETION_RING, TX_RING),
+                (libc::XDP_RX_RING, RX_RING),
+                (libc::XDP_TX_RING, TX_RING),
             ] {
-                sockopt(raw, opt, &RING, "cannot size an XDP ring")?;
+                sockopt(raw, opt, &size, "cannot size an XDP ring")?;
             }
             // SAFETY: all-zero is valid; the kernel fills it.
             let mut off: libc::xdp_mmap_offsets = unsafe { zeroed() };
@@ -463,10 +482,12 @@ impl Xsk {
                 )
             };
             check(r.into(), "cannot read XDP ring offsets")?;
-            let rx = Ring::map(raw, &off.rx, libc::XDP_PGOFF_RX_RING)?;
-            let tx = Ring::map(raw, &off.tx, libc::XDP_PGOFF_TX_RING)?;
-            let fill = Ring::map(raw, &off.fr, libc::XDP_UMEM_PGOFF_FILL_RING as i64)?;
-            let done = Ring::map(raw, &off.cr, libc::XDP_UMEM_PGOFF_COMPLETION_RING as i64)?;
+            let rx = Ring::map(raw, &off.rx, libc::XDP_PGOFF_RX_RING, RX_RING)?;
+            let tx = Ring::map(raw, &off.tx, libc::XDP_PGOFF_TX_RING, TX_RING)?;
+            let fr = libc::XDP_UMEM_PGOFF_FILL_RING as i64;
+            let fill = Ring::map(raw, &off.fr, fr, RX_RING)?;
+            let cr = libc::XDP_UMEM_PGOFF_COMPLETION_RING as i64;
+            let done = Ring::map(raw, &off.cr, cr, TX_RING)?;
             Ok((rx, tx, fill, done))
         })();
         let (rx, tx, fill, done) = match built {
@@ -484,7 +505,7 @@ impl Xsk {
             tx,
             fill,
             done,
-            free: (RING as usize..FRAMES)
+            free: (RX_RING as usize..FRAMES)
                 .map(|f| (f * FRAME) as u64)
                 .collect(),
             rx_next: 0,
@@ -492,11 +513,11 @@ impl Xsk {
             tx_next: 0,
             done_next: 0,
         };
-        for f in 0..RING {
+        for f in 0..RX_RING {
             s.fill.set(f, u64::from(f) * FRAME as u64);
         }
-        s.fill_next = RING;
-        s.fill.producer().store(RING, Ordering::Release);
+        s.fill_next = RX_RING;
+        s.fill.producer().store(RX_RING, Ordering::Release);
 
         // SAFETY: all-zero is a valid sockaddr_xdp.
         let mut sa: libc::sockaddr_xdp = unsafe { zeroed() };
@@ -604,7 +625,7 @@ impl Xsk {
     /// moves them, whatever the ring's wake-up flag says, a few dozen per call.
     fn kick(&mut self) {
         self.tx.producer().store(self.tx_next, Ordering::Release);
-        for _ in 0..RING / 16 {
+        for _ in 0..TX_RING / 16 {
             if self.tx.consumer().load(Ordering::Acquire) == self.tx_next {
                 return;
             }
