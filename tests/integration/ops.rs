@@ -240,6 +240,12 @@ fn systemd_units_verify() {
         units.push(path);
     }
     assert!(!units.is_empty());
+    // The fast path's drop-in, as systemd merges it into the service.
+    let service = std::fs::read_to_string(tmp.path().join("schoolgate.service")).unwrap();
+    let drop_in = std::fs::read_to_string(dir.join("schoolgate-xdp.conf")).unwrap();
+    let merged = tmp.path().join("schoolgate-xdp.service");
+    std::fs::write(&merged, format!("{service}\n{drop_in}")).unwrap();
+    units.push(merged);
     let out = std::process::Command::new("systemd-analyze")
         .arg("verify")
         .args(&units)
