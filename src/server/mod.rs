@@ -59,7 +59,7 @@ pub struct Listeners {
 
 impl Listeners {
     /// Takes IPv4 UDP queries to the listen port on `interface` through the XDP fast path
-    /// ([`xdp`]); says how it is attached. The sockets stay bound for everything else.
+    /// (`src/server/xdp.rs`); says how it is attached. The sockets stay bound for everything else.
     pub fn attach_xdp(&mut self, interface: &str) -> Result<String, XdpError> {
         let mut v4 = self.addrs.iter().filter_map(|a| match a {
             SocketAddr::V4(a) => Some(*a),
