@@ -238,6 +238,11 @@ for mix in blocked cached mixed; do
     done
 done
 for name in $SERVERS; do
+    if ! kill -0 "${SPIDS[$name]}" 2>/dev/null; then
+        echo "$name exited during the run; the end of its log:" >&2
+        tail -20 "$OUTD/$name.log" >&2
+        exit 1
+    fi
     record "$name rss_kib=$(hwm_kib "${SPIDS[$name]}")"
 done
 
@@ -254,7 +259,13 @@ if [ -n "${SPIDS[schoolgate]:-}" ]; then
     sleep 1
     touch "$WORK"/lists/*.txt
     wait "$LG"
-    took=$(grep 'reloaded' "$OUTD/schoolgate.log" | tail -n +"$((before + 1))" | grep -o 'took_ms=[0-9]*' | tail -1 | cut -d= -f2)
+    # A reload slowed by other work may finish after the load: wait for it a while longer.
+    took=""
+    for _ in $(seq 600); do
+        took=$(grep 'reloaded' "$OUTD/schoolgate.log" | tail -n +"$((before + 1))" | grep -o 'took_ms=[0-9]*' | tail -1 | cut -d= -f2 || true)
+        [ -n "$took" ] && break
+        sleep 0.1
+    done
     record "schoolgate reload took_ms=${took:-none} qps_offered=$rate $(cat "$OUTD/reload.out") rss_after_reload_kib=$(hwm_kib "$SPID")"
     echo "   reload under load: ${took:-none} ms; $(cat "$OUTD/reload.out")" >&2
 fi
