@@ -75,10 +75,10 @@ const HEADERS: usize = 14 + 20 + 8;
 /// UMEM frame size: the smallest the kernel accepts in aligned mode.
 const FRAME: usize = 2048;
 /// Entries in the receive and fill rings: the packets that may wait while the server is busy.
-const RX_RING: u32 = 1024;
+const RX_RING: u32 = 2048;
 /// Entries in the transmit and completion rings: replies on their way out.
 const TX_RING: u32 = 256;
-/// Every receive slot has a frame, and every transmit slot: 2.5 MiB a queue.
+/// Every receive slot has a frame, and every transmit slot: 4.5 MiB a queue.
 const FRAMES: usize = (RX_RING + TX_RING) as usize;
 /// Packets taken off the receive ring per pass.
 pub const BATCH: u32 = 64;
