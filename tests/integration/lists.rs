@@ -261,6 +261,21 @@ fn list_work_that_hangs_is_stopped_and_the_server_keeps_filtering() {
     );
 }
 
+/// Replaces the config as an editor saving it would (write beside it, rename over it) and waits
+/// for the server to reload it.
+fn replace_config(server: &Server, cfg: &Path, text: &str) {
+    let reloads = count(server, "reloaded");
+    let edited = cfg.with_extension("new");
+    fs::write(&edited, text).unwrap();
+    fs::rename(&edited, cfg).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || count(server, "reloaded")
+            > reloads),
+        "{}",
+        server.log()
+    );
+}
+
 #[test]
 fn a_changed_upstream_applies_on_reload_and_restart_only_settings_say_so() {
     let old = Fixture::start(Zone::standard());
@@ -277,13 +292,7 @@ fn a_changed_upstream_applies_on_reload_and_restart_only_settings_say_so() {
         .unwrap()
         .replace(&old.addr.to_string(), &new.addr.to_string())
         .replace("[server]\n", "[server]\ncache_size = 777\n");
-    let reloads = count(&server, "reloaded");
-    let edited = cfg.with_extension("new");
-    fs::write(&edited, text).unwrap();
-    fs::rename(&edited, &cfg).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || count(
-        &server, "reloaded"
-    ) > reloads));
+    replace_config(&server, &cfg, &text);
     assert_eq!(
         ask("only-new.example.org"),
         ["192.0.2.98"],
@@ -307,17 +316,15 @@ fn a_forward_zone_added_on_reload_replaces_what_the_internet_said() {
     let ask = || server.query("vle.school.internal", RecordType::A);
     assert_eq!(ask().metadata.response_code, ResponseCode::NXDomain);
 
-    let reloads = count(&server, "reloaded");
     let forward = format!(
         "\n[[forward]]\nzone = \"school.internal\"\nupstreams = [\"{}\"]\n",
         school.addr
     );
-    let edited = cfg.with_extension("new");
-    fs::write(&edited, fs::read_to_string(&cfg).unwrap() + &forward).unwrap();
-    fs::rename(&edited, &cfg).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || count(
-        &server, "reloaded"
-    ) > reloads));
+    replace_config(
+        &server,
+        &cfg,
+        &(fs::read_to_string(&cfg).unwrap() + &forward),
+    );
     assert_eq!(
         addresses(&ask()),
         ["10.0.0.8"],
