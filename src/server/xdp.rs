@@ -274,26 +274,21 @@ pub fn attach(interface: &str, port: u16, addr: Ipv4Addr) -> Result<FastPath, Xd
     }
 
     // The driver's own hook when it has one, else the generic one every interface has.
-    let mut last = None;
-    for (flags, mode) in [
-        (XDP_FLAGS_DRV_MODE, "driver"),
-        (XDP_FLAGS_SKB_MODE, "generic"),
-    ] {
+    let link = |flags: u32| {
         let mut a = Attr::default();
         a.0[..4].copy_from_slice(&[prog.as_raw_fd() as u32, ifindex, BPF_XDP, flags]);
-        match bpf(BPF_LINK_CREATE, &mut a, "cannot attach the XDP program") {
-            Ok(link) => {
-                return Ok(FastPath {
-                    sockets,
-                    mode,
-                    _link: link,
-                    _map: map,
-                })
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or(XdpError::NoPort))
+        bpf(BPF_LINK_CREATE, &mut a, "cannot attach the XDP program")
+    };
+    let (link, mode) = match link(XDP_FLAGS_DRV_MODE) {
+        Ok(l) => (l, "driver"),
+        Err(_) => (link(XDP_FLAGS_SKB_MODE)?, "generic"),
+    };
+    Ok(FastPath {
+        sockets,
+        mode,
+        _link: link,
+        _map: map,
+    })
 }
 
 /// Like [`bpf`] for commands that return 0 rather than a descriptor.
