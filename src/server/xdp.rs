@@ -149,6 +149,9 @@ fn program(map: RawFd, port: u16, addr: Option<Ipv4Addr>) -> Vec<Insn> {
     // Jumps to `pass` are written with offset 0 and aimed below.
     const JGT_X: u8 = 0x2d;
     const JNE_K: u8 = 0x55;
+    // A 32-bit compare: a 64-bit one sign-extends the constant, and an address whose last
+    // octet is 128 or more would never match.
+    const JNE32_K: u8 = 0x56;
     let mut p = vec![
         insn(0x61, 2, 1, 0, 0),              // r2 = ctx->data
         insn(0x61, 3, 1, 4, 0),              // r3 = ctx->data_end
@@ -169,7 +172,7 @@ fn program(map: RawFd, port: u16, addr: Option<Ipv4Addr>) -> Vec<Insn> {
     ];
     if let Some(a) = addr {
         p.push(insn(0x61, 5, 2, 30, 0)); // r5 = IPv4 destination
-        p.push(insn(JNE_K, 5, 0, 0, i32::from_ne_bytes(a.octets())));
+        p.push(insn(JNE32_K, 5, 0, 0, i32::from_ne_bytes(a.octets())));
     }
     p.extend([
         insn(0x61, 2, 1, 16, 0),  // r2 = ctx->rx_queue_index
@@ -183,7 +186,7 @@ fn program(map: RawFd, port: u16, addr: Option<Ipv4Addr>) -> Vec<Insn> {
     ]);
     let pass = p.len() as i16 - 2;
     for (n, i) in p.iter_mut().enumerate() {
-        if matches!(i.code, JGT_X | JNE_K) {
+        if matches!(i.code, JGT_X | JNE_K | JNE32_K) {
             i.off = pass - n as i16 - 1;
         }
     }

@@ -39,7 +39,8 @@ fn the_fast_path_answers_logs_and_forwards_as_the_sockets_do() {
     let _accepted = Sysctl::set("net/ipv4/conf/lo/accept_local", "1");
     let up = Fixture::start(Zone::standard());
     let setup = Setup::new().server("xdp = \"lo\"");
-    let server = setup.start(up.addr);
+    // An address whose last octet is over 127, which the program must still recognise.
+    let server = setup.start_on("127.0.0.200:0", up.addr);
     server.expect_log("ready");
     let log = server.log();
     if !log.contains("XDP fast path on lo") {

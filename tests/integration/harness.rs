@@ -155,7 +155,13 @@ files = ["circumvention.txt"]
 
     /// Starts `schoolgate serve` forwarding to `upstream`.
     pub fn start(&self, upstream: SocketAddr) -> Server {
-        let mut server = Server::start(&self.config(), &["--upstream", &upstream.to_string()]);
+        self.start_on("127.0.0.1:0", upstream)
+    }
+
+    /// The same, answering on `listen`.
+    pub fn start_on(&self, listen: &str, upstream: SocketAddr) -> Server {
+        let upstream = upstream.to_string();
+        let mut server = Server::start_on(&self.config(), listen, &["--upstream", &upstream]);
         server.dir = Some(self.dir.clone());
         server
     }
@@ -196,11 +202,16 @@ pub struct Server {
 impl Server {
     /// Starts the server and waits until it says it is ready.
     pub fn start(config: &Path, extra: &[&str]) -> Server {
+        Server::start_on(config, "127.0.0.1:0", extra)
+    }
+
+    /// The same, answering on `listen`.
+    pub fn start_on(config: &Path, listen: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(bin())
             .arg("--config")
             .arg(config)
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--listen", listen, "--admin", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
