@@ -750,7 +750,6 @@ impl Done<'_> {
     }
 }
 
-/// `resolver.arpa` and names below it (`_dns.resolver.arpa`): answered here, never forwarded.
 fn journal_time(engine: &Engine) -> String {
     journal::format_time(SystemTime::now(), engine.config().time_zone)
 }
