@@ -112,11 +112,21 @@ impl Attr {
     }
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut Attr, what: &'static str) -> Result<OwnedFd, XdpError> {
+/// bpf(2) with `attr`: its result, or what failed.
+fn bpf_call(
+    cmd: libc::c_long,
+    attr: &mut Attr,
+    what: &'static str,
+) -> Result<libc::c_long, XdpError> {
     // SAFETY: `attr` is a zero-padded bpf_attr for `cmd`; pointers in it outlive the call.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut Attr, size_of::<Attr>()) };
+    check(r, what)
+}
+
+/// A bpf(2) command that creates something: the new descriptor.
+fn bpf(cmd: libc::c_long, attr: &mut Attr, what: &'static str) -> Result<OwnedFd, XdpError> {
     // SAFETY: a non-negative result of these commands is a new file descriptor we own.
-    check(r, what).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    bpf_call(cmd, attr, what).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// One eBPF instruction (`struct bpf_insn`).
@@ -269,7 +279,7 @@ pub fn attach(interface: &str, port: u16, addr: Ipv4Addr) -> Result<FastPath, Xd
         a.0[0] = map.as_raw_fd() as u32;
         a.u64_at(2, &key as *const u32 as u64);
         a.u64_at(4, &value as *const u32 as u64);
-        bpf_status(
+        bpf_call(
             BPF_MAP_UPDATE_ELEM,
             &mut a,
             "cannot add a socket to the map",
@@ -292,13 +302,6 @@ pub fn attach(interface: &str, port: u16, addr: Ipv4Addr) -> Result<FastPath, Xd
         _link: link,
         _map: map,
     })
-}
-
-/// Like [`bpf`] for commands that return 0 rather than a descriptor.
-fn bpf_status(cmd: libc::c_long, attr: &mut Attr, what: &'static str) -> Result<(), XdpError> {
-    // SAFETY: as in `bpf`.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut Attr, size_of::<Attr>()) };
-    check(r, what).map(|_| ())
 }
 
 /// A ring shared with the kernel: producer and consumer indexes and the entries.
