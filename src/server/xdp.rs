@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use thiserror::Error;
 
+use crate::wire::MAX_UDP_PAYLOAD;
+
 /// Why the fast path could not be set up.
 #[derive(Debug, Error)]
 pub enum XdpError {
@@ -72,14 +74,28 @@ fn check(r: libc::c_long, what: &'static str) -> Result<libc::c_long, XdpError> 
 
 /// Bytes before the DNS message in a frame: Ethernet, IPv4 without options, UDP.
 const HEADERS: usize = 14 + 20 + 8;
-/// UMEM frame size: the smallest the kernel accepts in aligned mode.
-const FRAME: usize = 2048;
 /// Entries in the receive and fill rings: the packets that may wait while the server is busy.
 const RX_RING: u32 = 2048;
 /// Entries in the transmit and completion rings: replies on their way out.
 const TX_RING: u32 = 256;
-/// Every receive slot has a frame, and every transmit slot: 4.5 MiB a queue.
-const FRAMES: usize = (RX_RING + TX_RING) as usize;
+/// The kernel's chunk size, the smallest it accepts. Frames are registered unaligned, so a frame
+/// may start anywhere, but the kernel wants a chunk's length of UMEM after each start.
+const CHUNK: usize = 2048;
+/// Receive frames start this far apart and overlap: the program sends only packets up to this
+/// size, and the kernel writes each at the same offset in its frame, so a packet never reaches
+/// the next one. A DNS query of up to 214 bytes (a name of about
+/// 170 characters) fits; a longer one takes the kernel's path. All 2,048 cost 512 KiB, where
+/// 2 KiB frames cost 4 MiB.
+const RX_SLOT: usize = 256;
+/// Transmit frames hold the largest UDP answer with its headers.
+const TX_SLOT: usize = HEADERS + MAX_UDP_PAYLOAD as usize;
+/// The transmit frames, then the receive frames, then the tail the last chunk needs: 832 KiB a
+/// queue, all of it pinned.
+const UMEM: usize = TX_RING as usize * TX_SLOT + (RX_RING as usize - 1) * RX_SLOT + CHUNK;
+/// Where the receive frames start.
+const RX_BASE: usize = TX_RING as usize * TX_SLOT;
+/// An unaligned receive descriptor's address carries the packet's offset in its top 16 bits.
+const ADDR_BITS: u32 = 48;
 /// Packets taken off the receive ring per pass.
 pub const BATCH: u32 = 64;
 
@@ -153,8 +169,8 @@ fn be16(v: u16) -> i32 {
     i32::from(u16::from_ne_bytes(v.to_be_bytes()))
 }
 
-/// The XDP program: IPv4 UDP to `port` (and `addr`, when given) without options or fragments
-/// goes to the AF_XDP socket of the queue it arrived on, anything else to the kernel.
+/// The XDP program: IPv4 UDP to `port` (and `addr`, when given) without options or fragments,
+/// and no longer than a receive slot, goes to the AF_XDP socket of the queue it arrived on, anything else to the kernel.
 fn program(map: RawFd, port: u16, addr: Option<Ipv4Addr>) -> Vec<Insn> {
     // Jumps to `pass` are written with offset 0 and aimed below.
     const JGT_X: u8 = 0x2d;
@@ -168,6 +184,9 @@ fn program(map: RawFd, port: u16, addr: Option<Ipv4Addr>) -> Vec<Insn> {
         insn(0xbf, 4, 2, 0, 0),              // r4 = r2
         insn(0x07, 4, 0, 0, HEADERS as i32), // r4 += headers
         insn(JGT_X, 4, 3, 0, 0),             // headers past the end: pass
+        insn(0xbf, 4, 2, 0, 0),              // r4 = r2
+        insn(0x07, 4, 0, 0, RX_SLOT as i32), // r4 += receive slot
+        insn(JGT_X, 3, 4, 0, 0),             // longer than a slot: pass
         insn(0x69, 5, 2, 12, 0),             // r5 = ethertype
         insn(JNE_K, 5, 0, 0, be16(0x0800)),
         insn(0x71, 5, 2, 14, 0), // r5 = version and header length
@@ -437,7 +456,7 @@ impl Xsk {
         let raw = check(raw.into(), "cannot open an AF_XDP socket")?;
         // SAFETY: a new descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
-        let len = FRAMES * FRAME;
+        let len = UMEM;
         // SAFETY: a private anonymous mapping for the frames.
         let umem = unsafe {
             libc::mmap(
@@ -457,7 +476,8 @@ impl Xsk {
         let mut reg: libc::xdp_umem_reg = unsafe { zeroed() };
         reg.addr = umem.as_ptr() as u64;
         reg.len = len as u64;
-        reg.chunk_size = FRAME as u32;
+        reg.chunk_size = CHUNK as u32;
+        reg.flags = libc::XDP_UMEM_UNALIGNED_CHUNK_FLAG;
         let raw = fd.as_raw_fd();
         let built = (|| {
             sockopt(raw, libc::XDP_UMEM_REG, &reg, "cannot register XDP frames")?;
@@ -506,8 +526,8 @@ impl Xsk {
             tx,
             fill,
             done,
-            free: (RX_RING as usize..FRAMES)
-                .map(|f| (f * FRAME) as u64)
+            free: (0..TX_RING as usize)
+                .map(|f| (f * TX_SLOT) as u64)
                 .collect(),
             rx_next: 0,
             fill_next: 0,
@@ -515,7 +535,7 @@ impl Xsk {
             done_next: 0,
         };
         for f in 0..RX_RING {
-            s.fill.set(f, u64::from(f) * FRAME as u64);
+            s.fill.set(f, (RX_BASE + f as usize * RX_SLOT) as u64);
         }
         s.fill_next = RX_RING;
         s.fill.producer().store(RX_RING, Ordering::Release);
@@ -570,16 +590,18 @@ impl Xsk {
         for _ in 0..n {
             let d = self.rx.get(self.rx_next);
             self.rx_next = self.rx_next.wrapping_add(1);
-            let len = (d.len as usize).min(FRAME);
+            let start = d.addr >> ADDR_BITS;
+            let frame = d.addr & ((1 << ADDR_BITS) - 1);
+            let len = (d.len as usize).min(RX_SLOT);
             // SAFETY: the kernel filled `len` bytes of this frame and handed it to us.
-            let packet = unsafe { std::slice::from_raw_parts(self.frame(d.addr), len) };
+            let packet = unsafe { std::slice::from_raw_parts(self.frame(frame + start), len) };
             if let Some((src, dns)) = parse(packet) {
                 reply.clear();
                 if answer(dns, SocketAddr::V4(src), reply) {
                     self.send_reply(packet, reply, src, spill);
                 }
             }
-            self.fill.set(self.fill_next, d.addr);
+            self.fill.set(self.fill_next, frame);
             self.fill_next = self.fill_next.wrapping_add(1);
         }
         if n > 0 {
@@ -601,7 +623,7 @@ impl Xsk {
     ) {
         let len = HEADERS + dns.len();
         let frame = match self.free.pop() {
-            Some(f) if len <= FRAME => f,
+            Some(f) if len <= TX_SLOT => f,
             other => {
                 self.free.extend(other);
                 spill.push((dns.to_vec(), SocketAddr::V4(src)));
@@ -654,7 +676,7 @@ impl Xsk {
 impl Drop for Xsk {
     fn drop(&mut self) {
         // SAFETY: the frames mapped in `bind`; the rings unmap themselves, the socket closes.
-        unsafe { libc::munmap(self.umem.as_ptr().cast(), FRAMES * FRAME) };
+        unsafe { libc::munmap(self.umem.as_ptr().cast(), UMEM) };
     }
 }
 
