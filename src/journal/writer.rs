@@ -181,8 +181,10 @@ impl DayFile {
     }
 }
 
-/// Bytes written to a log file between asking the kernel to write them to disk.
-const WRITEBACK_STEP: u64 = 8 << 20;
+/// Bytes written to a log file between asking the kernel to write them to disk. The block
+/// layer does the submitting on the writer's core: 8 MiB at a time held that core, and every
+/// query waiting for it, for up to 2.3 ms; 1 MiB steps cost the same CPU in short pieces.
+const WRITEBACK_STEP: u64 = 1 << 20;
 
 /// A day's log file, appended to, whose written lines are sent to disk and dropped from the
 /// page cache as it grows. A log is written once and read rarely: left to the kernel, a busy day
