@@ -366,6 +366,11 @@ fn read_ecs(data: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// Bytes a normalised name takes on the wire, uncompressed.
+fn name_len(name: &str) -> usize {
+    name.len() + if name.is_empty() { 1 } else { 2 }
+}
+
 /// Writes answers into a reused buffer.
 pub struct Writer<'b> {
     buf: &'b mut Vec<u8>,
@@ -443,16 +448,40 @@ impl<'b> Writer<'b> {
         self.buf.extend_from_slice(&rtype::CNAME.to_be_bytes());
         self.buf.extend_from_slice(&1u16.to_be_bytes());
         self.buf.extend_from_slice(&ttl.to_be_bytes());
-        let rdlen = target.len() + if target.is_empty() { 1 } else { 2 };
-        self.buf.extend_from_slice(&(rdlen as u16).to_be_bytes());
+        self.buf
+            .extend_from_slice(&(name_len(target) as u16).to_be_bytes());
         let at = self.buf.len() as u16;
-        for label in target.split('.').filter(|l| !l.is_empty()) {
+        self.name(target);
+        self.bump(6);
+        at
+    }
+
+    /// Appends to the authority section the SOA of `zone` (a normalised name), as a server
+    /// answering for it locally gives it: `<zone> nobody.invalid. 1 3600 1200 604800 <ttl>`, with
+    /// `ttl` as the record's TTL too, so a negative answer is cached for that long.
+    pub fn soa(&mut self, zone: &str, ttl: u32) {
+        const RNAME: &str = "nobody.invalid";
+        self.name(zone);
+        self.buf.extend_from_slice(&rtype::SOA.to_be_bytes());
+        self.buf.extend_from_slice(&1u16.to_be_bytes());
+        self.buf.extend_from_slice(&ttl.to_be_bytes());
+        let rdlen = name_len(zone) + name_len(RNAME) + 20;
+        self.buf.extend_from_slice(&(rdlen as u16).to_be_bytes());
+        self.name(zone);
+        self.name(RNAME);
+        for v in [1, 3600, 1200, 604_800, ttl] {
+            self.buf.extend_from_slice(&u32::to_be_bytes(v));
+        }
+        self.bump(8);
+    }
+
+    /// Writes a normalised name uncompressed.
+    fn name(&mut self, name: &str) {
+        for label in name.split('.').filter(|l| !l.is_empty()) {
             self.buf.push(label.len() as u8);
             self.buf.extend_from_slice(label.as_bytes());
         }
         self.buf.push(0);
-        self.bump(6);
-        at
     }
 
     /// Appends an answer record owned by the name at offset `owner` (see [`Writer::cname`]).

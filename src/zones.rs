@@ -25,8 +25,13 @@ use crate::upstream::Upstream;
 
 /// What to do with a name under a zone.
 pub enum Route<'a> {
-    /// Answer here.
-    Local(Local),
+    /// Answer here, as the apex of `zone` says.
+    Local {
+        /// The built-in zone the name is under; its SOA goes with a negative answer.
+        zone: &'a str,
+        /// How names under it are answered.
+        answer: Local,
+    },
     /// Ask the school's own DNS servers for this zone.
     Forward {
         /// The `[[forward]]` zone the name is under.
@@ -48,7 +53,7 @@ pub enum Local {
 }
 
 enum Entry {
-    Local(Local),
+    Local { zone: String, answer: Local },
     Forward { zone: String, upstream: Upstream },
 }
 
@@ -94,11 +99,17 @@ impl Zones {
             .map(String::from)
             .chain(PRIVATE_REVERSE.iter().map(|z| z.to_string()))
             .chain(private_ranges);
-        for zone in no_such_name {
-            zones.insert(&zone, Entry::Local(Local::NoSuchName));
+        let builtin = no_such_name.map(|zone| (zone, Local::NoSuchName)).chain([
+            ("localhost".to_string(), Local::Loopback),
+            ("resolver.arpa".to_string(), Local::NoRecords),
+        ]);
+        for (zone, answer) in builtin {
+            let entry = Entry::Local {
+                zone: zone.clone(),
+                answer,
+            };
+            zones.insert(&zone, entry);
         }
-        zones.insert("localhost", Entry::Local(Local::Loopback));
-        zones.insert("resolver.arpa", Entry::Local(Local::NoRecords));
         for f in forwards {
             let upstream = running
                 .and_then(|r| r.forwarder(&f.zone))
@@ -126,7 +137,7 @@ impl Zones {
     fn forwards(&self) -> impl Iterator<Item = (&str, &Upstream)> {
         self.by_key.values().filter_map(|e| match e {
             Entry::Forward { zone, upstream } => Some((zone.as_str(), upstream)),
-            Entry::Local(_) => None,
+            Entry::Local { .. } => None,
         })
     }
 
@@ -146,7 +157,10 @@ impl Zones {
             }
         }
         found.map(|entry| match entry {
-            Entry::Local(local) => Route::Local(*local),
+            Entry::Local { zone, answer } => Route::Local {
+                zone,
+                answer: *answer,
+            },
             Entry::Forward { zone, upstream } => Route::Forward { zone, upstream },
         })
     }
@@ -174,7 +188,7 @@ mod tests {
     fn route(zones: &Zones, name: &str) -> Option<String> {
         let name = QueryName::parse(name).unwrap();
         zones.route(&name).map(|r| match r {
-            Route::Local(l) => format!("{l:?}"),
+            Route::Local { answer, .. } => format!("{answer:?}"),
             Route::Forward { upstream, .. } => format!("{:?}", upstream.health()[0].0),
         })
     }

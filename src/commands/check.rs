@@ -64,7 +64,7 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
     // Where an allowed name's answer comes from: a technician setting up `[[forward]]` checks it.
     let answered_by = (d.action == Action::Allow).then(|| match zones.route(&name) {
         None => "the upstreams".to_string(),
-        Some(Route::Local(_)) => "schoolgate itself (a name only for this network)".to_string(),
+        Some(Route::Local { .. }) => "schoolgate itself (a name only for this network)".to_string(),
         Some(Route::Forward { zone, upstream }) => {
             let servers: Vec<String> = upstream
                 .health()

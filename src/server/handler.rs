@@ -36,6 +36,10 @@ const REWRITE_TTL: u32 = 300;
 /// TTL of `localhost` answers: they never change.
 const LOCAL_TTL: u32 = 86400;
 
+/// How long a device may cache "no such name" or "no such record" for a built-in zone (the SOA
+/// minimum unbound gives its local zones).
+const LOCAL_NEGATIVE_TTL: u32 = 10800;
+
 /// The transport a query came over; UDP answers are size-limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -372,8 +376,8 @@ impl Handler {
                 }
                 if self.cache.serve(&q, buf, false).is_none() {
                     // Looked up only on a miss: answers from forward zones are cached like any.
-                    if let Some(Route::Local(local)) = snap.zones.route(&q.name) {
-                        self.local(&q, local, buf);
+                    if let Some(Route::Local { zone, answer }) = snap.zones.route(&q.name) {
+                        self.local(&q, zone, answer, buf);
                         return self.done(&cx, buf, Done::decided(decision, None));
                     }
                     self.metrics.cache_misses.inc();
@@ -637,8 +641,9 @@ impl Handler {
         }
     }
 
-    /// A name in a built-in zone (see [`crate::zones`]), answered without asking anyone.
-    fn local(&self, q: &Query<'_>, local: Local, buf: &mut Vec<u8>) {
+    /// A name in a built-in zone (see [`crate::zones`]), answered without asking anyone. A
+    /// negative answer carries the zone's SOA, without which devices may not cache it (RFC 2308).
+    fn local(&self, q: &Query<'_>, zone: &str, local: Local, buf: &mut Vec<u8>) {
         let code = match local {
             Local::NoSuchName => rcode::NXDOMAIN,
             Local::Loopback | Local::NoRecords => rcode::NOERROR,
@@ -651,7 +656,7 @@ impl Handler {
                 LOCAL_TTL,
                 &std::net::Ipv6Addr::LOCALHOST.octets(),
             ),
-            _ => {}
+            _ => w.soa(zone, LOCAL_NEGATIVE_TTL),
         }
         if let Some(e) = q.edns {
             w.opt(e.dnssec_ok, 0, None);

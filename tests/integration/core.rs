@@ -332,9 +332,20 @@ fn the_schools_own_names_go_to_its_dns_and_internal_ones_never_leave() {
         let m = server.query(name, rtype);
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{name}");
     }
+    // Negative answers carry their zone's SOA, so devices cache them (RFC 2308).
+    let nx = server.query("nas.home.arpa", RecordType::A);
+    assert_eq!(soa(&nx), Some(("home.arpa.".to_string(), 10800, 10800)));
+    let reverse = server.query("10.1.168.192.in-addr.arpa", RecordType::PTR);
+    assert_eq!(soa(&reverse).unwrap().0, "168.192.in-addr.arpa.");
+    let mx = server.query("localhost", RecordType::MX);
+    assert_eq!(mx.metadata.response_code, ResponseCode::NoError);
+    assert!(mx.answers.is_empty());
+    assert_eq!(soa(&mx).unwrap().0, "localhost.");
+    assert_eq!(soa(&server.query("localhost", RecordType::A)), None);
     let svcb = server.query("_dns.resolver.arpa", RecordType::SVCB);
     assert_eq!(svcb.metadata.response_code, ResponseCode::NoError);
     assert!(svcb.answers.is_empty(), "no encrypted resolver to move to");
+    assert_eq!(soa(&svcb).unwrap().0, "resolver.arpa.");
     assert_eq!(up.queries(), 0, "nothing internal was sent to the internet");
 
     assert_eq!(
@@ -349,4 +360,12 @@ fn the_schools_own_names_go_to_its_dns_and_internal_ones_never_leave() {
     let v: serde_json::Value = serde_json::from_str(&health).unwrap();
     assert_eq!(v["forwards"][0]["zone"], "school.internal", "{v}");
     assert_eq!(v["forwards"][0]["addr"], school.addr.to_string(), "{v}");
+}
+
+/// The SOA in an answer's authority section: its owner, TTL and negative-caching minimum.
+fn soa(m: &hickory_proto::op::Message) -> Option<(String, u32, u32)> {
+    m.authorities.iter().find_map(|r| match &r.data {
+        hickory_proto::rr::RData::SOA(soa) => Some((r.name.to_ascii(), r.ttl, soa.minimum)),
+        _ => None,
+    })
 }
