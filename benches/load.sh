@@ -7,6 +7,7 @@
 #   benches/load.sh --quick    20,000 names, 1 s per measurement: proves the harness works
 #
 # Options: --names N  --seconds S  --servers "schoolgate schoolgate-xdp unbound dnsmasq"
+#          --same-qps Q (the rate every server is also measured at; 75,000, or 5,000 quick)
 #          --keep (keep the work dir)
 #          --out FILE (markdown results; default benches/RESULTS.md for a full run)
 #
@@ -26,9 +27,11 @@ SERVERS="schoolgate schoolgate-xdp unbound dnsmasq"
 [ "$(id -u)" = 0 ] || SERVERS="schoolgate unbound dnsmasq"
 KEEP=0
 OUT=""
+SAME_QPS=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1; NAMES=20000; SECONDS_PER=1 ;;
+        --same-qps) SAME_QPS=$2; shift ;;
         --names) NAMES=$2; shift ;;
         --seconds) SECONDS_PER=$2; shift ;;
         --servers) SERVERS=$2; shift ;;
@@ -39,6 +42,9 @@ while [ $# -gt 0 ]; do
     shift
 done
 if [ -z "$OUT" ] && [ "$QUICK" = 0 ]; then OUT="$ROOT/benches/RESULTS.md"; fi
+# Half of peak is a different load for each server; latency is also compared at one rate, about
+# the peers' half of peak here.
+if [ -z "$SAME_QPS" ]; then if [ "$QUICK" = 1 ]; then SAME_QPS=5000; else SAME_QPS=75000; fi; fi
 
 # --- tools -----------------------------------------------------------------------------------
 need=()
@@ -234,6 +240,9 @@ for mix in blocked cached mixed; do
         r=$(run_loadgen "$name" "$f" --qps "$half" --inflight 4096)
         record "$name mix=$mix tool=half $r"
         echo "   $name $mix at half:  $r" >&2
+        r=$(run_loadgen "$name" "$f" --qps "$SAME_QPS" --inflight 4096)
+        record "$name mix=$mix tool=same $r"
+        echo "   $name $mix at $SAME_QPS qps:  $r" >&2
         record "$name rss_after_${mix}_kib=$(rss_kib "$SPID")"
     done
 done
@@ -280,4 +289,5 @@ record "machine loadavg_end=$(cut -d' ' -f1 /proc/loadavg)"
 MACHINE="$(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), Linux $(uname -r)"
 VERSIONS="schoolgate $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown); $(unbound -V | head -1 | sed 's/Version/unbound/'); $(dnsmasq -v | head -1 | awk '{print "dnsmasq", $3}'); $(dnsperf -h 2>&1 | awk '/^Version/ {print "dnsperf", $2}'); knot $(knotd -V | awk '{print $NF}')"
 python3 "$ROOT/benches/load/report.py" --results "$RESULTS" --names "$NAMES" --seconds "$SECONDS_PER" \
+    --same-qps "$SAME_QPS" \
     --machine "$MACHINE" --versions "$VERSIONS" ${OUT:+--out "$OUT"}

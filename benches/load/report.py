@@ -13,7 +13,7 @@ PEERS = ["unbound", "dnsmasq"]
 OURS = ["schoolgate", "schoolgate-xdp"]
 MIXES = ["blocked", "cached", "mixed"]
 TOOLS = [("dnsperf", "dnsperf"), ("loadgen", "batching client, saturating"),
-         ("half", "batching client, half of peak")]
+         ("half", "batching client, half of peak"), ("same", "batching client, same rate for all")]
 
 
 def parse(path):
@@ -50,6 +50,7 @@ def main():
     ap.add_argument("--results", required=True)
     ap.add_argument("--names", type=int, required=True)
     ap.add_argument("--seconds", required=True)
+    ap.add_argument("--same-qps", type=int, required=True)
     ap.add_argument("--machine", required=True)
     ap.add_argument("--versions", required=True)
     ap.add_argument("--out")
@@ -117,6 +118,9 @@ def main():
         vals = {s: get(s, "p99_us", mix=mix, tool="half") for s in servers}
         line(f"{mix}: p99 latency at half of peak, us", vals, False, "< 1000 us",
              lambda sg, best: sg < 1000)
+    for mix in MIXES:
+        vals = {s: get(s, "p99_us", mix=mix, tool="same") for s in servers}
+        line(f"{mix}: p99 latency at {a.same_qps:,} qps (every server), us", vals, False)
     vals = {s: get(s, "startup_ms") for s in servers}
     line("start-up to first answer, ms (compiled lists)", vals, False, "< 100 ms",
          lambda sg, best: sg < 100)
@@ -132,7 +136,7 @@ def main():
                        ("rss_kib", "peak (VmHWM)")]:
         w(f"| {label} | " + " | ".join(fmt((get(s, key) or 0) / 1024 or None) for s in servers) + " |")
     lost = sum(int(get(s, "lost", mix=m, tool=t) or 0) for s in ours for m in MIXES
-               for t in ("loadgen", "half"))
+               for t in ("loadgen", "half", "same"))
     w("")
     compile_ms = get("schoolgate", "startup_compile_ms")
     if compile_ms is not None:
