@@ -1,13 +1,14 @@
 //! The XDP fast path on loopback: the same answers, logs and limits as the sockets give, with
 //! the packets taken before the kernel's UDP layer.
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
 use crate::fixture::{Fixture, Zone};
-use crate::harness::{addresses, dig, ede_text, Ask, Setup};
+use crate::harness::{addresses, dig, ede_text, Ask, Server, Setup};
 use crate::logs::{today_file, wait_for_records};
 use crate::ops::{http_get, sample};
 
@@ -32,26 +33,53 @@ impl Drop for Sysctl {
     }
 }
 
-#[test]
-fn the_fast_path_answers_logs_and_forwards_as_the_sockets_do() {
-    // Replies the fast path sends on loopback are otherwise dropped as martians (see xdp.rs).
-    let _routed = Sysctl::set("net/ipv4/conf/lo/route_localnet", "1");
-    let _accepted = Sysctl::set("net/ipv4/conf/lo/accept_local", "1");
-    let up = Fixture::start(Zone::standard());
-    let setup = Setup::new().server("xdp = \"lo\"");
-    // An address whose last octet is over 127, which the program must still recognise.
-    let server = setup.start_on("127.0.0.200:0", up.addr);
+/// The loopback sysctls the fast path needs, set while it lives and put back after. Held by one
+/// test at a time: loopback takes one XDP program, and one test putting the sysctls back would
+/// silence another's replies.
+struct Loopback {
+    _routed: Option<Sysctl>,
+    _accepted: Option<Sysctl>,
+    _alone: MutexGuard<'static, ()>,
+}
+
+static LOOPBACK: Mutex<()> = Mutex::new(());
+
+impl Loopback {
+    /// Replies the fast path sends on loopback are otherwise dropped as martians (see xdp.rs).
+    fn routed() -> Self {
+        let alone = LOOPBACK.lock().unwrap_or_else(|p| p.into_inner());
+        Loopback {
+            _routed: Sysctl::set("net/ipv4/conf/lo/route_localnet", "1"),
+            _accepted: Sysctl::set("net/ipv4/conf/lo/accept_local", "1"),
+            _alone: alone,
+        }
+    }
+}
+
+/// Starts `setup` with the fast path on loopback, on an address whose last octet is over 127,
+/// which the program must still recognise. Says whether it attached: only a machine that
+/// forbids it may fall back, and then the sockets must answer.
+fn start_fast(setup: &Setup, upstream: std::net::SocketAddr) -> (Server, bool) {
+    let server = setup.start_on("127.0.0.200:0", upstream);
     server.expect_log("ready");
     let log = server.log();
-    if !log.contains("XDP fast path on lo") {
-        // Only a machine that forbids it may fall back, and then the sockets must answer.
+    let attached = log.contains("XDP fast path on lo");
+    if !attached {
         assert!(
             log.contains("CAP_NET_ADMIN") || log.contains("route_localnet"),
             "{log}"
         );
         eprintln!("XDP not permitted here; checked the fallback only");
     }
-    let attached = log.contains("XDP fast path on lo");
+    (server, attached)
+}
+
+#[test]
+fn the_fast_path_answers_logs_and_forwards_as_the_sockets_do() {
+    let _lo = Loopback::routed();
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new().server("xdp = \"lo\"");
+    let (server, attached) = start_fast(&setup, up.addr);
 
     let blocked = server.query("www.tiktok.com", RecordType::A);
     assert_eq!(addresses(&blocked), ["0.0.0.0"]);
@@ -120,4 +148,48 @@ fn the_fast_path_answers_logs_and_forwards_as_the_sockets_do() {
     } else {
         assert_eq!(taken, 0.0);
     }
+}
+
+#[test]
+fn the_fast_path_refuses_outsiders_and_limits_a_flood_as_the_sockets_do() {
+    let _lo = Loopback::routed();
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new().server(
+        "xdp = \"lo\"\nclient_networks = [\"127.0.0.0/29\"]\n\
+         rate_limit_qps = 5\nrate_limit_burst = 10",
+    );
+    let (server, attached) = start_fast(&setup, up.addr);
+    let outsider = Ask::new("www.example.org", RecordType::A)
+        .from("127.0.0.9")
+        .send(server.addr)
+        .unwrap();
+    assert_eq!(outsider.metadata.response_code, ResponseCode::Refused);
+    assert!(outsider.answers.is_empty());
+    assert_eq!(up.queries(), 0, "an outsider's query went nowhere");
+
+    let quick = Duration::from_millis(300);
+    let answered = (0..40)
+        .filter(|_| {
+            Ask::new("pornhub.com", RecordType::A)
+                .from("127.0.0.4")
+                .timeout(quick)
+                .send(server.addr)
+                .is_some()
+        })
+        .count();
+    assert!(answered < 30, "flood not limited: {answered}/40 answered");
+    let other = Ask::new("pornhub.com", RecordType::A)
+        .from("127.0.0.5")
+        .send(server.addr)
+        .expect("another device is still served");
+    assert_eq!(addresses(&other), ["0.0.0.0"]);
+
+    let (_, metrics) = http_get(server.admin.unwrap(), "/metrics");
+    assert!(sample(&metrics, "schoolgate_rate_limited_total") >= 10.0);
+    let taken = sample(&metrics, "schoolgate_xdp_packets_total");
+    assert_eq!(
+        taken,
+        if attached { 42.0 } else { 0.0 },
+        "all by the fast path"
+    );
 }
