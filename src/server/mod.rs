@@ -58,28 +58,50 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Takes IPv4 UDP queries to the listen port on `interface` through the XDP fast path
+    /// Takes UDP queries to the listen port on `interface` through the XDP fast path
     /// (`src/server/xdp.rs`); says how it is attached. The sockets stay bound for everything else.
     pub fn attach_xdp(&mut self, interface: &str) -> Result<String, XdpError> {
-        let mut v4 = self.addrs.iter().filter_map(|a| match a {
-            SocketAddr::V4(a) => Some(*a),
-            SocketAddr::V6(_) => None,
-        });
-        let first = v4.next().ok_or(XdpError::NoPort)?;
-        let rest: Vec<_> = v4.collect();
-        if rest.iter().any(|a| a.port() != first.port()) {
+        let port = self.addrs.first().ok_or(XdpError::NoPort)?.port();
+        let listen = xdp::Listen {
+            port,
+            v4: family(&self.addrs, port, |ip| match ip {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            }),
+            v6: family(&self.addrs, port, |ip| match ip {
+                IpAddr::V6(a) => Some(a),
+                IpAddr::V4(_) => None,
+            }),
+        };
+        if (listen.v4, listen.v6) == (xdp::Take::No, xdp::Take::No) {
             return Err(XdpError::NoPort);
         }
-        // One specific address is checked by the program; several, or any, are not.
-        let addr = if rest.is_empty() {
-            *first.ip()
-        } else {
-            std::net::Ipv4Addr::UNSPECIFIED
-        };
-        let path = xdp::attach(interface, first.port(), addr)?;
+        let path = xdp::attach(interface, &listen)?;
         let said = format!("{} mode, {} queue(s)", path.mode, path.sockets.len());
         self.xdp = Some(path);
         Ok(said)
+    }
+}
+
+/// Which of one family's queries the fast path takes: none when it has no listen address, or one
+/// on another port than `port` (the program matches one port); one specific address is checked by
+/// the program, several, or any, are not.
+fn family<A: Copy>(
+    addrs: &[SocketAddr],
+    port: u16,
+    ip: impl Fn(IpAddr) -> Option<A>,
+) -> xdp::Take<A> {
+    let mine: Vec<(A, &SocketAddr)> = addrs
+        .iter()
+        .filter_map(|a| Some((ip(a.ip())?, a)))
+        .collect();
+    if mine.iter().any(|(_, a)| a.port() != port) {
+        return xdp::Take::No;
+    }
+    match mine.as_slice() {
+        [] => xdp::Take::No,
+        [(one, a)] if !a.ip().is_unspecified() => xdp::Take::Only(*one),
+        _ => xdp::Take::Any,
     }
 }
 
@@ -188,14 +210,22 @@ pub async fn serve(
     // Held until the tasks are done: dropping it gives the traffic back to the kernel.
     let mut fast = listeners.xdp;
     if let Some(fast) = fast.as_mut() {
-        let v4 = listeners
-            .udp
-            .iter()
-            .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4()));
-        if let Some(sock) = v4 {
-            for xsk in std::mem::take(&mut fast.sockets) {
-                tasks.spawn(xdp_loop(handler.clone(), xsk, sock.clone(), cancel.clone()));
-            }
+        let family = |v4: bool| {
+            (listeners.udp.iter())
+                .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == v4))
+                .cloned()
+        };
+        let socks = ReplySockets {
+            v4: family(true),
+            v6: family(false),
+        };
+        for xsk in std::mem::take(&mut fast.sockets) {
+            tasks.spawn(xdp_loop(
+                handler.clone(),
+                xsk,
+                socks.clone(),
+                cancel.clone(),
+            ));
         }
     }
     for sock in listeners.udp {
@@ -340,9 +370,26 @@ fn answer_datagram(
     }
 }
 
+/// A listen socket of each family, for what the fast path answers another way.
+#[derive(Clone)]
+struct ReplySockets {
+    v4: Option<Arc<UdpSocket>>,
+    v6: Option<Arc<UdpSocket>>,
+}
+
+impl ReplySockets {
+    fn to(&self, dest: SocketAddr) -> Option<&Arc<UdpSocket>> {
+        if dest.is_ipv4() {
+            self.v4.as_ref()
+        } else {
+            self.v6.as_ref()
+        }
+    }
+}
+
 /// Drains one AF_XDP socket as [`udp_loop`] drains a UDP socket. Upstream lookups and replies
-/// too big for a frame go out through `sock`, the listen address's own socket.
-async fn xdp_loop(handler: Arc<Handler>, xsk: xdp::Xsk, sock: Arc<UdpSocket>, cancel: CancelToken) {
+/// too big for a frame go out through the listen socket of the client's family.
+async fn xdp_loop(handler: Arc<Handler>, xsk: xdp::Xsk, socks: ReplySockets, cancel: CancelToken) {
     // SAFETY: the socket owns its descriptor, open and unchanged until it is dropped.
     let mut ready = match unsafe { AsyncFd::register_with_interest(xsk, Interest::READABLE) } {
         Ok(r) => r,
@@ -372,10 +419,15 @@ async fn xdp_loop(handler: Arc<Handler>, xsk: xdp::Xsk, sock: Arc<UdpSocket>, ca
             let n = guard
                 .get_inner_mut()
                 .serve_batch(&mut reply, &mut spill, |pkt, src, out| {
-                    answer_datagram(&handler, &sock, &inflight, pkt, src, received, out)
+                    // The program takes a family only when it has a listen socket.
+                    let Some(sock) = socks.to(src) else {
+                        return false;
+                    };
+                    answer_datagram(&handler, sock, &inflight, pkt, src, received, out)
                 });
             for (bytes, dest) in spill.drain(..) {
-                if sock.try_send_to(&bytes, dest).is_err() {
+                let sent = socks.to(dest).map(|s| s.try_send_to(&bytes, dest));
+                if !matches!(sent, Some(Ok(_))) {
                     handler.metrics().udp_replies_dropped.inc();
                 }
             }

@@ -15,7 +15,7 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,8 +32,8 @@ pub enum XdpError {
         "no network interface {0:?}; set server.xdp to the interface the listen address is on"
     )]
     NoInterface(String),
-    /// The listen addresses give no single IPv4 port.
-    #[error("server.xdp needs the IPv4 listen addresses to share one port")]
+    /// The listen addresses give no single port for either family.
+    #[error("server.xdp needs the listen addresses of a family (IPv4 or IPv6) to share one port")]
     NoPort,
     /// On loopback the kernel would drop every reply.
     #[error("on loopback the kernel drops the fast path's replies unless `sysctl -w net.ipv4.conf.{0}.route_localnet=1 net.ipv4.conf.{0}.accept_local=1`; loopback is for benchmarks and tests, a school attaches to its LAN interface")]
@@ -74,6 +74,8 @@ fn check(r: libc::c_long, what: &'static str) -> Result<libc::c_long, XdpError> 
 
 /// Bytes before the DNS message in a frame: Ethernet, IPv4 without options, UDP.
 const HEADERS: usize = 14 + 20 + 8;
+/// The same over IPv6 without extension headers.
+const HEADERS6: usize = 14 + 40 + 8;
 /// Entries in the receive and fill rings: the packets that may wait while the server is busy.
 const RX_RING: u32 = 2048;
 /// Entries in the transmit and completion rings: replies on their way out.
@@ -83,12 +85,12 @@ const TX_RING: u32 = 256;
 const CHUNK: usize = 2048;
 /// Receive frames start this far apart and overlap: the program sends only packets up to this
 /// size, and the kernel writes each at the same offset in its frame, so a packet never reaches
-/// the next one. A DNS query of up to 214 bytes (a name of about
-/// 170 characters) fits; a longer one takes the kernel's path. All 2,048 cost 512 KiB, where
-/// 2 KiB frames cost 4 MiB.
+/// the next one. A DNS query of up to 214 bytes over IPv4 (a name of about 170 characters), 194
+/// over IPv6, fits; a longer one takes the kernel's path. All 2,048 cost 512 KiB, where 2 KiB
+/// frames cost 4 MiB.
 const RX_SLOT: usize = 256;
 /// Transmit frames hold the largest UDP answer with its headers.
-const TX_SLOT: usize = HEADERS + MAX_UDP_PAYLOAD as usize;
+const TX_SLOT: usize = HEADERS6 + MAX_UDP_PAYLOAD as usize;
 /// The transmit frames, then the receive frames, then the tail the last chunk needs: 832 KiB a
 /// queue, all of it pinned.
 const UMEM: usize = TX_RING as usize * TX_SLOT + (RX_RING as usize - 1) * RX_SLOT + CHUNK;
@@ -169,57 +171,132 @@ fn be16(v: u16) -> i32 {
     i32::from(u16::from_ne_bytes(v.to_be_bytes()))
 }
 
-/// The XDP program: IPv4 UDP to `port` (and `addr`, when given) without options or fragments,
-/// and no longer than a receive slot, goes to the AF_XDP socket of the queue it arrived on, anything else to the kernel.
-fn program(map: RawFd, port: u16, addr: Option<Ipv4Addr>) -> Vec<Insn> {
-    // Jumps to `pass` are written with offset 0 and aimed below.
+/// Which queries of one address family the program takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take<A> {
+    /// None: they go to the kernel.
+    No,
+    /// Those to any address of the interface.
+    Any,
+    /// Those to this address only.
+    Only(A),
+}
+
+/// What the program takes: UDP to one port, by family.
+#[derive(Debug, Clone, Copy)]
+pub struct Listen {
+    /// The listen port.
+    pub port: u16,
+    /// IPv4 queries.
+    pub v4: Take<Ipv4Addr>,
+    /// IPv6 queries.
+    pub v6: Take<Ipv6Addr>,
+}
+
+/// The XDP program: UDP to the listen port (and address, when one is given) over IPv4 without
+/// options or fragments, or IPv6 without extension headers, and no longer than a receive slot,
+/// goes to the AF_XDP socket of the queue it arrived on; anything else to the kernel.
+fn program(map: RawFd, l: &Listen) -> Vec<Insn> {
+    const JA: u8 = 0x05;
+    const JEQ_K: u8 = 0x15;
     const JGT_X: u8 = 0x2d;
     const JNE_K: u8 = 0x55;
-    // A 32-bit compare: a 64-bit one sign-extends the constant, and an address whose last
-    // octet is 128 or more would never match.
+    // A 32-bit compare: a 64-bit one sign-extends the constant, and an address word whose top
+    // bit is set (192.168.1.200's last octet) would never match.
     const JNE32_K: u8 = 0x56;
-    let mut p = vec![
-        insn(0x61, 2, 1, 0, 0),              // r2 = ctx->data
-        insn(0x61, 3, 1, 4, 0),              // r3 = ctx->data_end
-        insn(0xbf, 4, 2, 0, 0),              // r4 = r2
-        insn(0x07, 4, 0, 0, HEADERS as i32), // r4 += headers
-        insn(JGT_X, 4, 3, 0, 0),             // headers past the end: pass
-        insn(0xbf, 4, 2, 0, 0),              // r4 = r2
-        insn(0x07, 4, 0, 0, RX_SLOT as i32), // r4 += receive slot
-        insn(JGT_X, 3, 4, 0, 0),             // longer than a slot: pass
-        insn(0x69, 5, 2, 12, 0),             // r5 = ethertype
-        insn(JNE_K, 5, 0, 0, be16(0x0800)),
-        insn(0x71, 5, 2, 14, 0), // r5 = version and header length
-        insn(JNE_K, 5, 0, 0, 0x45),
-        insn(0x71, 5, 2, 23, 0), // r5 = protocol
-        insn(JNE_K, 5, 0, 0, 17),
-        insn(0x69, 5, 2, 20, 0),           // r5 = fragment flags and offset
-        insn(0x57, 5, 0, 0, be16(0x3fff)), // r5 &= more-fragments | offset
-        insn(JNE_K, 5, 0, 0, 0),
-        insn(0x69, 5, 2, 36, 0), // r5 = UDP destination port
-        insn(JNE_K, 5, 0, 0, be16(port)),
-    ];
-    if let Some(a) = addr {
-        p.push(insn(0x61, 5, 2, 30, 0)); // r5 = IPv4 destination
-        p.push(insn(JNE32_K, 5, 0, 0, i32::from_ne_bytes(a.octets())));
+    /// Jump targets, aimed once the program is laid out.
+    #[derive(Clone, Copy, PartialEq)]
+    enum To {
+        V4,
+        Redirect,
+        Pass,
     }
-    p.extend([
-        insn(0x61, 2, 1, 16, 0),  // r2 = ctx->rx_queue_index
-        insn(0x18, 1, 1, 0, map), // r1 = the socket map (64-bit load, pseudo map fd)
-        insn(0, 0, 0, 0, 0),
-        insn(0xb7, 3, 0, 0, XDP_PASS), // no socket on this queue: pass
-        insn(0x85, 0, 0, 0, 51),       // bpf_redirect_map
-        insn(0x95, 0, 0, 0, 0),        // exit
-        insn(0xb7, 0, 0, 0, XDP_PASS), // pass:
-        insn(0x95, 0, 0, 0, 0),
-    ]);
-    let pass = p.len() as i16 - 2;
-    for (n, i) in p.iter_mut().enumerate() {
-        if matches!(i.code, JGT_X | JNE_K | JNE32_K) {
-            i.off = pass - n as i16 - 1;
+    type Code = Vec<(Insn, Option<To>)>;
+    let op = |p: &mut Code, i: Insn| p.push((i, None));
+    let jump = |p: &mut Code, code: u8, dst: u8, src: u8, imm: i32, to: To| {
+        p.push((insn(code, dst, src, 0, imm), Some(to)));
+    };
+    let mut p = Code::new();
+    let mut at: Vec<(To, usize)> = Vec::new();
+    op(&mut p, insn(0x61, 2, 1, 0, 0)); // r2 = ctx->data
+    op(&mut p, insn(0x61, 3, 1, 4, 0)); // r3 = ctx->data_end
+                                        // Shorter than IPv4 and UDP headers, or longer than a slot: pass.
+    op(&mut p, insn(0xbf, 4, 2, 0, 0)); // r4 = r2
+    op(&mut p, insn(0x07, 4, 0, 0, HEADERS as i32));
+    jump(&mut p, JGT_X, 4, 3, 0, To::Pass);
+    op(&mut p, insn(0xbf, 4, 2, 0, 0));
+    op(&mut p, insn(0x07, 4, 0, 0, RX_SLOT as i32));
+    jump(&mut p, JGT_X, 3, 4, 0, To::Pass);
+    op(&mut p, insn(0x69, 5, 2, 12, 0)); // r5 = ethertype
+    if l.v4 != Take::No {
+        jump(&mut p, JEQ_K, 5, 0, be16(0x0800), To::V4);
+    }
+    if l.v6 != Take::No {
+        jump(&mut p, JNE_K, 5, 0, be16(0x86dd), To::Pass);
+        op(&mut p, insn(0xbf, 4, 2, 0, 0));
+        op(&mut p, insn(0x07, 4, 0, 0, HEADERS6 as i32));
+        jump(&mut p, JGT_X, 4, 3, 0, To::Pass);
+        op(&mut p, insn(0x71, 5, 2, 20, 0)); // r5 = next header
+        jump(&mut p, JNE_K, 5, 0, 17, To::Pass);
+        op(&mut p, insn(0x69, 5, 2, 56, 0)); // r5 = UDP destination port
+        jump(&mut p, JNE_K, 5, 0, be16(l.port), To::Pass);
+        if let Take::Only(a) = l.v6 {
+            for (n, word) in a.octets().chunks_exact(4).enumerate() {
+                op(&mut p, insn(0x61, 5, 2, 38 + 4 * n as i16, 0)); // r5 = destination word
+                let word = i32::from_ne_bytes([word[0], word[1], word[2], word[3]]);
+                jump(&mut p, JNE32_K, 5, 0, word, To::Pass);
+            }
+        }
+        jump(&mut p, JA, 0, 0, 0, To::Redirect);
+    } else {
+        jump(&mut p, JA, 0, 0, 0, To::Pass);
+    }
+    if l.v4 != Take::No {
+        at.push((To::V4, p.len()));
+        op(&mut p, insn(0x71, 5, 2, 14, 0)); // r5 = version and header length
+        jump(&mut p, JNE_K, 5, 0, 0x45, To::Pass);
+        op(&mut p, insn(0x71, 5, 2, 23, 0)); // r5 = protocol
+        jump(&mut p, JNE_K, 5, 0, 17, To::Pass);
+        op(&mut p, insn(0x69, 5, 2, 20, 0)); // r5 = fragment flags and offset
+        op(&mut p, insn(0x57, 5, 0, 0, be16(0x3fff))); // r5 &= more-fragments | offset
+        jump(&mut p, JNE_K, 5, 0, 0, To::Pass);
+        op(&mut p, insn(0x69, 5, 2, 36, 0)); // r5 = UDP destination port
+        jump(&mut p, JNE_K, 5, 0, be16(l.port), To::Pass);
+        if let Take::Only(a) = l.v4 {
+            op(&mut p, insn(0x61, 5, 2, 30, 0)); // r5 = IPv4 destination
+            jump(
+                &mut p,
+                JNE32_K,
+                5,
+                0,
+                i32::from_ne_bytes(a.octets()),
+                To::Pass,
+            );
         }
     }
-    p
+    at.push((To::Redirect, p.len()));
+    op(&mut p, insn(0x61, 2, 1, 16, 0)); // r2 = ctx->rx_queue_index
+    op(&mut p, insn(0x18, 1, 1, 0, map)); // r1 = the socket map (64-bit load, pseudo map fd)
+    op(&mut p, insn(0, 0, 0, 0, 0));
+    op(&mut p, insn(0xb7, 3, 0, 0, XDP_PASS)); // no socket on this queue: pass
+    op(&mut p, insn(0x85, 0, 0, 0, 51)); // bpf_redirect_map
+    op(&mut p, insn(0x95, 0, 0, 0, 0)); // exit
+    at.push((To::Pass, p.len()));
+    op(&mut p, insn(0xb7, 0, 0, 0, XDP_PASS));
+    op(&mut p, insn(0x95, 0, 0, 0, 0));
+    p.iter()
+        .enumerate()
+        .map(|(n, &(mut i, to))| {
+            if let Some(to) = to {
+                let (_, target) = at
+                    .iter()
+                    .find(|(t, _)| *t == to)
+                    .expect("every target is laid out");
+                i.off = (*target as isize - n as isize - 1) as i16;
+            }
+            i
+        })
+        .collect()
 }
 
 /// Whether replies sent on `interface` reach their sockets. A reply the fast path sends on
@@ -246,8 +323,8 @@ pub struct FastPath {
     _map: OwnedFd,
 }
 
-/// Attaches the fast path for UDP `port` (and `addr`, when not unspecified) on `interface`.
-pub fn attach(interface: &str, port: u16, addr: Ipv4Addr) -> Result<FastPath, XdpError> {
+/// Attaches the fast path on `interface` for the queries `listen` says.
+pub fn attach(interface: &str, listen: &Listen) -> Result<FastPath, XdpError> {
     let name =
         std::ffi::CString::new(interface).map_err(|_| XdpError::NoInterface(interface.into()))?;
     // SAFETY: `name` is a NUL-terminated string.
@@ -271,8 +348,7 @@ pub fn attach(interface: &str, port: u16, addr: Ipv4Addr) -> Result<FastPath, Xd
     a.0[..4].copy_from_slice(&[BPF_MAP_TYPE_XSKMAP, 4, 4, queues as u32]);
     let map = bpf(BPF_MAP_CREATE, &mut a, "cannot create the XDP socket map")?;
 
-    let specific = (!addr.is_unspecified()).then_some(addr);
-    let insns = program(map.as_raw_fd(), port, specific);
+    let insns = program(map.as_raw_fd(), listen);
     let license = c"GPL";
     let mut log = vec![0u8; 4096];
     let mut a = Attr::default();
@@ -411,6 +487,8 @@ impl<T> Drop for Ring<T> {
 /// An AF_XDP socket bound to one receive queue, with its frames and rings.
 pub struct Xsk {
     fd: OwnedFd,
+    /// The interface: the scope of link-local IPv6 sources.
+    ifindex: u32,
     umem: NonNull<u8>,
     rx: Ring<libc::xdp_desc>,
     tx: Ring<libc::xdp_desc>,
@@ -521,6 +599,7 @@ impl Xsk {
         };
         let mut s = Xsk {
             fd,
+            ifindex,
             umem,
             rx,
             tx,
@@ -575,7 +654,7 @@ impl Xsk {
             .store(self.done_next, Ordering::Release);
     }
 
-    /// Hands each waiting IPv4 UDP query (its DNS message and source) to `answer`, which
+    /// Hands each waiting UDP query (its DNS message and source) to `answer`, which
     /// writes a reply into its buffer and returns true to send it. Returns the packets taken;
     /// replies that did not fit a frame are returned in `spill` to be sent another way.
     pub fn serve_batch(
@@ -595,9 +674,9 @@ impl Xsk {
             let len = (d.len as usize).min(RX_SLOT);
             // SAFETY: the kernel filled `len` bytes of this frame and handed it to us.
             let packet = unsafe { std::slice::from_raw_parts(self.frame(frame + start), len) };
-            if let Some((src, dns)) = parse(packet) {
+            if let Some((src, dns)) = parse(packet, self.ifindex) {
                 reply.clear();
-                if answer(dns, SocketAddr::V4(src), reply) {
+                if answer(dns, src, reply) {
                     self.send_reply(packet, reply, src, spill);
                 }
             }
@@ -618,15 +697,16 @@ impl Xsk {
         &mut self,
         query: &[u8],
         dns: &[u8],
-        src: SocketAddrV4,
+        src: SocketAddr,
         spill: &mut Vec<(Vec<u8>, SocketAddr)>,
     ) {
-        let len = HEADERS + dns.len();
+        let headers = if src.is_ipv4() { HEADERS } else { HEADERS6 };
+        let len = headers + dns.len();
         let frame = match self.free.pop() {
             Some(f) if len <= TX_SLOT => f,
             other => {
                 self.free.extend(other);
-                spill.push((dns.to_vec(), SocketAddr::V4(src)));
+                spill.push((dns.to_vec(), src));
                 return;
             }
         };
@@ -680,9 +760,18 @@ impl Drop for Xsk {
     }
 }
 
-/// The source and DNS message of an IPv4 UDP packet the program let through.
-fn parse(p: &[u8]) -> Option<(SocketAddrV4, &[u8])> {
-    if p.len() < HEADERS || p[12..14] != [0x08, 0x00] || p[14] != 0x45 || p[23] != 17 {
+/// The source and DNS message of a UDP packet the program let through; a link-local IPv6
+/// source is scoped to `ifindex`, so a reply sent another way finds it.
+fn parse(p: &[u8], ifindex: u32) -> Option<(SocketAddr, &[u8])> {
+    match p.get(12..14)? {
+        [0x08, 0x00] => parse4(p).map(|(a, dns)| (SocketAddr::V4(a), dns)),
+        [0x86, 0xdd] => parse6(p, ifindex).map(|(a, dns)| (SocketAddr::V6(a), dns)),
+        _ => None,
+    }
+}
+
+fn parse4(p: &[u8]) -> Option<(SocketAddrV4, &[u8])> {
+    if p.len() < HEADERS || p[14] != 0x45 || p[23] != 17 {
         return None;
     }
     let ip_len = usize::from(u16::from_be_bytes([p[16], p[17]]));
@@ -695,31 +784,61 @@ fn parse(p: &[u8]) -> Option<(SocketAddrV4, &[u8])> {
     Some((SocketAddrV4::new(src, port), &p[HEADERS..34 + udp_len]))
 }
 
+fn parse6(p: &[u8], ifindex: u32) -> Option<(SocketAddrV6, &[u8])> {
+    if p.len() < HEADERS6 || p[14] >> 4 != 6 || p[20] != 17 {
+        return None;
+    }
+    let payload = usize::from(u16::from_be_bytes([p[18], p[19]]));
+    let udp_len = usize::from(u16::from_be_bytes([p[58], p[59]]));
+    if 54 + payload > p.len() || udp_len < 8 || udp_len > payload {
+        return None;
+    }
+    let src: [u8; 16] = p[22..38].try_into().ok()?;
+    let src = Ipv6Addr::from(src);
+    let port = u16::from_be_bytes([p[54], p[55]]);
+    let scope = if src.is_unicast_link_local() {
+        ifindex
+    } else {
+        0
+    };
+    let dns = &p[HEADERS6..54 + udp_len];
+    Some((SocketAddrV6::new(src, port, 0, scope), dns))
+}
+
 /// Writes the reply frame for `query`: addresses and ports swapped, then `dns`.
 fn write_reply(query: &[u8], dns: &[u8], out: &mut [u8]) {
     out[0..6].copy_from_slice(&query[6..12]);
     out[6..12].copy_from_slice(&query[0..6]);
-    out[12..14].copy_from_slice(&[0x08, 0x00]);
-    let ip_len = (20 + 8 + dns.len()) as u16;
-    out[14..26].copy_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0]);
-    out[16..18].copy_from_slice(&ip_len.to_be_bytes());
-    out[26..30].copy_from_slice(&query[30..34]);
-    out[30..34].copy_from_slice(&query[26..30]);
-    let ip_sum = checksum(0, &out[14..34]);
-    out[24..26].copy_from_slice(&ip_sum.to_be_bytes());
-    out[34..36].copy_from_slice(&query[36..38]);
-    out[36..38].copy_from_slice(&query[34..36]);
-    out[38..40].copy_from_slice(&(8 + dns.len() as u16).to_be_bytes());
-    out[40..42].copy_from_slice(&[0, 0]);
-    out[HEADERS..].copy_from_slice(dns);
-    // Pseudo-header: addresses, protocol, UDP length; then the header and message.
-    let mut sum = sum16(0, &out[26..34]) + 17 + u32::from(8 + dns.len() as u16);
-    sum = sum16(sum, &out[34..]);
+    out[12..14].copy_from_slice(&query[12..14]);
+    let udp_len = 8 + dns.len() as u16;
+    // The IP header; then where UDP starts, and the pseudo-header's sum (addresses, protocol,
+    // UDP length).
+    let (udp, pseudo) = if query[12..14] == [0x08, 0x00] {
+        out[14..26].copy_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+        out[16..18].copy_from_slice(&(20 + udp_len).to_be_bytes());
+        out[26..30].copy_from_slice(&query[30..34]);
+        out[30..34].copy_from_slice(&query[26..30]);
+        let ip_sum = checksum(0, &out[14..34]);
+        out[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+        (34, sum16(0, &out[26..34]))
+    } else {
+        out[14..22].copy_from_slice(&[0x60, 0, 0, 0, 0, 0, 17, 64]);
+        out[18..20].copy_from_slice(&udp_len.to_be_bytes());
+        out[22..38].copy_from_slice(&query[38..54]);
+        out[38..54].copy_from_slice(&query[22..38]);
+        (54, sum16(0, &out[22..54]))
+    };
+    out[udp..udp + 2].copy_from_slice(&query[udp + 2..udp + 4]);
+    out[udp + 2..udp + 4].copy_from_slice(&query[udp..udp + 2]);
+    out[udp + 4..udp + 6].copy_from_slice(&udp_len.to_be_bytes());
+    out[udp + 6..udp + 8].copy_from_slice(&[0, 0]);
+    out[udp + 8..].copy_from_slice(dns);
+    let sum = sum16(pseudo + 17 + u32::from(udp_len), &out[udp..]);
     let udp_sum = match fold(sum) {
         0xffff => 0xffff,
         s => !s,
     };
-    out[40..42].copy_from_slice(&udp_sum.to_be_bytes());
+    out[udp + 6..udp + 8].copy_from_slice(&udp_sum.to_be_bytes());
 }
 
 fn sum16(mut sum: u32, bytes: &[u8]) -> u32 {
@@ -770,7 +889,7 @@ mod tests {
     #[test]
     fn a_reply_goes_back_to_the_sender_with_valid_checksums() {
         let q = query_frame(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00");
-        let (src, dns) = parse(&q).unwrap();
+        let (src, dns) = parse(&q, 1).unwrap();
         assert_eq!(src, "192.168.1.20:40000".parse().unwrap());
         assert_eq!(dns.len(), 12);
         let answer = b"\x12\x34\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\x07";
@@ -791,16 +910,79 @@ mod tests {
     fn packets_the_program_should_not_have_sent_are_left_alone() {
         let mut fragment = query_frame(&[0; 12]);
         fragment[14] = 0x46;
-        assert!(parse(&fragment).is_none(), "IP options");
+        assert!(parse(&fragment, 1).is_none(), "IP options");
         let mut short = query_frame(&[0; 12]);
         short[16..18].copy_from_slice(&200u16.to_be_bytes());
-        assert!(parse(&short).is_none(), "length past the frame");
+        assert!(parse(&short, 1).is_none(), "length past the frame");
         let mut padded = query_frame(&[7; 12]);
         padded.extend([0; 6]);
         assert_eq!(
-            parse(&padded).unwrap().1,
+            parse(&padded, 1).unwrap().1,
             &[7; 12],
             "Ethernet padding is not DNS"
         );
+    }
+
+    fn query_frame6(src: Ipv6Addr, dns: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; HEADERS6 + dns.len()];
+        f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        f[14] = 0x60;
+        f[18..20].copy_from_slice(&((8 + dns.len()) as u16).to_be_bytes());
+        f[20] = 17;
+        f[21] = 64;
+        f[22..38].copy_from_slice(&src.octets());
+        f[38..54].copy_from_slice(&"2001:db8::53".parse::<Ipv6Addr>().unwrap().octets());
+        f[54..56].copy_from_slice(&40000u16.to_be_bytes());
+        f[56..58].copy_from_slice(&53u16.to_be_bytes());
+        f[58..60].copy_from_slice(&((8 + dns.len()) as u16).to_be_bytes());
+        f[HEADERS6..].copy_from_slice(dns);
+        f
+    }
+
+    #[test]
+    fn an_ipv6_reply_goes_back_to_the_sender_with_a_valid_checksum() {
+        let device: Ipv6Addr = "2001:db8::20".parse().unwrap();
+        let q = query_frame6(device, b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00");
+        let (src, dns) = parse(&q, 3).unwrap();
+        assert_eq!(src, "[2001:db8::20]:40000".parse().unwrap());
+        assert_eq!(dns.len(), 12);
+        let answer = b"\x12\x34\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\x07";
+        let mut out = vec![0u8; HEADERS6 + answer.len()];
+        write_reply(&q, answer, &mut out);
+        assert_eq!(&out[0..6], &q[6..12], "to the sender's MAC");
+        assert_eq!(&out[12..14], &[0x86, 0xdd]);
+        assert_eq!(out[14] >> 4, 6);
+        assert_eq!(&out[22..38], &q[38..54], "from the address it was sent to");
+        assert_eq!(&out[38..54], &device.octets(), "to the sender");
+        assert_eq!(&out[54..56], &53u16.to_be_bytes(), "from port 53");
+        assert_eq!(&out[56..58], &40000u16.to_be_bytes(), "to its port");
+        let udp_len = u32::from(u16::from_be_bytes([out[58], out[59]]));
+        assert_eq!(udp_len as usize, 8 + answer.len());
+        assert_eq!(
+            &out[18..20],
+            &(udp_len as u16).to_be_bytes(),
+            "payload length"
+        );
+        let pseudo = sum16(0, &out[22..54]) + 17 + udp_len;
+        assert_eq!(checksum(pseudo, &out[54..]), 0, "UDP checksum");
+        assert_ne!(&out[60..62], &[0, 0], "IPv6 requires the checksum");
+        assert_eq!(&out[HEADERS6..], answer);
+    }
+
+    #[test]
+    fn a_link_local_sender_is_scoped_to_the_interface() {
+        let q = query_frame6("fe80::1".parse().unwrap(), &[0; 12]);
+        match parse(&q, 7).unwrap().0 {
+            SocketAddr::V6(a) => assert_eq!(a.scope_id(), 7),
+            other => panic!("{other}"),
+        }
+        let mut extension = query_frame6("2001:db8::20".parse().unwrap(), &[0; 12]);
+        extension[20] = 0; // hop-by-hop options
+        assert!(parse(&extension, 7).is_none(), "extension headers");
+        let mut long = query_frame6("2001:db8::20".parse().unwrap(), &[0; 12]);
+        long[18..20].copy_from_slice(&500u16.to_be_bytes());
+        assert!(parse(&long, 7).is_none(), "length past the frame");
     }
 }

@@ -57,10 +57,14 @@ impl Loopback {
 }
 
 /// Starts `setup` with the fast path on loopback, on an address whose last octet is over 127,
-/// which the program must still recognise. Says whether it attached: only a machine that
-/// forbids it may fall back, and then the sockets must answer.
+/// which the program must still recognise.
 fn start_fast(setup: &Setup, upstream: std::net::SocketAddr) -> (Server, bool) {
-    let server = setup.start_on("127.0.0.200:0", upstream);
+    attached(setup.start_on("127.0.0.200:0", upstream))
+}
+
+/// Says whether the fast path attached: only a machine that forbids it may fall back, and then
+/// the sockets must answer.
+fn attached(server: Server) -> (Server, bool) {
     server.expect_log("ready");
     let log = server.log();
     let attached = log.contains("XDP fast path on lo");
@@ -191,5 +195,57 @@ fn the_fast_path_refuses_outsiders_and_limits_a_flood_as_the_sockets_do() {
         taken,
         if attached { 42.0 } else { 0.0 },
         "all by the fast path"
+    );
+}
+
+#[test]
+fn the_fast_path_takes_ipv6_queries_too() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback here; skipping");
+        return;
+    }
+    let _lo = Loopback::routed();
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new().server("xdp = \"lo\"");
+    // One port for both families: the program matches one.
+    let port = {
+        let v4 = std::net::UdpSocket::bind("127.0.0.200:0").unwrap();
+        let port = v4.local_addr().unwrap().port();
+        std::net::UdpSocket::bind(("::1", port)).unwrap();
+        port
+    };
+    let v4: std::net::SocketAddr = format!("127.0.0.200:{port}").parse().unwrap();
+    let v6: std::net::SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let (server, attached) = attached(Server::start_on(
+        &setup.config(),
+        &v4.to_string(),
+        &[
+            "--listen",
+            &v6.to_string(),
+            "--upstream",
+            &up.addr.to_string(),
+        ],
+    ));
+    let ask = |name: &str, to| Ask::new(name, RecordType::A).send(to).unwrap();
+    assert_eq!(addresses(&ask("www.tiktok.com", v6)), ["0.0.0.0"]);
+    assert_eq!(addresses(&ask("www.example.org", v6)), ["192.0.2.11"]);
+    assert_eq!(addresses(&ask("WWW.example.org", v6)), ["192.0.2.11"]);
+    assert_eq!(up.queries(), 1, "the second from the cache");
+    assert_eq!(addresses(&ask("www.example.org", v4)), ["192.0.2.11"]);
+    // Too long for a receive frame over IPv6: the kernel's path, answered the same.
+    let long = format!(
+        "{}.{}.{}.pornhub.com",
+        "a".repeat(60),
+        "b".repeat(60),
+        "c".repeat(40)
+    );
+    assert_eq!(addresses(&ask(&long, v6)), ["0.0.0.0"]);
+
+    let (_, metrics) = http_get(server.admin.unwrap(), "/metrics");
+    let taken = sample(&metrics, "schoolgate_xdp_packets_total");
+    assert_eq!(
+        taken,
+        if attached { 4.0 } else { 0.0 },
+        "all but the long one"
     );
 }
