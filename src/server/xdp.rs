@@ -100,6 +100,8 @@ const RX_BASE: usize = TX_RING as usize * TX_SLOT;
 const ADDR_BITS: u32 = 48;
 /// Packets taken off the receive ring per pass.
 pub const BATCH: u32 = 64;
+/// How long a busy queue is waited for at start-up (see [`Xsk::bind`]).
+const QUEUE_RELEASE: std::time::Duration = std::time::Duration::from_secs(2);
 
 // bpf(2) commands and types used here (linux/bpf.h).
 const BPF_MAP_CREATE: libc::c_long = 0;
@@ -625,16 +627,29 @@ impl Xsk {
         sa.sxdp_ifindex = ifindex;
         sa.sxdp_queue_id = queue;
         sa.sxdp_flags = libc::XDP_COPY | libc::XDP_USE_NEED_WAKEUP;
-        // SAFETY: `sa` is a sockaddr_xdp of the length given.
-        let r = unsafe {
-            libc::bind(
-                raw,
-                (&sa as *const libc::sockaddr_xdp).cast(),
-                size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-            )
-        };
-        check(r.into(), "cannot bind the AF_XDP socket to the interface")?;
-        Ok(s)
+        // The kernel lets go of a queue some milliseconds after the socket that held it closes:
+        // a restarted server would otherwise find its own predecessor's queue busy.
+        let deadline = std::time::Instant::now() + QUEUE_RELEASE;
+        loop {
+            // SAFETY: `sa` is a sockaddr_xdp of the length given.
+            let r = unsafe {
+                libc::bind(
+                    raw,
+                    (&sa as *const libc::sockaddr_xdp).cast(),
+                    size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+                )
+            };
+            match check(r.into(), "cannot bind the AF_XDP socket to the interface") {
+                Ok(_) => return Ok(s),
+                Err(XdpError::Sys { source, .. })
+                    if source.raw_os_error() == Some(libc::EBUSY)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn frame(&self, addr: u64) -> *mut u8 {
