@@ -720,7 +720,7 @@ pub struct Config {
     pub upstreams: Vec<SocketAddr>,
     /// Zones forwarded to the school's own DNS servers instead.
     pub forwards: Vec<Forward>,
-    /// Interface whose IPv4 UDP queries take the AF_XDP fast path, if any.
+    /// Interface whose UDP queries take the AF_XDP fast path, if any.
     pub xdp: Option<String>,
     /// Networks whose queries are answered; everyone else gets REFUSED.
     pub client_networks: Vec<IpNet>,

@@ -81,7 +81,7 @@ def main():
       "answers divided by the server's own CPU time (utime+stime from /proc) during the run.")
     if "schoolgate-xdp" in servers:
         attached = get("schoolgate-xdp", "fastpath")
-        w("- `schoolgate-xdp` is the same build and config with `xdp = \"lo\"`: IPv4 UDP queries "
+        w("- `schoolgate-xdp` is the same build and config with `xdp = \"lo\"`: UDP queries "
           "taken by the AF_XDP fast path in generic mode "
           + ("(attached for the run)." if attached else "(**it did not attach**: it answered through its sockets)."))
     w("")

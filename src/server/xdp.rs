@@ -1,5 +1,5 @@
-//! The AF_XDP fast path: IPv4 UDP queries taken from the network card before the kernel's IP
-//! and UDP layers, and answers handed straight back to it.
+//! The AF_XDP fast path: UDP queries taken from the network card before the kernel's IP and
+//! UDP layers, and answers handed straight back to it.
 //!
 //! Most of the CPU an answer costs is the kernel's socket path, not the decision: receiving,
 //! routing and building each reply took about 3.5 of 4.3 us per answer on the load benchmark.
@@ -7,9 +7,9 @@
 //! socket, one per receive queue; replies are written into shared frames and sent with one
 //! system call per batch. Knot DNS does the same.
 //!
-//! Only plain IPv4 UDP to the listen port is taken (no IP options, no fragments, addressed to
-//! the listen address when there is one); IPv6, TCP and everything else reach the sockets as
-//! before, as do answers a frame cannot hold. Closing the program's link (the server exiting,
+//! Only plain UDP to the listen port is taken (IPv4 without options or fragments, IPv6 without
+//! extension headers, addressed to the listen address when there is one); TCP and everything
+//! else reach the sockets as before, as do answers a frame cannot hold. Closing the program's link (the server exiting,
 //! or crashing) gives the traffic back to the kernel. Needs CAP_NET_ADMIN, CAP_BPF and
 //! CAP_NET_RAW; without them the server says why and serves through its sockets.
 
