@@ -10,7 +10,7 @@ use hickory_proto::rr::RecordType;
 use crate::fixture::{Fixture, Zone};
 use crate::harness::{addresses, dig, ede_text, Ask, Server, Setup};
 use crate::logs::{today_file, wait_for_records};
-use crate::ops::{http_get, sample};
+use crate::ops::{flood, http_get, sample};
 
 /// A sysctl set for one test and put back afterwards, pass or fail.
 struct Sysctl {
@@ -171,16 +171,7 @@ fn the_fast_path_refuses_outsiders_and_limits_a_flood_as_the_sockets_do() {
     assert!(outsider.answers.is_empty());
     assert_eq!(up.queries(), 0, "an outsider's query went nowhere");
 
-    let quick = Duration::from_millis(300);
-    let answered = (0..40)
-        .filter(|_| {
-            Ask::new("pornhub.com", RecordType::A)
-                .from("127.0.0.4")
-                .timeout(quick)
-                .send(server.addr)
-                .is_some()
-        })
-        .count();
+    let answered = flood(server.addr, "127.0.0.4", 40);
     assert!(answered < 30, "flood not limited: {answered}/40 answered");
     let other = Ask::new("pornhub.com", RecordType::A)
         .from("127.0.0.5")

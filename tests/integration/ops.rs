@@ -81,21 +81,26 @@ fn metrics_move_with_queries_and_health_reports_lists() {
     assert_eq!(v["log"]["last_error"], serde_json::Value::Null);
 }
 
+/// Asks `server` for a blocked name `n` times in a row from the device at `from`, giving each
+/// query 300 ms; returns how many were answered.
+pub fn flood(server: SocketAddr, from: &str, n: usize) -> usize {
+    (0..n)
+        .filter(|_| {
+            Ask::new("pornhub.com", RecordType::A)
+                .from(from)
+                .timeout(Duration::from_millis(300))
+                .send(server)
+                .is_some()
+        })
+        .count()
+}
+
 #[test]
 fn a_flooding_client_is_limited_while_others_are_served() {
     let up = Fixture::start(Zone::standard());
     let setup = Setup::new().server("rate_limit_qps = 5\nrate_limit_burst = 10");
     let server = setup.start(up.addr);
-    let quick = Duration::from_millis(300);
-    let answered = (0..40)
-        .filter(|_| {
-            Ask::new("pornhub.com", RecordType::A)
-                .from("127.0.0.4")
-                .timeout(quick)
-                .send(server.addr)
-                .is_some()
-        })
-        .count();
+    let answered = flood(server.addr, "127.0.0.4", 40);
     assert!(answered < 30, "flood not limited: {answered}/40 answered");
     let other = Ask::new("pornhub.com", RecordType::A)
         .from("127.0.0.5")
