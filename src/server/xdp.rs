@@ -222,7 +222,8 @@ fn program(map: RawFd, l: &Listen) -> Vec<Insn> {
     let mut at: Vec<(To, usize)> = Vec::new();
     op(&mut p, insn(0x61, 2, 1, 0, 0)); // r2 = ctx->data
     op(&mut p, insn(0x61, 3, 1, 4, 0)); // r3 = ctx->data_end
-                                        // Shorter than IPv4 and UDP headers, or longer than a slot: pass.
+
+    // Shorter than IPv4 and UDP headers, or longer than a slot: pass.
     op(&mut p, insn(0xbf, 4, 2, 0, 0)); // r4 = r2
     op(&mut p, insn(0x07, 4, 0, 0, HEADERS as i32));
     jump(&mut p, JGT_X, 4, 3, 0, To::Pass);
