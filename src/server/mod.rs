@@ -210,14 +210,14 @@ pub async fn serve(
     // Held until the tasks are done: dropping it gives the traffic back to the kernel.
     let mut fast = listeners.xdp;
     if let Some(fast) = fast.as_mut() {
-        let family = |v4: bool| {
+        let socket_of = |v4: bool| {
             (listeners.udp.iter())
                 .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == v4))
                 .cloned()
         };
         let socks = ReplySockets {
-            v4: family(true),
-            v6: family(false),
+            v4: socket_of(true),
+            v6: socket_of(false),
         };
         for xsk in std::mem::take(&mut fast.sockets) {
             tasks.spawn(xdp_loop(

@@ -9,9 +9,10 @@
 //!
 //! Only plain UDP to the listen port is taken (IPv4 without options or fragments, IPv6 without
 //! extension headers, addressed to the listen address when there is one); TCP and everything
-//! else reach the sockets as before, as do answers a frame cannot hold. Closing the program's link (the server exiting,
-//! or crashing) gives the traffic back to the kernel. Needs CAP_NET_ADMIN, CAP_BPF and
-//! CAP_NET_RAW; without them the server says why and serves through its sockets.
+//! else reach the sockets as before, as do answers a frame cannot hold. Closing the program's
+//! link (the server exiting, or crashing) gives the traffic back to the kernel. Needs
+//! CAP_NET_ADMIN, CAP_BPF and CAP_NET_RAW; without them the server says why and serves through
+//! its sockets.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -206,6 +207,10 @@ fn program(map: RawFd, l: &Listen) -> Vec<Insn> {
     // A 32-bit compare: a 64-bit one sign-extends the constant, and an address word whose top
     // bit is set (192.168.1.200's last octet) would never match.
     const JNE32_K: u8 = 0x56;
+    // Loads of a byte, a half word and a word.
+    const B: u8 = 0x71;
+    const H: u8 = 0x69;
+    const W: u8 = 0x61;
     /// Jump targets, aimed once the program is laid out.
     #[derive(Clone, Copy, PartialEq)]
     enum To {
@@ -218,10 +223,23 @@ fn program(map: RawFd, l: &Listen) -> Vec<Insn> {
     let jump = |p: &mut Code, code: u8, dst: u8, src: u8, imm: i32, to: To| {
         p.push((insn(code, dst, src, 0, imm), Some(to)));
     };
+    // Loads the field at `offset` into r5 (`load`: its size), and passes unless it is `is`.
+    let expect = |p: &mut Code, load: u8, offset: i16, is: i32| {
+        op(p, insn(load, 5, 2, offset, 0));
+        jump(p, JNE_K, 5, 0, is, To::Pass);
+    };
+    // The destination address, four bytes at a time from `offset`.
+    let address = |p: &mut Code, offset: i16, octets: &[u8]| {
+        for (n, word) in octets.chunks_exact(4).enumerate() {
+            op(p, insn(W, 5, 2, offset + 4 * n as i16, 0));
+            let word = i32::from_ne_bytes([word[0], word[1], word[2], word[3]]);
+            jump(p, JNE32_K, 5, 0, word, To::Pass);
+        }
+    };
     let mut p = Code::new();
     let mut at: Vec<(To, usize)> = Vec::new();
-    op(&mut p, insn(0x61, 2, 1, 0, 0)); // r2 = ctx->data
-    op(&mut p, insn(0x61, 3, 1, 4, 0)); // r3 = ctx->data_end
+    op(&mut p, insn(W, 2, 1, 0, 0)); // r2 = ctx->data
+    op(&mut p, insn(W, 3, 1, 4, 0)); // r3 = ctx->data_end
 
     // Shorter than IPv4 and UDP headers, or longer than a slot: pass.
     op(&mut p, insn(0xbf, 4, 2, 0, 0)); // r4 = r2
@@ -230,7 +248,7 @@ fn program(map: RawFd, l: &Listen) -> Vec<Insn> {
     op(&mut p, insn(0xbf, 4, 2, 0, 0));
     op(&mut p, insn(0x07, 4, 0, 0, RX_SLOT as i32));
     jump(&mut p, JGT_X, 3, 4, 0, To::Pass);
-    op(&mut p, insn(0x69, 5, 2, 12, 0)); // r5 = ethertype
+    op(&mut p, insn(H, 5, 2, 12, 0)); // r5 = ethertype
     if l.v4 != Take::No {
         jump(&mut p, JEQ_K, 5, 0, be16(0x0800), To::V4);
     }
@@ -239,16 +257,10 @@ fn program(map: RawFd, l: &Listen) -> Vec<Insn> {
         op(&mut p, insn(0xbf, 4, 2, 0, 0));
         op(&mut p, insn(0x07, 4, 0, 0, HEADERS6 as i32));
         jump(&mut p, JGT_X, 4, 3, 0, To::Pass);
-        op(&mut p, insn(0x71, 5, 2, 20, 0)); // r5 = next header
-        jump(&mut p, JNE_K, 5, 0, 17, To::Pass);
-        op(&mut p, insn(0x69, 5, 2, 56, 0)); // r5 = UDP destination port
-        jump(&mut p, JNE_K, 5, 0, be16(l.port), To::Pass);
+        expect(&mut p, B, 20, 17); // next header: UDP
+        expect(&mut p, H, 56, be16(l.port)); // UDP destination port
         if let Take::Only(a) = l.v6 {
-            for (n, word) in a.octets().chunks_exact(4).enumerate() {
-                op(&mut p, insn(0x61, 5, 2, 38 + 4 * n as i16, 0)); // r5 = destination word
-                let word = i32::from_ne_bytes([word[0], word[1], word[2], word[3]]);
-                jump(&mut p, JNE32_K, 5, 0, word, To::Pass);
-            }
+            address(&mut p, 38, &a.octets());
         }
         jump(&mut p, JA, 0, 0, 0, To::Redirect);
     } else {
@@ -256,29 +268,18 @@ fn program(map: RawFd, l: &Listen) -> Vec<Insn> {
     }
     if l.v4 != Take::No {
         at.push((To::V4, p.len()));
-        op(&mut p, insn(0x71, 5, 2, 14, 0)); // r5 = version and header length
-        jump(&mut p, JNE_K, 5, 0, 0x45, To::Pass);
-        op(&mut p, insn(0x71, 5, 2, 23, 0)); // r5 = protocol
-        jump(&mut p, JNE_K, 5, 0, 17, To::Pass);
-        op(&mut p, insn(0x69, 5, 2, 20, 0)); // r5 = fragment flags and offset
+        expect(&mut p, B, 14, 0x45); // version 4, no options
+        expect(&mut p, B, 23, 17); // protocol: UDP
+        op(&mut p, insn(H, 5, 2, 20, 0)); // r5 = fragment flags and offset
         op(&mut p, insn(0x57, 5, 0, 0, be16(0x3fff))); // r5 &= more-fragments | offset
         jump(&mut p, JNE_K, 5, 0, 0, To::Pass);
-        op(&mut p, insn(0x69, 5, 2, 36, 0)); // r5 = UDP destination port
-        jump(&mut p, JNE_K, 5, 0, be16(l.port), To::Pass);
+        expect(&mut p, H, 36, be16(l.port)); // UDP destination port
         if let Take::Only(a) = l.v4 {
-            op(&mut p, insn(0x61, 5, 2, 30, 0)); // r5 = IPv4 destination
-            jump(
-                &mut p,
-                JNE32_K,
-                5,
-                0,
-                i32::from_ne_bytes(a.octets()),
-                To::Pass,
-            );
+            address(&mut p, 30, &a.octets());
         }
     }
     at.push((To::Redirect, p.len()));
-    op(&mut p, insn(0x61, 2, 1, 16, 0)); // r2 = ctx->rx_queue_index
+    op(&mut p, insn(W, 2, 1, 16, 0)); // r2 = ctx->rx_queue_index
     op(&mut p, insn(0x18, 1, 1, 0, map)); // r1 = the socket map (64-bit load, pseudo map fd)
     op(&mut p, insn(0, 0, 0, 0, 0));
     op(&mut p, insn(0xb7, 3, 0, 0, XDP_PASS)); // no socket on this queue: pass
@@ -537,12 +538,11 @@ impl Xsk {
         let raw = check(raw.into(), "cannot open an AF_XDP socket")?;
         // SAFETY: a new descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
-        let len = UMEM;
         // SAFETY: a private anonymous mapping for the frames.
         let umem = unsafe {
             libc::mmap(
                 ptr::null_mut(),
-                len,
+                UMEM,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -556,7 +556,7 @@ impl Xsk {
         // SAFETY: all-zero is a valid xdp_umem_reg.
         let mut reg: libc::xdp_umem_reg = unsafe { zeroed() };
         reg.addr = umem.as_ptr() as u64;
-        reg.len = len as u64;
+        reg.len = UMEM as u64;
         reg.chunk_size = CHUNK as u32;
         reg.flags = libc::XDP_UMEM_UNALIGNED_CHUNK_FLAG;
         let raw = fd.as_raw_fd();
@@ -596,7 +596,7 @@ impl Xsk {
             Ok(r) => r,
             Err(e) => {
                 // SAFETY: unmaps the frames mapped above; the socket goes with `fd`.
-                unsafe { libc::munmap(umem.as_ptr().cast(), len) };
+                unsafe { libc::munmap(umem.as_ptr().cast(), UMEM) };
                 return Err(e);
             }
         };
@@ -884,11 +884,18 @@ fn checksum(start: u32, bytes: &[u8]) -> u16 {
 mod tests {
     use super::*;
 
-    fn query_frame(dns: &[u8]) -> Vec<u8> {
-        let mut f = vec![0u8; HEADERS + dns.len()];
+    /// A frame of `headers` then `dns`, with its Ethernet header filled in.
+    fn ethernet(ethertype: [u8; 2], headers: usize, dns: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; headers + dns.len()];
         f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
         f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
-        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[12..14].copy_from_slice(&ethertype);
+        f[headers..].copy_from_slice(dns);
+        f
+    }
+
+    fn query_frame(dns: &[u8]) -> Vec<u8> {
+        let mut f = ethernet([0x08, 0x00], HEADERS, dns);
         f[14] = 0x45;
         f[16..18].copy_from_slice(&((28 + dns.len()) as u16).to_be_bytes());
         f[22] = 64;
@@ -898,7 +905,6 @@ mod tests {
         f[34..36].copy_from_slice(&40000u16.to_be_bytes());
         f[36..38].copy_from_slice(&53u16.to_be_bytes());
         f[38..40].copy_from_slice(&((8 + dns.len()) as u16).to_be_bytes());
-        f[HEADERS..].copy_from_slice(dns);
         f
     }
 
@@ -940,10 +946,7 @@ mod tests {
     }
 
     fn query_frame6(src: Ipv6Addr, dns: &[u8]) -> Vec<u8> {
-        let mut f = vec![0u8; HEADERS6 + dns.len()];
-        f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
-        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
-        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        let mut f = ethernet([0x86, 0xdd], HEADERS6, dns);
         f[14] = 0x60;
         f[18..20].copy_from_slice(&((8 + dns.len()) as u16).to_be_bytes());
         f[20] = 17;
@@ -953,7 +956,6 @@ mod tests {
         f[54..56].copy_from_slice(&40000u16.to_be_bytes());
         f[56..58].copy_from_slice(&53u16.to_be_bytes());
         f[58..60].copy_from_slice(&((8 + dns.len()) as u16).to_be_bytes());
-        f[HEADERS6..].copy_from_slice(dns);
         f
     }
 
