@@ -26,6 +26,11 @@ const BATCH: usize = 64;
 /// Histogram resolution is 1 us; latencies beyond this land in the last bucket.
 const HIST_US: usize = 200_000;
 const MAX_PACKET: usize = 1500;
+/// Control buffer per received message, in u64 words so it is aligned for a cmsghdr: room for
+/// one SCM_TIMESTAMPNS (16-byte header + 16-byte timespec) with space to spare.
+const CONTROL_WORDS: usize = 8;
+/// The longest sleep while waiting for answers.
+const IDLE_WAIT: Duration = Duration::from_millis(1);
 
 #[derive(Parser)]
 #[command(about = "Batching DNS load generator (UDP) for the schoolgate load benchmark")]
@@ -64,6 +69,12 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
+    // Paced runs sleep until the next query is due, often for a few microseconds; the default
+    // 50 us timer slack would stretch each of those sleeps.
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and touches no memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+    }
     let result = match &args.probe {
         Some(name) => probe(&args, name),
         None => load(&args),
@@ -123,6 +134,20 @@ fn socket(server: SocketAddr) -> std::io::Result<UdpSocket> {
     )?;
     let _ = s.set_recv_buffer_size(8 << 20);
     let _ = s.set_send_buffer_size(8 << 20);
+    let on: libc::c_int = 1;
+    // SAFETY: SO_TIMESTAMPNS takes an int flag; the pointer and length describe a live int.
+    if unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
     let local: SocketAddr = if server.is_ipv4() {
         "127.0.0.1:0".parse().expect("literal")
     } else {
@@ -134,14 +159,50 @@ fn socket(server: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(s.into())
 }
 
-fn now_ns(start: Instant) -> u64 {
-    // Never zero: zero marks a free slot.
-    start.elapsed().as_nanos() as u64 + 1
+/// Nanoseconds since the run began, on the clock the kernel stamps received packets with.
+struct Clock {
+    base: u64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            base: realtime_ns(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.since(realtime_ns())
+    }
+
+    /// A kernel receive stamp (or any realtime reading) on this clock; never zero, as zero marks
+    /// a free slot.
+    fn since(&self, realtime: u64) -> u64 {
+        realtime.saturating_sub(self.base) + 1
+    }
+}
+
+fn realtime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live timespec for the duration of the call.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Latencies and answer codes.
+///
+/// Latency runs from just before the query was sent to when the kernel received the answer
+/// (`SO_TIMESTAMPNS`), so time the client itself took to get round to reading it, on a CPU shared
+/// with the upstream, is not counted against the server. `read_hist` keeps the latency to when
+/// the client read the answer, as dnsperf measures it.
 struct Stats {
     hist: Vec<u32>,
+    read_hist: Vec<u32>,
     answered: u64,
     sum_ns: u128,
     rcodes: [u64; 16],
@@ -150,25 +211,27 @@ struct Stats {
 }
 
 impl Stats {
-    fn record(&mut self, ns: u64, rcode: u8) {
-        let us = ((ns / 1000) as usize).min(HIST_US - 1);
-        self.hist[us] += 1;
+    fn record(&mut self, ns: u64, read_ns: u64, rcode: u8) {
+        let bucket = |ns: u64| ((ns / 1000) as usize).min(HIST_US - 1);
+        self.hist[bucket(ns)] += 1;
+        self.read_hist[bucket(read_ns)] += 1;
         self.answered += 1;
         self.sum_ns += u128::from(ns);
         self.rcodes[(rcode & 0xF) as usize] += 1;
     }
+}
 
-    fn percentile_us(&self, p: f64) -> usize {
-        let want = ((self.answered as f64) * p).ceil().max(1.0) as u64;
-        let mut seen = 0u64;
-        for (us, &n) in self.hist.iter().enumerate() {
-            seen += u64::from(n);
-            if seen >= want {
-                return us + 1;
-            }
+fn percentile_us(hist: &[u32], p: f64) -> usize {
+    let answered: u64 = hist.iter().map(|&n| u64::from(n)).sum();
+    let want = ((answered as f64) * p).ceil().max(1.0) as u64;
+    let mut seen = 0u64;
+    for (us, &n) in hist.iter().enumerate() {
+        seen += u64::from(n);
+        if seen >= want {
+            return us + 1;
         }
-        HIST_US
     }
+    HIST_US
 }
 
 /// The in-flight table: send time per query ID, and the IDs in the order they were sent.
@@ -239,6 +302,7 @@ fn load(args: &Args) -> Result<(), String> {
     let timeout_ns = args.timeout_ms * 1_000_000;
     let mut stats = Stats {
         hist: vec![0; HIST_US],
+        read_hist: vec![0; HIST_US],
         answered: 0,
         sum_ns: 0,
         rcodes: [0; 16],
@@ -257,12 +321,13 @@ fn load(args: &Args) -> Result<(), String> {
     let mut next_query = 0usize;
     let mut next_sock = 0usize;
     let start = Instant::now();
+    let clock = Clock::new();
     let send_for = Duration::from_secs_f64(args.seconds);
     let mut sending_until = None;
     let mut last_answer = start;
 
     loop {
-        let now = now_ns(start);
+        let now = clock.now();
         let elapsed = start.elapsed();
         let done_sending = if args.once {
             stats.sent as usize >= queries.len()
@@ -318,12 +383,12 @@ fn load(args: &Args) -> Result<(), String> {
         let mut got = 0;
         for sock in &socks {
             loop {
-                let (n, lens) = recv_batch(sock, &mut in_bufs);
+                let (n, lens, stamps) = recv_batch(sock, &mut in_bufs);
                 if n == 0 {
                     break;
                 }
-                let at = now_ns(start);
-                for (buf, &len) in in_bufs.iter().zip(lens.iter()).take(n) {
+                let read = clock.now();
+                for ((buf, &len), &stamp) in in_bufs.iter().zip(&lens).zip(&stamps).take(n) {
                     if len < 12 {
                         continue;
                     }
@@ -334,7 +399,8 @@ fn load(args: &Args) -> Result<(), String> {
                     }
                     flight.sent_at[slot] = 0;
                     flight.outstanding -= 1;
-                    stats.record(at - sent, buf[3]);
+                    let arrived = if stamp > 0 { clock.since(stamp) } else { read };
+                    stats.record(arrived.saturating_sub(sent), read - sent, buf[3]);
                 }
                 got += n;
                 if n < BATCH {
@@ -345,12 +411,23 @@ fn load(args: &Args) -> Result<(), String> {
         if got > 0 {
             last_answer = Instant::now();
         }
-        flight.expire(now_ns(start), timeout_ns, &mut stats);
+        flight.expire(clock.now(), timeout_ns, &mut stats);
 
-        // Nothing to do until an answer arrives or the pacing clock ticks. Paced runs sleep
-        // rather than spin, so the upstream sharing the load CPU is not starved.
+        // Nothing to do until an answer arrives or the next query is due. Paced runs sleep
+        // rather than spin, so the upstream sharing the load CPU is not starved, but only until
+        // the next query's time: sleeping a whole millisecond would send in bursts, and the
+        // queue a burst builds at the server would be measured as its latency.
         if got == 0 && (want == 0 || flight.room(args.inflight) == 0) {
-            wait(&socks, 1);
+            let next_due = match args.qps {
+                Some(qps) if flight.room(args.inflight) > 0 && !done_sending => {
+                    let due_at = Duration::from_secs_f64((stats.sent + 1) as f64 / qps);
+                    due_at.saturating_sub(start.elapsed())
+                }
+                _ => IDLE_WAIT,
+            };
+            if !next_due.is_zero() {
+                wait(&socks, next_due.min(IDLE_WAIT));
+            }
         }
     }
     let window = last_answer.duration_since(start).as_secs_f64().max(1e-9);
@@ -361,16 +438,17 @@ fn load(args: &Args) -> Result<(), String> {
     };
     let r = &stats.rcodes;
     println!(
-        "sent={} answered={} lost={} seconds={:.3} qps={:.0} avg_us={:.1} p50_us={} p99_us={} p999_us={} noerror={} servfail={} nxdomain={} refused={} other={}",
+        "sent={} answered={} lost={} seconds={:.3} qps={:.0} avg_us={:.1} p50_us={} p99_us={} p999_us={} read_p99_us={} noerror={} servfail={} nxdomain={} refused={} other={}",
         stats.sent,
         stats.answered,
         stats.lost,
         window,
         stats.answered as f64 / window,
         avg_us,
-        stats.percentile_us(0.50),
-        stats.percentile_us(0.99),
-        stats.percentile_us(0.999),
+        percentile_us(&stats.hist, 0.50),
+        percentile_us(&stats.hist, 0.99),
+        percentile_us(&stats.hist, 0.999),
+        percentile_us(&stats.read_hist, 0.99),
         r[0],
         r[2],
         r[3],
@@ -415,7 +493,11 @@ fn send_batch(sock: &UdpSocket, bufs: &mut [[u8; MAX_PACKET]], lens: &[usize]) -
     n.max(0) as usize
 }
 
-fn recv_batch(sock: &UdpSocket, bufs: &mut [[u8; MAX_PACKET]]) -> (usize, [usize; BATCH]) {
+/// Receives up to a batch: the count, each message's length and its kernel receive time.
+fn recv_batch(
+    sock: &UdpSocket,
+    bufs: &mut [[u8; MAX_PACKET]],
+) -> (usize, [usize; BATCH], [u64; BATCH]) {
     let mut iovs: Vec<libc::iovec> = bufs
         .iter_mut()
         .map(|b| libc::iovec {
@@ -424,7 +506,13 @@ fn recv_batch(sock: &UdpSocket, bufs: &mut [[u8; MAX_PACKET]]) -> (usize, [usize
         })
         .collect();
     let mut msgs = headers(&mut iovs);
-    // SAFETY: `msgs` points at live iovecs over live, writable buffers for the duration of the call.
+    let mut control = [[0u64; CONTROL_WORDS]; BATCH];
+    for (m, c) in msgs.iter_mut().zip(control.iter_mut()) {
+        m.msg_hdr.msg_control = c.as_mut_ptr().cast();
+        m.msg_hdr.msg_controllen = std::mem::size_of_val(c);
+    }
+    // SAFETY: `msgs` points at live iovecs over live, writable buffers, and at live control
+    // buffers, for the duration of the call.
     let n = unsafe {
         libc::recvmmsg(
             sock.as_raw_fd(),
@@ -436,13 +524,32 @@ fn recv_batch(sock: &UdpSocket, bufs: &mut [[u8; MAX_PACKET]]) -> (usize, [usize
     };
     let n = n.max(0) as usize;
     let mut lens = [0usize; BATCH];
-    for (l, m) in lens.iter_mut().zip(&msgs).take(n) {
+    let mut stamps = [0u64; BATCH];
+    for ((l, t), m) in lens.iter_mut().zip(&mut stamps).zip(&msgs).take(n) {
         *l = m.msg_len as usize;
+        *t = receive_stamp(&m.msg_hdr);
     }
-    (n, lens)
+    (n, lens, stamps)
 }
 
-fn wait(socks: &[UdpSocket], timeout_ms: i32) {
+/// The kernel's receive time (realtime ns) from a received message's control data, or 0.
+fn receive_stamp(h: &libc::msghdr) -> u64 {
+    // SAFETY: the kernel filled `h`'s control buffer; the CMSG macros walk it within
+    // `msg_controllen`, and SCM_TIMESTAMPNS data is one timespec.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                return ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    0
+}
+
+fn wait(socks: &[UdpSocket], timeout: Duration) {
     let mut fds: Vec<libc::pollfd> = socks
         .iter()
         .map(|s| libc::pollfd {
@@ -451,9 +558,18 @@ fn wait(socks: &[UdpSocket], timeout_ms: i32) {
             revents: 0,
         })
         .collect();
-    // SAFETY: `fds` is a live array of pollfd for the duration of the call.
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos().into(),
+    };
+    // SAFETY: `fds` is a live array of pollfd and `ts` a live timespec for the duration of the call.
     unsafe {
-        libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms);
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        );
     }
 }
 
@@ -482,7 +598,7 @@ fn probe(args: &Args, name: &str) -> Result<(), String> {
                     return Ok(());
                 }
                 Ok(_) => {}
-                Err(_) => wait(std::slice::from_ref(&sock), 1),
+                Err(_) => wait(std::slice::from_ref(&sock), IDLE_WAIT),
             }
         }
     }
