@@ -56,6 +56,7 @@ pub struct Metrics {
     pub upstream_joined: IntCounter,
     /// Packets taken by the XDP fast path.
     pub xdp_packets: IntCounter,
+    pub xdp_dropped: IntCounter,
     /// Times a client went over its limit (at most once a minute per client).
     pub rate_limited_clients: IntCounter,
     log_records: IntCounterVec,
@@ -178,6 +179,11 @@ impl Metrics {
                 &r,
                 "schoolgate_xdp_packets_total",
                 "UDP queries taken by the XDP fast path rather than a socket",
+            ),
+            xdp_dropped: counter(
+                &r,
+                "schoolgate_xdp_dropped_total",
+                "UDP queries the kernel dropped before the XDP fast path read them (its receive ring was full)",
             ),
             rate_limited_clients: counter(
                 &r,

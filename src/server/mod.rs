@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
@@ -259,6 +259,8 @@ const UDP_QUERY_MAX: usize = 1500;
 /// client asks again. At a 20 ms upstream round trip that is 50,000 lookups a second per socket,
 /// and it bounds what a flood of unique names (or a stalled upstream) can hold in memory.
 const UPSTREAM_IN_FLIGHT: usize = 1024;
+/// How often the fast path copies the kernel's count of its dropped queries into the metrics.
+const DROPS_READ_EVERY: Duration = Duration::from_secs(1);
 
 /// Drains a UDP socket: after each readiness wake-up queued packets are read a batch per system
 /// call, answered into per-slot buffers, and the replies sent back in one call, without going
@@ -401,6 +403,10 @@ async fn xdp_loop(handler: Arc<Handler>, xsk: xdp::Xsk, socks: ReplySockets, can
     let inflight = Arc::new(Semaphore::new(UPSTREAM_IN_FLIGHT));
     let mut reply = Vec::with_capacity(1500);
     let mut spill = Vec::new();
+    // The kernel's count of drops is read at most once a second, not with a system call per
+    // wake-up; drops happen only while queries arrive, so a wake-up soon follows them.
+    let mut dropped = 0;
+    let mut dropped_read = Instant::now();
     'wait: loop {
         handler.wait_for_log().await;
         let mut guard = tokio::select! {
@@ -413,6 +419,15 @@ async fn xdp_loop(handler: Arc<Handler>, xsk: xdp::Xsk, socks: ReplySockets, can
             },
             _ = cancel.cancelled() => break,
         };
+        if dropped_read.elapsed() >= DROPS_READ_EVERY {
+            let now = guard.get_inner().dropped();
+            handler
+                .metrics()
+                .xdp_dropped
+                .inc_by(now.saturating_sub(dropped));
+            dropped = now;
+            dropped_read = Instant::now();
+        }
         let mut handled = 0;
         while handled < UDP_BATCH {
             let received = Received::now();

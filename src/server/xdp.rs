@@ -740,6 +740,29 @@ impl Xsk {
         self.tx_next = self.tx_next.wrapping_add(1);
     }
 
+    /// Queries the kernel dropped on their way to this socket since it was bound, because the
+    /// receive ring or the free frames ran out while the server was busy or paused; 0 if the
+    /// kernel will not say.
+    pub fn dropped(&self) -> u64 {
+        // SAFETY: all-zero is a valid xdp_statistics.
+        let mut stats: libc::xdp_statistics = unsafe { zeroed() };
+        let mut len = size_of::<libc::xdp_statistics>() as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `stats`.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_STATISTICS,
+                (&mut stats as *mut libc::xdp_statistics).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 {
+            return 0;
+        }
+        stats.rx_dropped + stats.rx_ring_full
+    }
+
     /// Publishes queued replies and asks the kernel to send them. In copy mode only a send call
     /// moves them, whatever the ring's wake-up flag says, a few dozen per call.
     fn kick(&mut self) {

@@ -240,3 +240,46 @@ fn the_fast_path_takes_ipv6_queries_too() {
         "all but the long one"
     );
 }
+
+#[test]
+fn queries_the_fast_path_had_no_room_for_are_counted() {
+    let _lo = Loopback::routed();
+    let up = Fixture::start(Zone::standard());
+    let setup =
+        Setup::new().server("xdp = \"lo\"\nrate_limit_qps = 100000\nrate_limit_burst = 100000");
+    let (server, attached) = start_fast(&setup, up.addr);
+    if !attached {
+        return;
+    }
+    // A paused server (a stall, a debugger) lets the receive ring fill; the kernel drops the rest.
+    let burst = 4000;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let query = Ask::new("bet365.com", RecordType::A).bytes();
+    server.signal("STOP");
+    for _ in 0..burst {
+        sock.send_to(&query, server.addr).unwrap();
+    }
+    server.signal("CONT");
+
+    // The count is read from the kernel once a second, as queries wake the fast path. (Answers
+    // are not awaited: on loopback a burst of them overflows the interface's backlog.)
+    let mut probes = 0;
+    let (mut taken, mut dropped) = (0.0, 0.0);
+    for _ in 0..50 {
+        sock.send_to(&query, server.addr).unwrap();
+        probes += 1;
+        let (_, metrics) = http_get(server.admin.unwrap(), "/metrics");
+        taken = sample(&metrics, "schoolgate_xdp_packets_total");
+        dropped = sample(&metrics, "schoolgate_xdp_dropped_total");
+        if taken + dropped == f64::from(burst + probes) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(dropped > 0.0, "a full ring dropped nothing? taken {taken}");
+    assert_eq!(
+        taken + dropped,
+        f64::from(burst + probes),
+        "every query either taken or counted as dropped"
+    );
+}
