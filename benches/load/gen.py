@@ -201,9 +201,10 @@ zone:
     write(os.path.join(d, "q-cached.txt"), "".join(f"{n} A\n" for n in shuffled))
     popular_blocked = zipf_picker(rng, rng.sample(blocked, min(2000, len(blocked))))
     popular_allowed = zipf_picker(rng, shuffled)
-    # Three copies of the realistic mix, one per run, so each run's "never seen" names really are.
-    for run in ("dnsperf", "load", "paced"):
-        n = a.mixed_lines
+    # Three copies of the realistic mix, one per kind of run, so each run's "never seen" names
+    # really are. The paced copy is twice as long: the half-of-peak runs and the same-rate run
+    # each start where the one before stopped.
+    for run, n in (("dnsperf", a.mixed_lines), ("load", a.mixed_lines), ("paced", 2 * a.mixed_lines)):
         kinds = rng.choices("bam", weights=[10, 87, 3], k=n)
         b = iter(popular_blocked(kinds.count("b")))
         al = iter(popular_allowed(kinds.count("a")))

@@ -56,6 +56,10 @@ struct Args {
     /// A query unanswered after this many milliseconds is lost.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
+    /// Start this many queries into the file, so runs after the first still meet names the
+    /// server has never seen.
+    #[arg(long, default_value_t = 0)]
+    skip: usize,
     /// Send each query in the file once, then stop.
     #[arg(long)]
     once: bool,
@@ -318,7 +322,7 @@ fn load(args: &Args) -> Result<(), String> {
     let mut out_bufs = vec![[0u8; MAX_PACKET]; BATCH];
     let mut out_lens = [0usize; BATCH];
     let mut in_bufs = vec![[0u8; MAX_PACKET]; BATCH];
-    let mut next_query = 0usize;
+    let mut next_query = args.skip % queries.len();
     let mut next_sock = 0usize;
     let start = Instant::now();
     let clock = Clock::new();
