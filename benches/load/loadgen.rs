@@ -130,7 +130,8 @@ fn read_queries(path: &PathBuf) -> std::io::Result<Vec<Vec<u8>>> {
         .collect())
 }
 
-fn socket(server: SocketAddr) -> std::io::Result<UdpSocket> {
+/// A client socket connected to `server`; with `stamps`, the kernel stamps each answer's arrival.
+fn socket(server: SocketAddr, stamps: bool) -> std::io::Result<UdpSocket> {
     let s = socket2::Socket::new(
         socket2::Domain::for_address(server),
         socket2::Type::DGRAM,
@@ -140,15 +141,16 @@ fn socket(server: SocketAddr) -> std::io::Result<UdpSocket> {
     let _ = s.set_send_buffer_size(8 << 20);
     let on: libc::c_int = 1;
     // SAFETY: SO_TIMESTAMPNS takes an int flag; the pointer and length describe a live int.
-    if unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    } != 0
+    if stamps
+        && unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        } != 0
     {
         return Err(std::io::Error::last_os_error());
     }
@@ -200,10 +202,10 @@ fn realtime_ns() -> u64 {
 
 /// Latencies and answer codes.
 ///
-/// Latency runs from just before the query was sent to when the kernel received the answer
-/// (`SO_TIMESTAMPNS`), so time the client itself took to get round to reading it, on a CPU shared
-/// with the upstream, is not counted against the server. `read_hist` keeps the latency to when
-/// the client read the answer, as dnsperf measures it.
+/// In paced runs latency runs from just before the query was sent to when the kernel received
+/// the answer (`SO_TIMESTAMPNS`), so time the client itself took to get round to reading it, on a
+/// CPU shared with the upstream, is not counted against the server. `read_hist` keeps the latency
+/// to when the client read the answer, as dnsperf measures it (and as saturating runs do).
 struct Stats {
     hist: Vec<u32>,
     read_hist: Vec<u32>,
@@ -300,7 +302,8 @@ fn load(args: &Args) -> Result<(), String> {
         return Err(format!("{}: no queries", path.display()));
     }
     let socks: Vec<UdpSocket> = (0..args.sockets.max(1))
-        .map(|_| socket(args.server))
+        // Stamping costs the client a few percent of its peak; only paced runs need it.
+        .map(|_| socket(args.server, args.qps.is_some()))
         .collect::<Result<_, _>>()
         .map_err(|e| format!("socket: {e}"))?;
     let timeout_ns = args.timeout_ms * 1_000_000;
@@ -578,7 +581,7 @@ fn wait(socks: &[UdpSocket], timeout: Duration) {
 }
 
 fn probe(args: &Args, name: &str) -> Result<(), String> {
-    let sock = socket(args.server).map_err(|e| format!("socket: {e}"))?;
+    let sock = socket(args.server, false).map_err(|e| format!("socket: {e}"))?;
     let mut q = encode(name, 1);
     let give_up = Instant::now() + Duration::from_millis(args.timeout_ms.max(1000) * 60);
     let mut buf = [0u8; MAX_PACKET];
