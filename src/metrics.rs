@@ -50,6 +50,7 @@ pub struct Metrics {
     pub rate_limited: IntCounter,
     /// UDP answers the kernel refused to send (unreachable or filtered destination).
     pub udp_replies_dropped: IntCounter,
+    pub udp_dropped: IntCounter,
     /// Never-seen names dropped because a socket already had its most lookups in flight.
     pub upstream_busy: IntCounter,
     /// Queries that waited for a lookup of the same name already on its way upstream.
@@ -164,6 +165,11 @@ impl Metrics {
                 &r,
                 "schoolgate_udp_replies_dropped_total",
                 "UDP answers the kernel refused to send (unreachable or filtered destination)",
+            ),
+            udp_dropped: counter(
+                &r,
+                "schoolgate_udp_dropped_total",
+                "UDP queries the kernel dropped before schoolgate read them (a listen socket's receive buffer was full)",
             ),
             upstream_busy: counter(
                 &r,

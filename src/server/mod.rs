@@ -259,8 +259,35 @@ const UDP_QUERY_MAX: usize = 1500;
 /// client asks again. At a 20 ms upstream round trip that is 50,000 lookups a second per socket,
 /// and it bounds what a flood of unique names (or a stalled upstream) can hold in memory.
 const UPSTREAM_IN_FLIGHT: usize = 1024;
-/// How often the fast path copies the kernel's count of its dropped queries into the metrics.
+/// How often a loop copies the kernel's count of its dropped queries into the metrics.
 const DROPS_READ_EVERY: Duration = Duration::from_secs(1);
+
+/// A kernel counter of queries dropped before a loop read them (a full socket buffer or XDP
+/// ring), copied into a metric at most once a second rather than with a system call per
+/// wake-up. Drops happen only while queries arrive, so a wake-up soon follows them.
+struct Drops {
+    seen: u64,
+    read_at: Instant,
+}
+
+impl Drops {
+    fn new() -> Self {
+        Drops {
+            seen: 0,
+            read_at: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, metric: &prometheus::IntCounter, read: impl FnOnce() -> u64) {
+        if self.read_at.elapsed() < DROPS_READ_EVERY {
+            return;
+        }
+        let now = read();
+        metric.inc_by(now.saturating_sub(self.seen));
+        self.seen = now;
+        self.read_at = Instant::now();
+    }
+}
 
 /// Drains a UDP socket: after each readiness wake-up queued packets are read a batch per system
 /// call, answered into per-slot buffers, and the replies sent back in one call, without going
@@ -269,6 +296,7 @@ async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelTok
     let mut rx = udp::RecvBatch::new(UDP_PER_CALL, UDP_QUERY_MAX);
     let mut tx = udp::SendBatch::new(UDP_PER_CALL, 1500);
     let inflight = Arc::new(Semaphore::new(UPSTREAM_IN_FLIGHT));
+    let mut drops = Drops::new();
     'wait: loop {
         handler.wait_for_log().await;
         tokio::select! {
@@ -278,6 +306,7 @@ async fn udp_loop(handler: Arc<Handler>, sock: Arc<UdpSocket>, cancel: CancelTok
             },
             _ = cancel.cancelled() => break,
         }
+        drops.update(&handler.metrics().udp_dropped, || udp::dropped(&sock));
         let mut handled = 0;
         while handled < UDP_BATCH {
             let n = match rx.try_recv(&sock) {
@@ -403,10 +432,7 @@ async fn xdp_loop(handler: Arc<Handler>, xsk: xdp::Xsk, socks: ReplySockets, can
     let inflight = Arc::new(Semaphore::new(UPSTREAM_IN_FLIGHT));
     let mut reply = Vec::with_capacity(1500);
     let mut spill = Vec::new();
-    // The kernel's count of drops is read at most once a second, not with a system call per
-    // wake-up; drops happen only while queries arrive, so a wake-up soon follows them.
-    let mut dropped = 0;
-    let mut dropped_read = Instant::now();
+    let mut drops = Drops::new();
     'wait: loop {
         handler.wait_for_log().await;
         let mut guard = tokio::select! {
@@ -419,15 +445,9 @@ async fn xdp_loop(handler: Arc<Handler>, xsk: xdp::Xsk, socks: ReplySockets, can
             },
             _ = cancel.cancelled() => break,
         };
-        if dropped_read.elapsed() >= DROPS_READ_EVERY {
-            let now = guard.get_inner().dropped();
-            handler
-                .metrics()
-                .xdp_dropped
-                .inc_by(now.saturating_sub(dropped));
-            dropped = now;
-            dropped_read = Instant::now();
-        }
+        drops.update(&handler.metrics().xdp_dropped, || {
+            guard.get_inner().dropped()
+        });
         let mut handled = 0;
         while handled < UDP_BATCH {
             let received = Received::now();

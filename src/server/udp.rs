@@ -20,6 +20,35 @@ use tokio::net::UdpSocket;
 /// Bytes of address space the kernel may write per datagram.
 const ADDR_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
 
+/// `SO_MEMINFO` (asm-generic/socket.h; sparc numbers it apart); the libc crate does not export it
+/// for Linux.
+#[cfg(not(target_arch = "sparc64"))]
+const SO_MEMINFO: libc::c_int = 55;
+#[cfg(target_arch = "sparc64")]
+const SO_MEMINFO: libc::c_int = 0x39;
+
+/// Datagrams the kernel dropped on their way to `sock` since it was opened, because its receive
+/// buffer was full while the server was busy or paused; 0 if the kernel will not say.
+pub fn dropped(sock: &UdpSocket) -> u64 {
+    let mut info = [0u32; 16];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes of u32 counters into `info`.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let at = libc::SK_MEMINFO_DROPS as usize;
+    if r != 0 || (len as usize) < (at + 1) * 4 {
+        return 0;
+    }
+    u64::from(info[at])
+}
+
 /// One received datagram.
 #[derive(Debug)]
 pub struct Datagram<'a> {

@@ -10,7 +10,7 @@ use hickory_proto::rr::RecordType;
 use crate::fixture::{Fixture, Zone};
 use crate::harness::{addresses, dig, ede_text, Ask, Server, Setup};
 use crate::logs::{today_file, wait_for_records};
-use crate::ops::{flood, http_get, sample};
+use crate::ops::{burst_while_paused, flood, http_get, sample};
 
 /// A sysctl set for one test and put back afterwards, pass or fail.
 struct Sysctl {
@@ -252,34 +252,16 @@ fn queries_the_fast_path_had_no_room_for_are_counted() {
         return;
     }
     // A paused server (a stall, a debugger) lets the receive ring fill; the kernel drops the rest.
-    let burst = 4000;
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let query = Ask::new("bet365.com", RecordType::A).bytes();
-    server.signal("STOP");
-    for _ in 0..burst {
-        sock.send_to(&query, server.addr).unwrap();
-    }
-    server.signal("CONT");
-
-    // The count is read from the kernel once a second, as queries wake the fast path. (Answers
-    // are not awaited: on loopback a burst of them overflows the interface's backlog.)
-    let mut probes = 0;
-    let (mut taken, mut dropped) = (0.0, 0.0);
-    for _ in 0..50 {
-        sock.send_to(&query, server.addr).unwrap();
-        probes += 1;
-        let (_, metrics) = http_get(server.admin.unwrap(), "/metrics");
-        taken = sample(&metrics, "schoolgate_xdp_packets_total");
-        dropped = sample(&metrics, "schoolgate_xdp_dropped_total");
-        if taken + dropped == f64::from(burst + probes) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (sent, taken, dropped) = burst_while_paused(
+        &server,
+        4000,
+        "schoolgate_xdp_packets_total",
+        "schoolgate_xdp_dropped_total",
+    );
     assert!(dropped > 0.0, "a full ring dropped nothing? taken {taken}");
     assert_eq!(
         taken + dropped,
-        f64::from(burst + probes),
+        sent,
         "every query either taken or counted as dropped"
     );
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use hickory_proto::rr::RecordType;
 
 use crate::fixture::{Fixture, Zone};
-use crate::harness::{Ask, Setup};
+use crate::harness::{Ask, Server, Setup};
 
 /// A plain HTTP/1.0 GET; returns (status line, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
@@ -93,6 +93,63 @@ pub fn flood(server: SocketAddr, from: &str, n: usize) -> usize {
                 .is_some()
         })
         .count()
+}
+
+/// Sends `burst` queries for a blocked name while the server is stopped (SIGSTOP: a stall, a
+/// debugger), then resumes it and waits until each query shows in `taken` or `dropped` (the
+/// kernel's drop counts are read once a second, as queries wake the server). Returns the queries
+/// sent, taken and dropped. Answers are not awaited: on loopback a burst of them overflows the
+/// interface's backlog.
+pub fn burst_while_paused(
+    server: &Server,
+    burst: u32,
+    taken_series: &str,
+    dropped_series: &str,
+) -> (f64, f64, f64) {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let query = Ask::new("bet365.com", RecordType::A).bytes();
+    server.signal("STOP");
+    for _ in 0..burst {
+        sock.send_to(&query, server.addr).unwrap();
+    }
+    server.signal("CONT");
+    let mut sent = burst;
+    let (mut taken, mut dropped) = (0.0, 0.0);
+    for _ in 0..50 {
+        sock.send_to(&query, server.addr).unwrap();
+        sent += 1;
+        let (_, metrics) = http_get(server.admin.unwrap(), "/metrics");
+        taken = sample(&metrics, taken_series);
+        dropped = sample(&metrics, dropped_series);
+        if taken + dropped == f64::from(sent) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (f64::from(sent), taken, dropped)
+}
+
+#[test]
+fn queries_a_full_socket_buffer_dropped_are_counted() {
+    let up = Fixture::start(Zone::standard());
+    let setup = Setup::new().server("rate_limit_qps = 100000\nrate_limit_burst = 100000");
+    let server = setup.start(up.addr);
+    // More than the listen socket's 4 MiB buffer holds.
+    let (sent, taken, dropped) = burst_while_paused(
+        &server,
+        20_000,
+        r#"schoolgate_queries_total{action="block",category="gambling",group="default"}"#,
+        "schoolgate_udp_dropped_total",
+    );
+    assert!(
+        dropped > 0.0,
+        "a full buffer dropped nothing? taken {taken}"
+    );
+    assert_eq!(
+        taken + dropped,
+        sent,
+        "every query either answered or counted as dropped"
+    );
 }
 
 #[test]
