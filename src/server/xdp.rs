@@ -531,6 +531,19 @@ fn sockopt<T>(fd: RawFd, opt: libc::c_int, v: &T, what: &'static str) -> Result<
     check(r.into(), what).map(|_| ())
 }
 
+/// Reads an option into `out`, which must be the type the option fills.
+fn read_sockopt<T>(
+    fd: RawFd,
+    opt: libc::c_int,
+    out: &mut T,
+    what: &'static str,
+) -> Result<(), XdpError> {
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes, the size of `out`.
+    let r = unsafe { libc::getsockopt(fd, libc::SOL_XDP, opt, (out as *mut T).cast(), &mut len) };
+    check(r.into(), what).map(|_| ())
+}
+
 impl Xsk {
     fn bind(ifindex: u32, queue: u32) -> Result<Self, XdpError> {
         // SAFETY: plain socket(2); the result is checked.
@@ -572,18 +585,8 @@ impl Xsk {
             }
             // SAFETY: all-zero is valid; the kernel fills it.
             let mut off: libc::xdp_mmap_offsets = unsafe { zeroed() };
-            let mut olen = size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
-            // SAFETY: `off` is as large as `olen` says.
-            let r = unsafe {
-                libc::getsockopt(
-                    raw,
-                    libc::SOL_XDP,
-                    libc::XDP_MMAP_OFFSETS,
-                    (&mut off as *mut libc::xdp_mmap_offsets).cast(),
-                    &mut olen,
-                )
-            };
-            check(r.into(), "cannot read XDP ring offsets")?;
+            let what = "cannot read XDP ring offsets";
+            read_sockopt(raw, libc::XDP_MMAP_OFFSETS, &mut off, what)?;
             let rx = Ring::map(raw, &off.rx, libc::XDP_PGOFF_RX_RING, RX_RING)?;
             let tx = Ring::map(raw, &off.tx, libc::XDP_PGOFF_TX_RING, TX_RING)?;
             let fr = libc::XDP_UMEM_PGOFF_FILL_RING as i64;
@@ -746,21 +749,11 @@ impl Xsk {
     pub fn dropped(&self) -> u64 {
         // SAFETY: all-zero is a valid xdp_statistics.
         let mut stats: libc::xdp_statistics = unsafe { zeroed() };
-        let mut len = size_of::<libc::xdp_statistics>() as libc::socklen_t;
-        // SAFETY: the kernel writes at most `len` bytes into `stats`.
-        let r = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_XDP,
-                libc::XDP_STATISTICS,
-                (&mut stats as *mut libc::xdp_statistics).cast(),
-                &mut len,
-            )
-        };
-        if r != 0 {
-            return 0;
+        let fd = self.fd.as_raw_fd();
+        match read_sockopt(fd, libc::XDP_STATISTICS, &mut stats, "XDP statistics") {
+            Ok(()) => stats.rx_dropped + stats.rx_ring_full,
+            Err(_) => 0,
         }
-        stats.rx_dropped + stats.rx_ring_full
     }
 
     /// Publishes queued replies and asks the kernel to send them. In copy mode only a send call
