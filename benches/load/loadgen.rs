@@ -227,8 +227,8 @@ impl Stats {
     }
 }
 
-fn percentile_us(hist: &[u32], p: f64) -> usize {
-    let answered: u64 = hist.iter().map(|&n| u64::from(n)).sum();
+/// The `p` percentile of a histogram holding `answered` latencies.
+fn percentile_us(hist: &[u32], answered: u64, p: f64) -> usize {
     let want = ((answered as f64) * p).ceil().max(1.0) as u64;
     let mut seen = 0u64;
     for (us, &n) in hist.iter().enumerate() {
@@ -452,10 +452,10 @@ fn load(args: &Args) -> Result<(), String> {
         window,
         stats.answered as f64 / window,
         avg_us,
-        percentile_us(&stats.hist, 0.50),
-        percentile_us(&stats.hist, 0.99),
-        percentile_us(&stats.hist, 0.999),
-        percentile_us(&stats.read_hist, 0.99),
+        percentile_us(&stats.hist, stats.answered, 0.50),
+        percentile_us(&stats.hist, stats.answered, 0.99),
+        percentile_us(&stats.hist, stats.answered, 0.999),
+        percentile_us(&stats.read_hist, stats.answered, 0.99),
         r[0],
         r[2],
         r[3],
