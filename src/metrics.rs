@@ -50,6 +50,7 @@ pub struct Metrics {
     pub rate_limited: IntCounter,
     /// UDP answers the kernel refused to send (unreachable or filtered destination).
     pub udp_replies_dropped: IntCounter,
+    /// Queries the kernel dropped at a full listen socket before they were read.
     pub udp_dropped: IntCounter,
     /// Never-seen names dropped because a socket already had its most lookups in flight.
     pub upstream_busy: IntCounter,
@@ -57,6 +58,7 @@ pub struct Metrics {
     pub upstream_joined: IntCounter,
     /// Packets taken by the XDP fast path.
     pub xdp_packets: IntCounter,
+    /// Queries the kernel dropped at the fast path's full receive ring.
     pub xdp_dropped: IntCounter,
     /// Times a client went over its limit (at most once a minute per client).
     pub rate_limited_clients: IntCounter,
