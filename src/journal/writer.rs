@@ -355,8 +355,7 @@ impl Writer {
 
     pub(super) fn access(&mut self, ev: &Event<'_>) {
         let date = self.clock.at(ev.time, self.tz);
-        let out = self.access.line(date);
-        line(out, &self.clock, ev, false);
+        access_line(self.access.line(date), &self.clock, ev);
         if self.access.lines >= WRITE_BATCH {
             self.write_access();
         }
@@ -364,8 +363,13 @@ impl Writer {
 
     pub(super) fn breach(&mut self, ev: &Event<'_>) {
         let date = self.clock.at(ev.time, self.tz);
-        line(self.access.line(date), &self.clock, ev, false);
-        line(self.breach.line(date), &self.clock, ev, true);
+        let access = self.access.line(date);
+        let start = access.len();
+        let origin_at = access_line(access, &self.clock, ev);
+        let breach = self.breach.line(date);
+        breach.push_str(&access[start..origin_at]);
+        origin_fields(breach, ev);
+        breach.push_str(&access[origin_at..]);
         // A writer catching up on a long backlog writes as it goes: formatting all of it before
         // writing any held every line in memory (400 MB of access lines behind 1.6 million
         // breaches) and cut breaches at the memory bound while the disk had room.
@@ -561,13 +565,14 @@ impl Writer {
     }
 }
 
-/// Appends one JSON line for `ev`, in the shape of [`Record`](super::Record), written by hand:
-/// at full load the writer formats a couple of hundred thousand lines a second on a core it
+/// Appends the access line for `ev`, in the shape of [`Record`](super::Record), written by
+/// hand: at full load the writer formats a few hundred thousand lines a second on a core it
 /// shares with the server, so it formats the time once per second and allocates nothing.
 ///
-/// Access lines carry what was asked and what happened; breach lines add the rule, list and
-/// `file:line` that decided (looked up only for them).
-fn line(out: &mut String, clock: &Clock, ev: &Event<'_>, breach: bool) {
+/// Returns where in `out` a breach line's list fields go. A breach line is the access line with
+/// the rule, list and `file:line` that decided inserted there ([`origin_fields`]), so a blocked
+/// query's two lines are formatted once and copied: formatting was half the log writer's time.
+fn access_line(out: &mut String, clock: &Clock, ev: &Event<'_>) -> usize {
     let engine = ev.engine;
     let group = ev.decision.map_or(ev.client.group, |d| d.group);
     let action = match ev.outcome {
@@ -588,40 +593,55 @@ fn line(out: &mut String, clock: &Clock, ev: &Event<'_>, breach: bool) {
     field(out, "name", ev.name);
     out.push_str(",\"type\":\"");
     push_type(out, ev.qtype);
+    out.push_str("\",\"action\":\"");
+    out.push_str(action);
     out.push('"');
-    field(out, "action", action);
     if let Some(d) = ev.decision {
         if let Some(c) = d.category.and_then(|c| engine.categories().get(c as usize)) {
             field(out, "category", &c.name);
         }
         if let Some(label) = engine.rule_label(&d.rule) {
             field(out, "rule", &label);
-        } else if let Some(o) = breach.then(|| engine.origin_of(ev.name, &d.rule)).flatten() {
-            out.push_str(",\"rule\":");
-            match o.entry {
-                Entry::Name(n) => json_str(out, n),
-                Entry::Keyword(w) => {
-                    out.push_str("\"keyword:");
-                    json_inner(out, w);
-                    out.push('"');
-                }
-            }
-            field(out, "list", o.list);
-            out.push_str(",\"source\":\"");
-            json_inner(out, &o.file.to_string_lossy());
-            out.push(':');
-            out.push_str(itoa::Buffer::new().format(o.line));
-            out.push('"');
         }
     }
+    let origin_at = out.len();
     if let Some(via) = ev.via {
         field(out, "via", via);
     }
-    field(out, "rcode", rcode_name(ev.rcode));
+    out.push_str(",\"rcode\":\"");
+    out.push_str(rcode_name(ev.rcode));
     let latency = ev.latency.as_micros().min(u128::from(u32::MAX)) as u32;
-    out.push_str(",\"latency_us\":");
+    out.push_str("\",\"latency_us\":");
     out.push_str(itoa::Buffer::new().format(latency));
     out.push_str("}\n");
+    origin_at
+}
+
+/// Appends the rule, list and `file:line` that blocked `ev`, for its breach line. Looked up only
+/// here: access lines do not need them. Rules that are not a list line have none; their label
+/// is in the access line already.
+fn origin_fields(out: &mut String, ev: &Event<'_>) {
+    let Some(o) = ev
+        .decision
+        .and_then(|d| ev.engine.origin_of(ev.name, &d.rule))
+    else {
+        return;
+    };
+    out.push_str(",\"rule\":");
+    match o.entry {
+        Entry::Name(n) => json_str(out, n),
+        Entry::Keyword(w) => {
+            out.push_str("\"keyword:");
+            json_inner(out, w);
+            out.push('"');
+        }
+    }
+    field(out, "list", o.list);
+    out.push_str(",\"source\":\"");
+    json_inner(out, &o.file.to_string_lossy());
+    out.push(':');
+    out.push_str(itoa::Buffer::new().format(o.line));
+    out.push('"');
 }
 
 fn push_ip(out: &mut String, ip: IpAddr) {
@@ -674,7 +694,11 @@ fn json_str(out: &mut String, s: &str) {
 /// A JSON string's content. Domain names never need escaping; client names from the config and
 /// file paths might.
 fn json_inner(out: &mut String, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // A fold with no early exit is compiled to vector compares: the check runs on every name.
+    let plain = s
+        .bytes()
+        .fold(true, |ok, b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+    if plain {
         out.push_str(s);
         return;
     }
