@@ -638,7 +638,11 @@ fn origin_fields(out: &mut String, ev: &Event<'_>) {
     }
     field(out, "list", o.list);
     out.push_str(",\"source\":\"");
-    json_inner(out, &o.file.to_string_lossy());
+    // Checked as UTF-8 once: the lossy conversion's scan was dearer than the plain check.
+    match o.file.to_str() {
+        Some(path) => json_inner(out, path),
+        None => json_inner(out, &o.file.to_string_lossy()),
+    }
     out.push(':');
     out.push_str(itoa::Buffer::new().format(o.line));
     out.push('"');
