@@ -684,6 +684,18 @@ mod tests {
         assert_eq!(breach[0]["list"], "adult");
         let source = breach[0]["source"].as_str().unwrap();
         assert!(source.ends_with("adult.txt:2"), "{source}");
+        // The breach line is the access line with the list fields added, the rest the same.
+        let (access, breach) = (
+            access[1].as_object().unwrap(),
+            breach[0].as_object().unwrap(),
+        );
+        for field in ["rule", "list", "source"] {
+            assert!(!access.contains_key(field), "{field} in {access:?}");
+        }
+        for (field, value) in access {
+            assert_eq!(breach.get(field), Some(value), "{field}");
+        }
+        assert_eq!(breach.len(), access.len() + 3, "{breach:?}");
     }
 
     #[test]
