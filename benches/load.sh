@@ -59,6 +59,8 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 cargo build --release --quiet --bin schoolgate --example loadgen
+# The commit that was built: edits made while the benchmark runs do not change what it measures.
+BUILT="$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
 SG="$ROOT/target/release/schoolgate"
 LOADGEN="$ROOT/target/release/examples/loadgen"
 
@@ -300,7 +302,7 @@ record "machine loadavg_end=$(cut -d' ' -f1 /proc/loadavg)"
 
 # --- report ----------------------------------------------------------------------------------
 MACHINE="$(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), Linux $(uname -r)"
-VERSIONS="schoolgate $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown); $(unbound -V | head -1 | sed 's/Version/unbound/'); $(dnsmasq -v | head -1 | awk '{print "dnsmasq", $3}'); $(dnsperf -h 2>&1 | awk '/^Version/ {print "dnsperf", $2}'); knot $(knotd -V | awk '{print $NF}')"
+VERSIONS="schoolgate $BUILT; $(unbound -V | head -1 | sed 's/Version/unbound/'); $(dnsmasq -v | head -1 | awk '{print "dnsmasq", $3}'); $(dnsperf -h 2>&1 | awk '/^Version/ {print "dnsperf", $2}'); knot $(knotd -V | awk '{print $NF}')"
 python3 "$ROOT/benches/load/report.py" --results "$RESULTS" --names "$NAMES" --seconds "$SECONDS_PER" \
     --same-qps "$SAME_QPS" \
     --machine "$MACHINE" --versions "$VERSIONS" ${OUT:+--out "$OUT"}
