@@ -202,8 +202,9 @@ impl AnswerCache {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    /// Milliseconds from the cache's start to `at` (0 for an earlier instant).
+    fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// Forgets every answer.
@@ -225,7 +226,7 @@ impl AnswerCache {
             return;
         };
         let k = key(name, qtype);
-        let now_ms = self.now_ms();
+        let now_ms = self.ms_at(Instant::now());
         let mut shard = self.shard(k);
         let shard = &mut *shard;
         let (slot, fresh) = match shard.find(k) {
@@ -266,13 +267,23 @@ impl AnswerCache {
         }
     }
 
-    /// Writes the cached answer for `q` into `buf`, or returns `None` on a miss. Stale answers
-    /// are only returned when `allow_stale` (the upstream has just failed).
-    pub fn serve(&self, q: &Query<'_>, buf: &mut Vec<u8>, allow_stale: bool) -> Option<Freshness> {
+    /// Writes the cached answer for `q`, aged as of `now`, into `buf`, or returns `None` on a
+    /// miss. Stale answers are only returned when `allow_stale` (the upstream has just failed).
+    ///
+    /// The query path passes the time its batch of queries was received: reading the clock for
+    /// each cached answer was about 1% of the server's CPU at saturation.
+    pub fn serve(
+        &self,
+        q: &Query<'_>,
+        buf: &mut Vec<u8>,
+        allow_stale: bool,
+        now: Instant,
+    ) -> Option<Freshness> {
         self.with_entry(
             q.name.as_str().as_bytes(),
             q.qtype,
             allow_stale,
+            self.ms_at(now),
             |e, arena, aging| {
                 let bytes = e.bytes(arena);
                 if bytes.len() < 12 + q.question.len() {
@@ -306,7 +317,8 @@ impl AnswerCache {
         allow_stale: bool,
         f: impl FnOnce(&[u8], &dyn Fn(u32) -> u32) -> R,
     ) -> Option<R> {
-        self.with_entry(name, qtype, allow_stale, |e, arena, aging| {
+        let now_ms = self.ms_at(Instant::now());
+        self.with_entry(name, qtype, allow_stale, now_ms, |e, arena, aging| {
             f(e.bytes(arena), &|ttl| aging.aged(ttl))
         })
     }
@@ -318,10 +330,10 @@ impl AnswerCache {
         name: &[u8],
         qtype: u16,
         allow_stale: bool,
+        now_ms: u64,
         f: impl FnOnce(&Entry, &[u8], Aging) -> R,
     ) -> Option<R> {
         let k = key(name, qtype);
-        let now_ms = self.now_ms();
         let mut shard = self.shard(k);
         let shard = &mut *shard;
         let i = shard.find(k)?;

@@ -374,7 +374,7 @@ impl Handler {
                     self.error(&q, buf, rcode::REFUSED, None);
                     return self.done(&cx, buf, Done::refused());
                 }
-                if self.cache.serve(&q, buf, false).is_none() {
+                if self.cache.serve(&q, buf, false, received.at).is_none() {
                     // Looked up only on a miss: answers from forward zones are cached like any.
                     if let Some(Route::Local { zone, answer }) = snap.zones.route(&q.name) {
                         self.local(&q, zone, answer, buf);
@@ -451,7 +451,7 @@ impl Handler {
             }
         };
         let done = if fetched {
-            if self.cache.serve(&q, buf, true).is_none() {
+            if self.cache.serve(&q, buf, true, Instant::now()).is_none() {
                 self.error(&q, buf, rcode::SERVFAIL, None);
                 return self.done(&cx, buf, Done::servfail());
             }
@@ -466,7 +466,7 @@ impl Handler {
                 }
             }
         } else {
-            match self.cache.serve(&q, buf, true) {
+            match self.cache.serve(&q, buf, true, Instant::now()) {
                 Some(Freshness::Stale) | Some(Freshness::Fresh) => {
                     finish_edns(
                         buf,
