@@ -31,6 +31,7 @@ use schoolgate::config::Config;
 use schoolgate::domain::QueryName;
 use schoolgate::lists::{compile_list, CompiledList, DomainIndex};
 use schoolgate::policy::{Action, Engine, Rule};
+use schoolgate::wire;
 
 const CATEGORIES: [&str; 12] = [
     "illegal",
@@ -304,6 +305,11 @@ fn bench_normalise(c: &mut Criterion<ThreadCpu>) {
     });
     g.bench_function("from_text", |b| {
         b.iter(|| QueryName::parse(black_box("WWW.Some-School.Example.co.uk.")))
+    });
+    // A whole query as a device sends it (EDNS included): header, name and OPT checked.
+    let packet = wire::upstream_query(7, "WWW.Some-School.Example.co.uk", 1);
+    g.bench_function("query_packet", |b| {
+        b.iter(|| wire::parse(black_box(&packet)).map(|q| q.name.key().len()))
     });
     g.finish();
 }

@@ -107,44 +107,14 @@ pub struct QueryName {
 }
 
 impl QueryName {
-    /// Builds from wire-format labels (already split, no compression pointers). Upper case is
-    /// folded; a label holding a byte outside the host-name alphabet (an escaped dot, raw UTF-8)
-    /// is passed through IDNA so a Unicode spelling of a listed name still matches.
-    pub fn from_labels<'a, I>(labels: I) -> Result<Self, NameError>
-    where
-        I: IntoIterator<Item = &'a [u8]> + Clone,
-    {
-        let mut q = QueryName {
-            forward: [0; 256],
-            reversed: [0; 256],
-            len: 0,
-        };
-        let mut plain = true;
-        for label in labels.clone() {
-            if q.len + label.len() + 1 > MAX_NAME_LEN + 1 {
-                return Err(NameError::TooLong);
-            }
-            if q.len > 0 {
-                q.forward[q.len] = b'.';
-                q.len += 1;
-            }
-            for &b in label {
-                let b = b.to_ascii_lowercase();
-                plain &= b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
-                q.forward[q.len] = b;
-                q.len += 1;
-            }
+    /// Builds from wire-format labels (already split, no compression pointers); see
+    /// [`NameBuilder`], which a packet reader feeds label by label.
+    pub fn from_labels<'a>(labels: impl IntoIterator<Item = &'a [u8]>) -> Result<Self, NameError> {
+        let mut b = NameBuilder::new();
+        for label in labels {
+            b.push(label);
         }
-        if !plain {
-            let text: String = labels
-                .into_iter()
-                .map(|l| String::from_utf8_lossy(l).into_owned())
-                .collect::<Vec<_>>()
-                .join(".");
-            return Self::parse(&text);
-        }
-        q.fill_reversed();
-        Ok(q)
+        b.finish()
     }
 
     /// Builds from presentation form (CLI, tests, logs).
@@ -184,6 +154,72 @@ impl QueryName {
     /// True for the root name.
     pub fn is_root(&self) -> bool {
         self.len == 0
+    }
+}
+
+/// Builds a [`QueryName`] from wire-format labels as they are read, so a packet's name is
+/// copied once and never held in a label list first. Upper case is folded; a label holding a byte
+/// outside the host-name alphabet (an escaped dot, raw UTF-8) sends the whole name through IDNA
+/// so a Unicode spelling of a listed name still matches.
+pub struct NameBuilder {
+    q: QueryName,
+    plain: bool,
+    too_long: bool,
+}
+
+impl NameBuilder {
+    /// An empty name (the root until a label is pushed).
+    pub fn new() -> Self {
+        NameBuilder {
+            q: QueryName {
+                forward: [0; 256],
+                reversed: [0; 256],
+                len: 0,
+            },
+            plain: true,
+            too_long: false,
+        }
+    }
+
+    /// Appends the next label (leftmost first).
+    #[inline]
+    pub fn push(&mut self, label: &[u8]) {
+        let q = &mut self.q;
+        let dot = usize::from(q.len > 0);
+        if self.too_long || q.len + dot + label.len() > MAX_NAME_LEN {
+            self.too_long = true;
+            return;
+        }
+        if dot == 1 {
+            q.forward[q.len] = b'.';
+            q.len += 1;
+        }
+        let mut plain = true;
+        for (out, &b) in q.forward[q.len..q.len + label.len()].iter_mut().zip(label) {
+            let b = b.to_ascii_lowercase();
+            plain &= b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+            *out = b;
+        }
+        q.len += label.len();
+        self.plain &= plain;
+    }
+
+    /// The name, or why it is not one.
+    pub fn finish(mut self) -> Result<QueryName, NameError> {
+        if self.too_long {
+            return Err(NameError::TooLong);
+        }
+        if !self.plain {
+            return QueryName::parse(&String::from_utf8_lossy(&self.q.forward[..self.q.len]));
+        }
+        self.q.fill_reversed();
+        Ok(self.q)
+    }
+}
+
+impl Default for NameBuilder {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -11,7 +11,7 @@
 
 use std::net::IpAddr;
 
-use crate::domain::QueryName;
+use crate::domain::{NameBuilder, QueryName};
 
 /// RR types the query path cares about.
 pub mod rtype {
@@ -151,14 +151,9 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
 
-/// Label positions (offset, length) of a name inside a packet.
-type Labels = [(u16, u8); 128];
-
-/// Reads a name starting at `at`, following compression pointers (bounded, so loops end).
-/// Returns the labels' (offset, len) in a fixed array and the offset after the name.
-fn read_name(p: &[u8], mut at: usize) -> Option<(Labels, usize, usize)> {
-    let mut labels = [(0u16, 0u8); 128];
-    let mut n = 0;
+/// Reads a name starting at `at`, following compression pointers (bounded, so loops end), and
+/// hands its labels to `label` leftmost first. Returns the offset after the name.
+fn read_name(p: &[u8], mut at: usize, mut label: impl FnMut(&[u8])) -> Option<usize> {
     let mut end = None;
     let mut jumps = 0;
     let mut total = 0usize;
@@ -167,17 +162,14 @@ fn read_name(p: &[u8], mut at: usize) -> Option<(Labels, usize, usize)> {
         match len & 0xC0 {
             0x00 => {
                 if len == 0 {
-                    return Some((labels, n, end.unwrap_or(at + 1)));
+                    return Some(end.unwrap_or(at + 1));
                 }
-                if at + 1 + len > p.len() || n == labels.len() {
-                    return None;
-                }
+                // Labels and their length bytes, plus the root's byte: at most 255 (RFC 1035).
                 total += len + 1;
-                if total > 255 {
+                if total > 254 {
                     return None;
                 }
-                labels[n] = (at as u16 + 1, len as u8);
-                n += 1;
+                label(p.get(at + 1..at + 1 + len)?);
                 at += 1 + len;
             }
             0xC0 => {
@@ -206,7 +198,7 @@ fn skip_name(p: &[u8], mut at: usize) -> Option<usize> {
             0x00 if len == 0 => return Some(at + 1),
             0x00 => {
                 total += len + 1;
-                if at + 1 + len > p.len() || total > 255 {
+                if at + 1 + len > p.len() || total > 254 {
                     return None;
                 }
                 at += 1 + len;
@@ -267,7 +259,8 @@ pub fn parse(p: &[u8]) -> Result<Query<'_>, Reject> {
     if qd != 1 {
         return Err(err(rcode::FORMERR as u16, None, false));
     }
-    let Some((labels, n, after_name)) = read_name(p, HEADER) else {
+    let mut name = NameBuilder::new();
+    let Some(after_name) = read_name(p, HEADER, |l| name.push(l)) else {
         return Err(err(rcode::FORMERR as u16, None, false));
     };
     let (Some(qtype), Some(qclass)) = (be16(p, after_name), be16(p, after_name + 2)) else {
@@ -285,11 +278,13 @@ pub fn parse(p: &[u8]) -> Result<Query<'_>, Reject> {
     }
     let mut edns = None;
     for _ in 0..ar {
-        let (_, ln, after) = read_name(p, at).ok_or(err(rcode::FORMERR as u16, question, false))?;
+        let mut labels = 0;
+        let after =
+            read_name(p, at, |_| labels += 1).ok_or(err(rcode::FORMERR as u16, question, false))?;
         let rt = be16(p, after).ok_or(err(rcode::FORMERR as u16, question, false))?;
         let end = record_end(p, after).ok_or(err(rcode::FORMERR as u16, question, false))?;
         if rt == rtype::OPT {
-            if edns.is_some() || ln != 0 {
+            if edns.is_some() || labels != 0 {
                 return Err(err(rcode::FORMERR as u16, question, true));
             }
             edns = Some(read_opt(p, after, end));
@@ -301,12 +296,9 @@ pub fn parse(p: &[u8]) -> Result<Query<'_>, Reject> {
             return Err(err(rcode::BADVERS, question, true));
         }
     }
-    let name = QueryName::from_labels(
-        labels[..n]
-            .iter()
-            .map(|&(off, len)| &p[off as usize..off as usize + len as usize]),
-    )
-    .map_err(|_| err(rcode::FORMERR as u16, question, edns.is_some()))?;
+    let name = name
+        .finish()
+        .map_err(|_| err(rcode::FORMERR as u16, question, edns.is_some()))?;
     Ok(Query {
         id,
         rd: flags & 0x0100 != 0,
@@ -609,12 +601,9 @@ pub fn cname_targets(p: &[u8], mut each: impl FnMut(QueryName)) -> Option<()> {
     for _ in 0..an {
         let after = skip_name(p, at)?;
         if be16(p, after)? == rtype::CNAME {
-            let (labels, n, _) = read_name(p, after + 10)?;
-            if let Ok(name) = QueryName::from_labels(
-                labels[..n]
-                    .iter()
-                    .map(|&(off, len)| &p[off as usize..off as usize + len as usize]),
-            ) {
+            let mut name = NameBuilder::new();
+            read_name(p, after + 10, |l| name.push(l))?;
+            if let Ok(name) = name.finish() {
                 each(name);
             }
         }
@@ -674,7 +663,7 @@ fn capped_ttl(ttl: u32) -> u32 {
 /// Checks that `resp` answers `query` (ID and question) and turns it into [`Upstreamed`].
 /// `Err` says why an answer to this query is unusable.
 pub fn upstream_answer(resp: &[u8], query: &[u8]) -> Result<Upstreamed, &'static str> {
-    let (_, _, qname_end) = read_name(query, HEADER).ok_or("bad query")?;
+    let qname_end = read_name(query, HEADER, |_| {}).ok_or("bad query")?;
     let question = query.get(HEADER..qname_end + 4).ok_or("bad query")?;
     let name_len = qname_end - HEADER;
     if resp.len() < HEADER + question.len()
@@ -700,7 +689,7 @@ pub fn upstream_answer(resp: &[u8], query: &[u8]) -> Result<Upstreamed, &'static
     let mut at = HEADER + question.len();
     let mut ttl: Option<u32> = None;
     for i in 0..an + ns {
-        let (_, _, after) = read_name(resp, at).ok_or("malformed answer")?;
+        let after = read_name(resp, at, |_| {}).ok_or("malformed answer")?;
         let rt = be16(resp, after).ok_or("malformed answer")?;
         let rttl = capped_ttl(u32::from_be_bytes(
             resp.get(after + 4..after + 8)
@@ -859,6 +848,38 @@ mod tests {
         let e = q.edns.unwrap();
         assert_eq!((e.udp_size, e.dnssec_ok), (1232, true));
         assert_eq!(q.udp_limit(), 1232);
+    }
+
+    #[test]
+    fn question_names_are_normalised_as_read() {
+        let q = |name: &str| parse(&query(name, rtype::A, true)).map(|q| q.name.key().to_vec());
+        assert_eq!(q("WWW.Bücher.DE").unwrap(), b"de.xn--bcher-kva.www");
+        assert_eq!(q("a-b.c_d.Example.com").unwrap(), b"com.example.c_d.a-b");
+        // The longest name is 255 bytes on the wire (253 as text); one more is malformed.
+        let longest = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61),
+        ]
+        .join(".");
+        assert_eq!(q(&longest).unwrap().len(), 253);
+        assert!(matches!(
+            q(&(longest + "d")),
+            Err(Reject::Error { rcode: 1, .. })
+        ));
+        // The OPT record's owner must be the root.
+        let mut p = query("a.b", rtype::A, true);
+        let opt = p.len() - 11;
+        p.splice(opt..opt + 1, [1, b'x', 0]);
+        assert!(matches!(
+            parse(&p),
+            Err(Reject::Error {
+                rcode: 1,
+                edns: true,
+                ..
+            })
+        ));
     }
 
     #[test]
