@@ -72,14 +72,27 @@ pub fn load(config_path: &Path, adjust: &Adjust, work: &ListWork) -> Result<Load
     let mut config = Config::load(config_path).map_err(|e| e.to_string())?;
     adjust(&mut config);
     let config = Arc::new(config);
-    let mut compiled_apart = Vec::new();
+    let mut compiled_apart: Vec<String> = Vec::new();
     if let ListWork::Child(program) = work {
-        if let Some(loaded) = Engine::load_compiled(config.clone()).map_err(|e| e.to_string())? {
-            return Ok(loaded);
+        for round in 0..=CHILD_ROUNDS {
+            if let Some(mut loaded) =
+                Engine::load_compiled(config.clone()).map_err(|e| e.to_string())?
+            {
+                loaded.recompiled = compiled_apart;
+                return Ok(loaded);
+            }
+            if round == CHILD_ROUNDS {
+                break;
+            }
+            for name in compile_in_child(program, config_path, config.list_work_timeout)? {
+                if !compiled_apart.contains(&name) {
+                    compiled_apart.push(name);
+                }
+            }
         }
-        compiled_apart = compile_in_child(program, config_path, config.list_work_timeout)?;
     }
-    // Maps what the child compiled; compiles here only a list edited again since.
+    // Maps what is compiled and compiles here what still is not: every list without a child,
+    // or lists saved again during each of the child's rounds.
     let mut loaded = Engine::load(config).map_err(|e| e.to_string())?;
     for name in compiled_apart {
         if !loaded.recompiled.contains(&name) {
@@ -88,6 +101,12 @@ pub fn load(config_path: &Path, adjust: &Adjust, work: &ListWork) -> Result<Load
     }
     Ok(loaded)
 }
+
+/// Child compiles a load runs before compiling in this process. A list saved again while the
+/// child compiled it is out of date when the child is done, and compiling it here cost the
+/// server the memory the child is there to keep (peak RSS 59 MiB against 24 after a second
+/// save three seconds into a 1,000,000-name reload); another round in a child costs only time.
+const CHILD_ROUNDS: usize = 3;
 
 /// Runs `program --config <config_path> compile --json`; the names of the lists it compiled.
 fn compile_in_child(

@@ -263,6 +263,55 @@ fn list_work_that_hangs_is_stopped_and_the_server_keeps_filtering() {
 
 /// Replaces the config as an editor saving it would (write beside it, rename over it) and waits
 /// for the server to reload it.
+/// A technician who saves a list again while the server compiles the first save: the server
+/// compiles it again in a child rather than in its own process, where a million names cost it
+/// tens of megabytes it would keep. The child here is the real `schoolgate compile`, wrapped so
+/// its first run saves `adult.txt` once more as it finishes.
+#[test]
+fn a_list_saved_again_during_its_compile_is_compiled_again_in_a_child() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use schoolgate::domain::QueryName;
+    use schoolgate::policy::Action;
+    use schoolgate::reload::{self, Adjust, ListWork};
+
+    let setup = Setup::new();
+    let config = setup.config();
+    let dir = setup.dir.path();
+    let runs = dir.join("child-runs");
+    let child = dir.join("compile-child");
+    let adult = setup.list_path("adult.txt");
+    fs::write(
+        &child,
+        format!(
+            "#!/bin/sh\necho run >> '{runs}'\n'{bin}' \"$@\"\nrc=$?\n\
+             [ -e '{runs}.saved' ] || {{ touch '{runs}.saved'; echo second-save.example >> '{adult}'; }}\n\
+             exit $rc\n",
+            runs = runs.display(),
+            bin = crate::harness::bin(),
+            adult = adult.display(),
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&child, fs::Permissions::from_mode(0o755)).unwrap();
+    append(&adult, "first-save.example\n");
+
+    let adjust: Adjust = Arc::new(|_| {});
+    let loaded = reload::load(&config, &adjust, &ListWork::Child(child)).expect("lists load");
+    let children = fs::read_to_string(&runs).unwrap().lines().count();
+    assert_eq!(children, 2, "the second save is compiled by a second child");
+    let engine = &loaded.engine;
+    let who = engine.identify("127.0.0.1".parse().unwrap());
+    for name in ["first-save.example", "second-save.example"] {
+        let q = QueryName::parse(name).unwrap();
+        assert_eq!(
+            engine.decide(&who, &q, chrono::Utc::now()).action,
+            Action::Block,
+            "{name}"
+        );
+    }
+}
+
 fn replace_config(server: &Server, cfg: &Path, text: &str) {
     let reloads = count(server, "reloaded");
     let edited = cfg.with_extension("new");
