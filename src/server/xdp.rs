@@ -691,11 +691,10 @@ impl Xsk {
             if i + 1 < n {
                 self.prefetch(self.rx.get(self.rx_next));
             }
-            let start = d.addr >> ADDR_BITS;
-            let frame = d.addr & ((1 << ADDR_BITS) - 1);
+            let (frame, at) = self.received(d);
             let len = (d.len as usize).min(RX_SLOT);
             // SAFETY: the kernel filled `len` bytes of this frame and handed it to us.
-            let packet = unsafe { std::slice::from_raw_parts(self.frame(frame + start), len) };
+            let packet = unsafe { std::slice::from_raw_parts(at, len) };
             if let Some((src, dns)) = parse(packet, self.ifindex) {
                 reply.clear();
                 if answer(dns, src, reply) {
@@ -715,6 +714,13 @@ impl Xsk {
         n
     }
 
+    /// A receive descriptor's frame (what goes back to the fill ring) and where its packet
+    /// starts: in unaligned mode the packet's offset in the frame is in the address's top bits.
+    fn received(&self, d: libc::xdp_desc) -> (u64, *mut u8) {
+        let frame = d.addr & ((1 << ADDR_BITS) - 1);
+        (frame, self.frame(frame + (d.addr >> ADDR_BITS)))
+    }
+
     /// Asks for a received packet's bytes ahead of its turn. In copy mode the kernel wrote them
     /// on the CPU that sent the query (on loopback, the client's), so the first read here waits
     /// for them to cross cores; asking one packet early overlaps that wait with this one's work.
@@ -723,7 +729,7 @@ impl Xsk {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let at = self.frame((d.addr & ((1 << ADDR_BITS) - 1)) + (d.addr >> ADDR_BITS));
+            let (_, at) = self.received(d);
             // SAFETY: a prefetch is only a hint: it never faults and changes no memory.
             unsafe {
                 _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
