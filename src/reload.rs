@@ -72,34 +72,35 @@ pub fn load(config_path: &Path, adjust: &Adjust, work: &ListWork) -> Result<Load
     let mut config = Config::load(config_path).map_err(|e| e.to_string())?;
     adjust(&mut config);
     let config = Arc::new(config);
-    let mut compiled_apart: Vec<String> = Vec::new();
+    let mut compiled_apart = Vec::new();
     if let ListWork::Child(program) = work {
         for round in 0..=CHILD_ROUNDS {
             if let Some(mut loaded) =
                 Engine::load_compiled(config.clone()).map_err(|e| e.to_string())?
             {
-                loaded.recompiled = compiled_apart;
+                add_names(&mut loaded.recompiled, compiled_apart);
                 return Ok(loaded);
             }
-            if round == CHILD_ROUNDS {
-                break;
-            }
-            for name in compile_in_child(program, config_path, config.list_work_timeout)? {
-                if !compiled_apart.contains(&name) {
-                    compiled_apart.push(name);
-                }
+            if round < CHILD_ROUNDS {
+                let names = compile_in_child(program, config_path, config.list_work_timeout)?;
+                add_names(&mut compiled_apart, names);
             }
         }
     }
     // Maps what is compiled and compiles here what still is not: every list without a child,
     // or lists saved again during each of the child's rounds.
     let mut loaded = Engine::load(config).map_err(|e| e.to_string())?;
-    for name in compiled_apart {
-        if !loaded.recompiled.contains(&name) {
-            loaded.recompiled.push(name);
+    add_names(&mut loaded.recompiled, compiled_apart);
+    Ok(loaded)
+}
+
+/// Adds list names to `into`, each once.
+fn add_names(into: &mut Vec<String>, names: Vec<String>) {
+    for name in names {
+        if !into.contains(&name) {
+            into.push(name);
         }
     }
-    Ok(loaded)
 }
 
 /// Child compiles a load runs before compiling in this process. A list saved again while the
