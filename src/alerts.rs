@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::journal::{format_time, Event};
 use crate::mail::Mailer;
+use crate::timezone::Zone;
 
 /// Alerts waiting for delivery; beyond this they are counted and logged, never queued.
 const QUEUE: usize = 1024;
@@ -64,7 +65,7 @@ pub struct Alert {
 pub struct Alerter {
     tx: Sender<Alert>,
     window: Duration,
-    tz: chrono_tz::Tz,
+    tz: Zone,
     school: String,
     last: FxHashMap<(IpAddr, String), (Instant, u64)>,
 }
@@ -115,7 +116,7 @@ impl Alerter {
         Ok(Some(Alerter {
             tx,
             window: a.window,
-            tz: config.time_zone,
+            tz: config.time_zone.clone(),
             school: config.report.school.clone(),
             last: FxHashMap::default(),
         }))
@@ -160,7 +161,7 @@ impl Alerter {
             Some(n) => format!("{n} ({})", ev.client.addr),
             None => ev.client.addr.to_string(),
         };
-        let time = format_time(ev.time, self.tz);
+        let time = format_time(ev.time, &self.tz);
         let alert = Alert {
             text: format!(
                 "{}: {} attempt by {device} at {}: {}",

@@ -17,6 +17,7 @@ use toml::Spanned;
 
 use crate::lists::KEYWORDS_EXTENSION;
 use crate::safesearch::{SafeSearch, SafeSearchMode};
+use crate::timezone::Zone;
 
 /// A configuration problem, located in the file.
 #[derive(Debug, Error)]
@@ -729,7 +730,7 @@ pub struct Config {
     /// Upstream answer cache entries.
     pub cache_size: usize,
     /// The school's time zone, for schedules, logs and reports.
-    pub time_zone: chrono_tz::Tz,
+    pub time_zone: Zone,
     /// Per-client queries per second.
     pub rate_limit_qps: u32,
     /// Per-client burst.
@@ -899,19 +900,10 @@ impl Validator<'_> {
     }
 
     fn validate(&mut self, raw: Raw, base: &Path) -> Config {
-        let time_zone = raw
-            .server
-            .time_zone
-            .get_ref()
-            .parse::<chrono_tz::Tz>()
-            .unwrap_or_else(|_| {
-                self.problem(
-                    &raw.server.time_zone,
-                    "server.time_zone",
-                    "unknown time zone; use an IANA name such as \"Europe/London\"",
-                );
-                chrono_tz::Europe::London
-            });
+        let time_zone = Zone::named(raw.server.time_zone.get_ref()).unwrap_or_else(|e| {
+            self.problem(&raw.server.time_zone, "server.time_zone", e.to_string());
+            Zone::utc()
+        });
         if raw.sinkhole.mode == SinkholeMode::Address
             && raw.sinkhole.ipv4.is_none()
             && raw.sinkhole.ipv6.is_none()
@@ -1646,6 +1638,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains(":3: field `lists.work_timeout`"), "{err}");
+    }
+
+    #[test]
+    fn time_zone_is_an_iana_name_and_a_typo_names_its_line() {
+        let c = cfg("[lists]\ndir = \".\"\n").unwrap();
+        assert_eq!(c.time_zone.name(), "Europe/London", "the default");
+        let c = cfg("[server]\ntime_zone = \"Europe/Dublin\"\n[lists]\ndir = \".\"\n").unwrap();
+        assert_eq!(c.time_zone.name(), "Europe/Dublin");
+        let err = cfg("[lists]\ndir = \".\"\n[server]\ntime_zone = \"Europe/Londn\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":4: field `server.time_zone`"), "{err}");
+        assert!(err.contains("unknown time zone \"Europe/Londn\""), "{err}");
     }
 
     #[test]

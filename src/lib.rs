@@ -17,6 +17,7 @@
 //!   school's own DNS.
 //! - [`reload`]: watching files, compiling in a child process, swapping in a new engine.
 //! - [`journal`]: access, breach and notice logs, off the query path.
+//! - [`timezone`]: the school's time zone, from the system's tz database.
 //! - [`report`], [`alerts`], [`mail`]: the daily summary, immediate alerts, email.
 //! - [`changes`]: the change-control log of every filtering change.
 //! - [`metrics`], [`admin`], [`ratelimit`]: operations.
@@ -41,6 +42,7 @@ pub mod reload;
 pub mod report;
 pub mod safesearch;
 pub mod server;
+pub mod timezone;
 pub mod upstream;
 pub mod wire;
 pub mod zones;

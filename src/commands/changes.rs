@@ -7,6 +7,7 @@ use anyhow::Context;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use schoolgate::changes::{read_log, verify_log, Change, ChangeLog, ExemptionChange, Record};
 use schoolgate::config::Config;
+use schoolgate::timezone::Zone;
 
 use crate::cli::ChangesArgs;
 
@@ -18,7 +19,7 @@ pub fn run(config_path: &Path, args: ChangesArgs) -> anyhow::Result<ExitCode> {
     if args.verify {
         return verify(&config.changes_log, args.json);
     }
-    let tz = config.time_zone;
+    let tz = &config.time_zone;
     let since = args.since.as_deref().map(|s| since(s, tz)).transpose()?;
     let (changes, bad) = read_log(&config.changes_log, since)?;
     for line in bad {
@@ -52,7 +53,7 @@ fn record(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         if json {
             println!("{}", serde_json::to_string(c)?);
         } else {
-            print_list_change(c, config.time_zone);
+            print_list_change(c, &config.time_zone);
         }
     }
     if !json && changes.is_empty() && errors.is_empty() {
@@ -108,8 +109,8 @@ fn verify(log: &Path, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_list_change(c: &Change, tz: chrono_tz::Tz) {
-    let when = c.time.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S");
+fn print_list_change(c: &Change, tz: &Zone) {
+    let when = c.time.with_timezone(tz).format("%Y-%m-%d %H:%M:%S");
     let source = c
         .url
         .clone()
@@ -133,9 +134,9 @@ fn print_list_change(c: &Change, tz: chrono_tz::Tz) {
     }
 }
 
-fn print_exemption(e: &ExemptionChange, tz: chrono_tz::Tz) {
-    let when = e.time.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S");
-    let until = e.until.with_timezone(&tz).format("%Y-%m-%d %H:%M");
+fn print_exemption(e: &ExemptionChange, tz: &Zone) {
+    let when = e.time.with_timezone(tz).format("%Y-%m-%d %H:%M:%S");
+    let until = e.until.with_timezone(tz).format("%Y-%m-%d %H:%M");
     println!(
         "{when}  {}  exemption {}: {} lifted for {} until {until}",
         e.by,
@@ -147,7 +148,7 @@ fn print_exemption(e: &ExemptionChange, tz: chrono_tz::Tz) {
 }
 
 /// A date means its local midnight; anything else must be an RFC 3339 instant.
-fn since(s: &str, tz: chrono_tz::Tz) -> anyhow::Result<DateTime<Utc>> {
+fn since(s: &str, tz: &Zone) -> anyhow::Result<DateTime<Utc>> {
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         let midnight = d.and_hms_opt(0, 0, 0).unwrap_or_default();
         return tz

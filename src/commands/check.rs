@@ -27,11 +27,11 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
     };
     let addr = client.addr;
     let at = match &args.at {
-        Some(t) => super::time_arg::parse(t, engine.config().time_zone)?,
+        Some(t) => super::time_arg::parse(t, &engine.config().time_zone)?,
         None => chrono::Utc::now(),
     };
     let d = engine.decide(&client, &name, at);
-    let tz = engine.config().time_zone;
+    let tz = &engine.config().time_zone;
     let exemption = d
         .exemption
         .and_then(|e| engine.exemptions().get(e as usize));
@@ -100,11 +100,11 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
             "keyword": keyword.as_ref().map(|(word, token, at, end)| json!({
                 "word": word, "token_only": token, "at": at, "end": end,
             })),
-            "at": at.with_timezone(&tz).to_rfc3339(),
+            "at": at.with_timezone(tz).to_rfc3339(),
             "exemption": exemption.map(|e| json!({
                 "client": e.client,
                 "categories": e.categories,
-                "until": e.until.with_timezone(&tz).to_rfc3339(),
+                "until": e.until.with_timezone(tz).to_rfc3339(),
                 "approved_by": e.approved_by,
                 "reason": e.reason,
             })),
@@ -161,7 +161,7 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
             "  exemption: {} lifted for {} until {}, approved by {}: {}",
             e.categories.join(", "),
             e.client,
-            e.until.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z"),
+            e.until.with_timezone(tz).format("%Y-%m-%d %H:%M %Z"),
             e.approved_by,
             e.reason
         );
@@ -169,7 +169,7 @@ pub fn run(config_path: &Path, args: CheckArgs) -> anyhow::Result<ExitCode> {
     if args.at.is_some() {
         println!(
             "  at:       {}",
-            at.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z (%A)")
+            at.with_timezone(tz).format("%Y-%m-%d %H:%M %Z (%A)")
         );
     }
     Ok(ExitCode::SUCCESS)

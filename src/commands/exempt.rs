@@ -26,7 +26,7 @@ pub fn run(config_path: &Path, cmd: ExemptCommand) -> anyhow::Result<ExitCode> {
 
 fn add(config: &Config, args: ExemptAddArgs) -> anyhow::Result<ExitCode> {
     let now = Utc::now();
-    let until = time_arg::parse(&args.until, config.time_zone)?;
+    let until = time_arg::parse(&args.until, &config.time_zone)?;
     let client = args.client.trim().to_string();
     if !is_known(config, &client) {
         bail!(
@@ -71,7 +71,7 @@ fn is_known(config: &Config, client: &str) -> bool {
 fn list(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
     let now = Utc::now();
     let all = exemptions::load(&config.exemptions_file)?;
-    let tz = config.time_zone;
+    let tz = &config.time_zone;
     for e in &all {
         let state = if e.until > now { "active" } else { "ended" };
         if as_json {
@@ -80,10 +80,10 @@ fn list(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
                 json!({
                     "client": e.client,
                     "categories": e.categories,
-                    "until": e.until.with_timezone(&tz).to_rfc3339(),
+                    "until": e.until.with_timezone(tz).to_rfc3339(),
                     "approved_by": e.approved_by,
                     "reason": e.reason,
-                    "added": e.added.with_timezone(&tz).to_rfc3339(),
+                    "added": e.added.with_timezone(tz).to_rfc3339(),
                     "state": state,
                 })
             );
@@ -92,7 +92,7 @@ fn list(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
                 "{}: {} until {} ({state}), approved by {}: {}",
                 e.client,
                 e.categories.join(", "),
-                e.until.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z"),
+                e.until.with_timezone(tz).format("%Y-%m-%d %H:%M %Z"),
                 e.approved_by,
                 e.reason
             );

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use schoolgate::config::{ClientMatch, Config};
 use schoolgate::journal::{read_lines, Record, Stream};
 use schoolgate::report::Day;
+use schoolgate::timezone::Zone;
 
 use crate::cli::LogsArgs;
 
@@ -39,7 +40,7 @@ impl Who {
 
 pub fn run(config_path: &Path, args: LogsArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
-    let tz = config.time_zone;
+    let tz = &config.time_zone;
     let who = match args.client.parse::<IpAddr>() {
         Ok(a) => Who::Addr(a),
         Err(_) => Who::Named {
@@ -56,11 +57,11 @@ pub fn run(config_path: &Path, args: LogsArgs) -> anyhow::Result<ExitCode> {
             name: args.client.clone(),
         },
     };
-    let today = Utc::now().with_timezone(&tz).date_naive();
+    let today = Utc::now().with_timezone(tz).date_naive();
     let (first, since) = match (&args.since, args.date) {
         (Some(s), _) => {
             let start = parse_since(s, today, tz)?;
-            (start.with_timezone(&tz).date_naive(), Some(start))
+            (start.with_timezone(tz).date_naive(), Some(start))
         }
         (None, Some(d)) => (d.resolve(tz), None),
         (None, None) => (Day::Today.resolve(tz), None),
@@ -157,7 +158,7 @@ fn print(
 fn parse_since(
     s: &str,
     today: NaiveDate,
-    tz: chrono_tz::Tz,
+    tz: &Zone,
 ) -> anyhow::Result<DateTime<chrono::FixedOffset>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t);

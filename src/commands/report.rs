@@ -20,7 +20,7 @@ pub fn run(config_path: &Path, cmd: ReportCommand) -> anyhow::Result<ExitCode> {
 
 fn daily(config_path: &Path, args: DailyArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
-    let date = args.date.resolve(config.time_zone);
+    let date = args.date.resolve(&config.time_zone);
     let report = schoolgate::report::build(&config, date, args.anonymise)?;
     if args.email {
         let smtp = config.smtp.as_ref().context(

@@ -84,7 +84,7 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
         if alerts.is_some() {
             tracing::info!("alerts on for alert-flagged categories");
         }
-        let journal = Journal::start_with_alerts(&config.logs, config.time_zone, alerts)
+        let journal = Journal::start_with_alerts(&config.logs, config.time_zone.clone(), alerts)
             .with_context(|| format!("cannot start logging in {}", config.logs.dir.display()))?;
         let metrics = Arc::new(Metrics::new(Some(journal.stats().clone())));
         let handler = Arc::new(Handler::new(

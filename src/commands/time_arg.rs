@@ -2,10 +2,11 @@
 
 use anyhow::Context;
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use schoolgate::timezone::Zone;
 
 /// Parses `--at` / `--until`: RFC 3339 (`2026-11-27T12:30:00Z`) or `YYYY-MM-DD HH:MM[:SS]`
 /// (a `T` in place of the space is fine) in `tz`.
-pub fn parse(text: &str, tz: chrono_tz::Tz) -> anyhow::Result<DateTime<Utc>> {
+pub fn parse(text: &str, tz: &Zone) -> anyhow::Result<DateTime<Utc>> {
     let text = text.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
@@ -33,7 +34,7 @@ mod tests {
 
     #[test]
     fn local_and_rfc3339() {
-        let tz = chrono_tz::Europe::London;
+        let tz = &Zone::named("Europe/London").unwrap();
         let summer = parse("2026-07-01 12:30", tz).unwrap();
         assert_eq!(summer.to_rfc3339(), "2026-07-01T11:30:00+00:00");
         let utc = parse("2026-07-01T12:30:00Z", tz).unwrap();

@@ -34,6 +34,7 @@ use crate::alerts::Alerter;
 use crate::clients::ClientId;
 use crate::config::Logs;
 use crate::policy::{Decision, Engine};
+use crate::timezone::Zone;
 
 /// What the server did with a query, beyond the policy decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,14 +311,14 @@ pub fn flush_deferred() {
 impl Journal {
     /// Starts the writer thread for `logs` in the school's time zone. The thread drains and
     /// exits when every handle is dropped; [`Journal::flush`] is the way to wait for the disk.
-    pub fn start(logs: &Logs, tz: chrono_tz::Tz) -> std::io::Result<Journal> {
+    pub fn start(logs: &Logs, tz: Zone) -> std::io::Result<Journal> {
         Self::start_with_alerts(logs, tz, None)
     }
 
     /// As [`Journal::start`], and offers every breach to `alerts` on the writer thread.
     pub fn start_with_alerts(
         logs: &Logs,
-        tz: chrono_tz::Tz,
+        tz: Zone,
         alerts: Option<Alerter>,
     ) -> std::io::Result<Journal> {
         Self::start_bounded(logs, tz, alerts, BreachBounds::default())
@@ -325,7 +326,7 @@ impl Journal {
 
     fn start_bounded(
         logs: &Logs,
-        tz: chrono_tz::Tz,
+        tz: Zone,
         alerts: Option<Alerter>,
         bounds: BreachBounds,
     ) -> std::io::Result<Journal> {
@@ -584,6 +585,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::domain::QueryName;
+    use crate::timezone::london;
     use chrono::Utc;
 
     fn school() -> (tempfile::TempDir, Arc<Engine>, Logs) {
@@ -643,7 +645,7 @@ mod tests {
             return;
         }
         let (_dir, _engine, logs) = school();
-        let _journal = Journal::start(&logs, chrono_tz::Europe::London).unwrap();
+        let _journal = Journal::start(&logs, london()).unwrap();
         std::thread::sleep(DRAIN_EVERY * 5);
         let writers: Vec<u64> = std::fs::read_dir("/proc/self/task")
             .unwrap()
@@ -660,7 +662,7 @@ mod tests {
     #[test]
     fn deferred_records_are_sent_at_the_flush_and_breaches_name_their_list_line() {
         let (_dir, engine, logs) = school();
-        let journal = Journal::start(&logs, chrono_tz::Europe::London).unwrap();
+        let journal = Journal::start(&logs, london()).unwrap();
         let allowed = QueryName::parse("good.example").unwrap();
         let blocked = QueryName::parse("www.bad.example").unwrap();
         journal.log_deferred(&ask(&engine, &allowed));
@@ -701,7 +703,7 @@ mod tests {
     #[test]
     fn a_full_queue_drops_access_records_but_keeps_breaches() {
         let (_dir, engine, logs) = school();
-        let journal = Journal::start(&logs, chrono_tz::Europe::London).unwrap();
+        let journal = Journal::start(&logs, london()).unwrap();
         let allowed = QueryName::parse("good.example").unwrap();
         let blocked = QueryName::parse("bad.example").unwrap();
         // As if the writer were a whole queue behind.
@@ -729,7 +731,7 @@ mod tests {
         let (_dir, engine, logs) = school();
         let stats = Arc::new(Stats::default());
         writer::prepare_dir(&logs.dir).unwrap();
-        let mut w = writer::Writer::new(logs.clone(), chrono_tz::Europe::London, stats.clone());
+        let mut w = writer::Writer::new(logs.clone(), london(), stats.clone());
         let blocked = QueryName::parse("bad.example").unwrap();
         let ev = ask(&engine, &blocked);
         for _ in 0..10_000 {
@@ -762,7 +764,7 @@ mod tests {
             wait,
             lose_at,
         };
-        Journal::start_bounded(logs, chrono_tz::Europe::London, None, bounds).unwrap()
+        Journal::start_bounded(logs, london(), None, bounds).unwrap()
     }
 
     fn breaches(journal: &Journal, engine: &Arc<Engine>, n: usize) {

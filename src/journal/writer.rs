@@ -24,6 +24,7 @@ use super::record::{Notice, Stream};
 use super::{Event, Outcome, Stats};
 use crate::config::Logs;
 use crate::policy::Entry;
+use crate::timezone::Zone;
 
 /// Memory breach lines may hold while the disk refuses them (about 200,000 lines): enough for
 /// days of a school's breaches, small enough for a small server. Past it the oldest are
@@ -279,7 +280,7 @@ fn compress(path: &Path) -> std::io::Result<()> {
 
 pub(super) struct Writer {
     logs: Logs,
-    tz: chrono_tz::Tz,
+    tz: Zone,
     stats: Arc<Stats>,
     access: DayFile,
     breach: DayFile,
@@ -334,7 +335,7 @@ const RETRY_EVERY: Duration = Duration::from_millis(250);
 const MAX_PENDING_NOTICES: usize = 10_000;
 
 impl Writer {
-    pub(super) fn new(logs: Logs, tz: chrono_tz::Tz, stats: Arc<Stats>) -> Self {
+    pub(super) fn new(logs: Logs, tz: Zone, stats: Arc<Stats>) -> Self {
         let mut w = Writer {
             logs,
             tz,
@@ -357,7 +358,7 @@ impl Writer {
     }
 
     pub(super) fn access(&mut self, ev: &Event<'_>) {
-        let date = self.clock.at(ev.time, self.tz);
+        let date = self.clock.at(ev.time, &self.tz);
         access_line(self.access.line(date), &self.clock, ev);
         if self.access.lines >= WRITE_BATCH {
             self.write_access();
@@ -365,7 +366,7 @@ impl Writer {
     }
 
     pub(super) fn breach(&mut self, ev: &Event<'_>) {
-        let date = self.clock.at(ev.time, self.tz);
+        let date = self.clock.at(ev.time, &self.tz);
         let access = self.access.line(date);
         let start = access.len();
         let origin_at = access_line(access, &self.clock, ev);
@@ -564,7 +565,7 @@ impl Writer {
     }
 
     fn now_string(&self) -> String {
-        format_time(SystemTime::now(), self.tz)
+        format_time(SystemTime::now(), &self.tz)
     }
 }
 
@@ -732,7 +733,7 @@ struct Clock {
 
 impl Clock {
     /// Moves the clock to `t`'s second in `tz`; returns its local date.
-    fn at(&mut self, t: SystemTime, tz: chrono_tz::Tz) -> NaiveDate {
+    fn at(&mut self, t: SystemTime, tz: &Zone) -> NaiveDate {
         // Only a new second needs the calendar: converting every record's time to a date was
         // 0.7% of the server's CPU under load.
         let second = t
@@ -741,7 +742,7 @@ impl Clock {
         match self.date {
             Some(date) if second == self.second => date,
             _ => {
-                let local = DateTime::<Utc>::from(t).with_timezone(&tz);
+                let local = DateTime::<Utc>::from(t).with_timezone(tz);
                 self.prefix.clear();
                 self.offset.clear();
                 let _ = write!(self.prefix, "{}", local.format("%Y-%m-%dT%H:%M:%S"));
@@ -768,9 +769,9 @@ impl Clock {
 }
 
 /// RFC 3339 local time with microseconds, as every log line carries it.
-pub fn format_time(t: SystemTime, tz: chrono_tz::Tz) -> String {
+pub fn format_time(t: SystemTime, tz: &Zone) -> String {
     DateTime::<Utc>::from(t)
-        .with_timezone(&tz)
+        .with_timezone(tz)
         .format("%Y-%m-%dT%H:%M:%S%.6f%:z")
         .to_string()
 }
@@ -790,6 +791,7 @@ fn rcode_name(rcode: u8) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timezone::london;
     use chrono::TimeZone;
 
     /// Pages of the file's first `len` bytes that are in the page cache.
@@ -873,17 +875,17 @@ mod tests {
         let t = Utc.with_ymd_and_hms(2026, 7, 1, 12, 0, 0).unwrap()
             + chrono::Duration::microseconds(42);
         let mut out = String::new();
-        let date = clock.at(t.into(), chrono_tz::Europe::London);
+        let date = clock.at(t.into(), &london());
         assert_eq!(date, NaiveDate::from_ymd_opt(2026, 7, 1).unwrap());
         clock.push_time(&mut out, t.into());
         assert_eq!(out, "2026-07-01T13:00:00.000042+01:00");
-        assert_eq!(out, format_time(t.into(), chrono_tz::Europe::London));
+        assert_eq!(out, format_time(t.into(), &london()));
     }
 
     #[test]
     fn time_zone_applies() {
         let t = Utc.with_ymd_and_hms(2026, 7, 1, 12, 0, 0).unwrap();
-        let s = format_time(t.into(), chrono_tz::Europe::London);
+        let s = format_time(t.into(), &london());
         assert!(s.starts_with("2026-07-01T13:00:00.000000+01:00"), "{s}");
     }
 }

@@ -11,13 +11,14 @@ use serde_json::Value;
 
 use super::{Change, NAMES_SHOWN};
 use crate::changes::{verify_log_reading, ChangeError, Verified};
+use crate::timezone::Zone;
 
 /// The day's changes and exemptions (entries with `"kind": "exemption"`), and the state of the
 /// log's links, from one read. A missing file is an empty day.
 pub(super) fn read(
     path: &Path,
     date: NaiveDate,
-    tz: chrono_tz::Tz,
+    tz: &Zone,
 ) -> Result<(Vec<Change>, Vec<Change>, Verified), ChangeError> {
     let mut changes = Vec::new();
     let mut exemptions = Vec::new();
@@ -61,9 +62,9 @@ pub(super) fn read(
     Ok((changes, exemptions, verified))
 }
 
-fn day_of(time: &str, tz: chrono_tz::Tz) -> Option<NaiveDate> {
+fn day_of(time: &str, tz: &Zone) -> Option<NaiveDate> {
     DateTime::parse_from_rfc3339(time)
-        .map(|t| t.with_timezone(&tz).date_naive())
+        .map(|t| t.with_timezone(tz).date_naive())
         .ok()
         .or_else(|| NaiveDate::parse_from_str(time.get(..10)?, "%Y-%m-%d").ok())
 }
@@ -95,6 +96,7 @@ fn names(v: &Value, keys: &[&str]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timezone::london;
 
     #[test]
     fn reads_the_day_and_splits_exemptions() {
@@ -111,7 +113,7 @@ mod tests {
         )
         .unwrap();
         let d = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
-        let (c, e, links) = read(&p, d, chrono_tz::Europe::London).unwrap();
+        let (c, e, links) = read(&p, d, &london()).unwrap();
         assert_eq!(
             (links.records, links.unlinked_at_start),
             (4, 4),
@@ -137,7 +139,7 @@ mod tests {
         });
         std::fs::write(&p, format!("{line}\n")).unwrap();
         let d = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
-        let (c, _, _) = read(&p, d, chrono_tz::Europe::London).unwrap();
+        let (c, _, _) = read(&p, d, &london()).unwrap();
         assert_eq!(c[0].added.len(), NAMES_SHOWN);
         assert_eq!((c[0].added_count, c[0].removed_count), (1000, 0));
     }

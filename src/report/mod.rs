@@ -15,6 +15,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::config::Config;
+use crate::timezone::Zone;
 
 pub use pseudonym::Pseudonyms;
 
@@ -65,8 +66,8 @@ impl std::str::FromStr for Day {
 
 impl Day {
     /// The calendar date in the school's time zone.
-    pub fn resolve(self, tz: chrono_tz::Tz) -> NaiveDate {
-        let today = Utc::now().with_timezone(&tz).date_naive();
+    pub fn resolve(self, tz: &Zone) -> NaiveDate {
+        let today = Utc::now().with_timezone(tz).date_naive();
         match self {
             Day::Today => today,
             Day::Yesterday => today.checked_sub_days(Days::new(1)).unwrap_or(today),
@@ -312,7 +313,7 @@ pub fn build(config: &Config, date: NaiveDate, anonymise: bool) -> Result<Report
 impl Report {
     fn changes_from(&mut self, config: &Config, date: NaiveDate) -> Result<(), ReportError> {
         let (changes, exemptions, links) =
-            changes::read(&config.changes_log, date, config.time_zone).map_err(
+            changes::read(&config.changes_log, date, &config.time_zone).map_err(
                 |crate::changes::ChangeError::Io { path, source }| ReportError::Read {
                     path,
                     source,

@@ -756,5 +756,5 @@ impl Done<'_> {
 }
 
 fn journal_time(engine: &Engine) -> String {
-    journal::format_time(SystemTime::now(), engine.config().time_zone)
+    journal::format_time(SystemTime::now(), &engine.config().time_zone)
 }
