@@ -22,9 +22,11 @@ pub struct Zone(jiff::tz::TimeZone);
 pub struct UnknownZone(String);
 
 impl Zone {
-    /// Looks `name` up in the tz database.
+    /// Looks `name` up in the tz database. The database is opened for the lookup and dropped:
+    /// jiff's global one would keep every zone's name in the server's heap for good.
     pub fn named(name: &str) -> Result<Zone, UnknownZone> {
-        jiff::tz::TimeZone::get(name)
+        jiff::tz::TimeZoneDatabase::from_env()
+            .get(name)
             .map(Zone)
             .map_err(|_| UnknownZone(name.to_owned()))
     }
