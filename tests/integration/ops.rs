@@ -390,3 +390,36 @@ fn a_stalled_upstream_bounds_lookups_in_flight_and_counts_what_it_drops() {
         "1,100 lookups against a bound of 1,024 in flight: {dropped} dropped"
     );
 }
+
+/// A server without the tzdata package keeps the school's clock from the zones built into
+/// schoolgate. The check runs in a mount namespace of its own with an empty tmpfs over
+/// /usr/share/zoneinfo (where the system has one), so the system's database cannot be used.
+#[test]
+fn without_tzdata_the_built_in_zones_keep_british_summer_time() {
+    let setup = Setup::new();
+    let script = format!(
+        "if [ -d /usr/share/zoneinfo ]; then mount -t tmpfs tmpfs /usr/share/zoneinfo || exit 97; fi
+         [ -z \"$(ls -A /usr/share/zoneinfo 2>/dev/null)\" ] || exit 98
+         exec '{}' --config '{}' check --json www.tiktok.com --at '2026-07-01 12:00'",
+        crate::harness::bin(),
+        setup.config().display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .env_remove("TZDIR")
+        .output()
+        .expect("run unshare (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(
+        out.status.code(),
+        Some(97),
+        "`mount -t tmpfs` needs root (.ci/run runs as root): {stderr}"
+    );
+    assert!(
+        out.status.success(),
+        "exit {:?}: {stderr}",
+        out.status.code()
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json");
+    assert_eq!(json["at"], "2026-07-01T12:00:00+01:00", "{json}");
+}
