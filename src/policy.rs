@@ -592,7 +592,7 @@ impl Engine {
         let mut mask = g.block;
         let mut active = None;
         if !g.schedules.is_empty() {
-            let local = self.config.time_zone.local(now);
+            let local = now.with_timezone(&self.config.time_zone);
             let day = 1u8 << local.weekday().num_days_from_monday();
             let time = local.time();
             if let Some((i, s)) = g

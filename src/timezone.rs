@@ -8,10 +8,7 @@
 
 use std::fmt;
 
-use chrono::{
-    DateTime, FixedOffset, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, TimeZone,
-    Utc,
-};
+use chrono::{FixedOffset, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
 use jiff::tz::AmbiguousOffset;
 use jiff::Timestamp;
 
@@ -37,13 +34,6 @@ impl Zone {
     /// Coordinated Universal Time.
     pub fn utc() -> Zone {
         Zone(jiff::tz::TimeZone::UTC)
-    }
-
-    /// The wall-clock time at `t`, which schedules compare on every query: unlike
-    /// `with_timezone`, it does not take a count on the zone's shared data.
-    pub fn local(&self, t: DateTime<Utc>) -> NaiveDateTime {
-        let seconds = self.0.to_offset(timestamp(t.timestamp())).seconds();
-        t.naive_utc() + TimeDelta::seconds(seconds.into())
     }
 
     /// The zone's IANA name.
@@ -190,6 +180,7 @@ pub(crate) fn london() -> Zone {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{DateTime, Utc};
 
     #[test]
     fn london_keeps_british_summer_time() {
@@ -233,21 +224,6 @@ mod tests {
             noon.with_timezone(&Utc),
             DateTime::parse_from_rfc3339("2026-06-01T11:00:00Z").unwrap()
         );
-    }
-
-    #[test]
-    fn local_is_the_wall_clock_with_timezone_gives() {
-        let tz = london();
-        for t in [
-            Utc.with_ymd_and_hms(2026, 1, 15, 23, 30, 0).unwrap(),
-            Utc.with_ymd_and_hms(2026, 7, 15, 23, 30, 0).unwrap(),
-            Utc.with_ymd_and_hms(2026, 10, 25, 0, 59, 59).unwrap(),
-            Utc.with_ymd_and_hms(2026, 10, 25, 1, 0, 0).unwrap(),
-        ] {
-            assert_eq!(tz.local(t), t.with_timezone(&tz).naive_local(), "{t}");
-        }
-        let summer_night = Utc.with_ymd_and_hms(2026, 7, 15, 23, 30, 0).unwrap();
-        assert_eq!(tz.local(summer_night).to_string(), "2026-07-16 00:30:00");
     }
 
     #[test]
