@@ -78,7 +78,9 @@ const HEADERS: usize = 14 + 20 + 8;
 /// The same over IPv6 without extension headers.
 const HEADERS6: usize = 14 + 40 + 8;
 /// Entries in the receive and fill rings: the packets that may wait while the server is busy.
-const RX_RING: u32 = 2048;
+/// 4,096 ride out a 27 ms stall at 150,000 queries a second; the kernel drops what does not fit,
+/// and a dropped query costs the device a retry a second or more later.
+const RX_RING: u32 = 4096;
 /// Entries in the transmit and completion rings: replies on their way out.
 const TX_RING: u32 = 256;
 /// The kernel's chunk size, the smallest it accepts. Frames are registered unaligned, so a frame
@@ -87,12 +89,12 @@ const CHUNK: usize = 2048;
 /// Receive frames start this far apart and overlap: the program sends only packets up to this
 /// size, and the kernel writes each at the same offset in its frame, so a packet never reaches
 /// the next one. A DNS query of up to 214 bytes over IPv4 (a name of about 170 characters), 194
-/// over IPv6, fits; a longer one takes the kernel's path. All 2,048 cost 512 KiB, where 2 KiB
-/// frames cost 4 MiB.
+/// over IPv6, fits; a longer one takes the kernel's path. All 4,096 cost 1 MiB, where 2 KiB
+/// frames would cost 8 MiB.
 const RX_SLOT: usize = 256;
 /// Transmit frames hold the largest UDP answer with its headers.
 const TX_SLOT: usize = HEADERS6 + MAX_UDP_PAYLOAD as usize;
-/// The transmit frames, then the receive frames, then the tail the last chunk needs: 832 KiB a
+/// The transmit frames, then the receive frames, then the tail the last chunk needs: 1.3 MiB a
 /// queue, all of it pinned.
 const UMEM: usize = TX_RING as usize * TX_SLOT + (RX_RING as usize - 1) * RX_SLOT + CHUNK;
 /// Where the receive frames start.
