@@ -41,6 +41,7 @@ pub mod ratelimit;
 pub mod reload;
 pub mod report;
 pub mod safesearch;
+pub mod sched;
 pub mod server;
 pub mod timezone;
 pub mod upstream;

@@ -20,7 +20,6 @@ mod record;
 mod writer;
 
 use std::cell::RefCell;
-use std::mem::size_of;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -351,7 +350,7 @@ impl Journal {
         std::thread::Builder::new()
             .name("journal".into())
             .spawn(move || {
-                short_slices();
+                crate::sched::short_slices(WRITER_SLICE);
                 run(Drain {
                     w,
                     batches: batch_rx,
@@ -469,51 +468,11 @@ pub const BREACH_LOSE_AT: usize = 400_000;
 /// 0.4-1.5 ms, five hundred wake-ups a second costing nothing measurable).
 const DRAIN_EVERY: Duration = Duration::from_millis(2);
 
-/// The slice the writer asks the scheduler for (Linux 6.12 and later; older kernels ignore it).
-const WRITER_SLICE_NS: u64 = 100_000;
-
-/// Asks the scheduler to run this thread in short pieces. On a core the writer shares with the
-/// server, a query arriving while it formats waits until its slice ends: 1.4 ms by default, and
-/// p99 at half of peak (blocked names, fast path) was 0.76-1.37 ms; with 0.1 ms slices
-/// 0.58-0.72 ms. The writer's share of the core is unchanged, only cut finer. Advice only: the
-/// thread keeps its policy and nice value, and a refusal changes nothing else.
-fn short_slices() {
-    /// `struct sched_attr` (linux/sched/types.h), first version.
-    #[repr(C)]
-    struct SchedAttr {
-        size: u32,
-        policy: u32,
-        flags: u64,
-        nice: i32,
-        priority: u32,
-        runtime: u64,
-        deadline: u64,
-        period: u64,
-    }
-    // SAFETY: plain system calls about the calling thread; `attr` outlives the call.
-    unsafe {
-        let policy = libc::sched_getscheduler(0);
-        if policy != libc::SCHED_OTHER && policy != libc::SCHED_BATCH {
-            return;
-        }
-        *libc::__errno_location() = 0;
-        let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
-        if nice == -1 && *libc::__errno_location() != 0 {
-            return;
-        }
-        let attr = SchedAttr {
-            size: size_of::<SchedAttr>() as u32,
-            policy: policy as u32,
-            flags: 0,
-            nice,
-            priority: 0,
-            runtime: WRITER_SLICE_NS,
-            deadline: 0,
-            period: 0,
-        };
-        libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0);
-    }
-}
+/// The slice the writer asks the scheduler for ([`crate::sched`]). On a core the writer shares
+/// with the server, a query arriving while it formats waits until its slice ends: p99 at half of
+/// peak (blocked names, fast path) was 0.76-1.37 ms with the default slice, 0.58-0.72 ms with
+/// 0.1 ms slices. The writer's share of the core is unchanged, only cut finer.
+const WRITER_SLICE: Duration = Duration::from_micros(100);
 
 /// The writer thread's side of the channels.
 struct Drain {
@@ -656,7 +615,10 @@ mod tests {
             })
             .collect();
         assert!(!writers.is_empty());
-        assert!(writers.iter().all(|&s| s == WRITER_SLICE_NS), "{writers:?}");
+        assert!(
+            writers.iter().all(|&s| s == WRITER_SLICE.as_nanos() as u64),
+            "{writers:?}"
+        );
     }
 
     #[test]

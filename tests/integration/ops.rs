@@ -423,3 +423,45 @@ fn without_tzdata_the_built_in_zones_keep_british_summer_time() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json");
     assert_eq!(json["at"], "2026-07-01T12:00:00+01:00", "{json}");
 }
+
+/// The `se.slice` a thread runs with, where the kernel reports one (Linux 6.12 and later).
+fn slice_ns(task: &std::path::Path) -> Option<u64> {
+    let sched = std::fs::read_to_string(task.join("sched")).ok()?;
+    let line = sched.lines().find(|l| l.starts_with("se.slice "))?;
+    line.split(':').nth(1)?.trim().parse().ok()
+}
+
+#[test]
+fn the_threads_that_answer_ask_for_short_slices_where_the_kernel_has_them() {
+    if slice_ns(std::path::Path::new("/proc/thread-self")).is_none() {
+        eprintln!("no custom slices in this kernel; nothing to check");
+        return;
+    }
+    let up = Fixture::start(Zone::standard());
+    let server = Setup::new().start(up.addr);
+    assert!(Ask::new("example.org", RecordType::A)
+        .send(server.addr)
+        .is_some());
+    let slices: Vec<(String, Option<u64>)> =
+        std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+            .unwrap()
+            .filter_map(|t| {
+                let t = t.ok()?.path();
+                let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+                Some((comm.trim().to_string(), slice_ns(&t)))
+            })
+            .filter(|(comm, _)| comm == "tokio-rt-worker" || comm == "journal")
+            .collect();
+    assert!(
+        slices
+            .iter()
+            .filter(|(c, _)| c == "tokio-rt-worker")
+            .count()
+            >= 1,
+        "{slices:?}"
+    );
+    assert!(
+        slices.iter().all(|(_, s)| *s == Some(100_000)),
+        "every answering and logging thread runs in 0.1 ms slices: {slices:?}"
+    );
+}
