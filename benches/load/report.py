@@ -89,6 +89,10 @@ def main():
       "other; all on loopback. The servers run side by side and each mix is "
       "measured on each in turn, so background load falls on all of them alike. `per CPU-s` is "
       "answers divided by the server's own CPU time (utime+stime from /proc) during the run.")
+    moved = get("machine", "kthreads_moved")
+    if moved:
+        w(f"- {moved:.0f} kernel threads free to run on any CPU (among them kdamond, the memory "
+          "monitor that pages out cold memory here) were moved to the load CPU for the run.")
     if "schoolgate-xdp" in servers:
         attached = get("schoolgate-xdp", "fastpath")
         w("- `schoolgate-xdp` is the same build and config with `xdp = \"lo\"`: UDP queries "
