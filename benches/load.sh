@@ -277,7 +277,7 @@ for mix in blocked cached mixed; do
         r=$(run_loadgen "$name" "$f" --qps "$SAME_QPS" --inflight 4096 --skip "$skip")
         record "$name mix=$mix tool=same $r"
         echo "   $name $mix at $SAME_QPS qps:  $r" >&2
-        record "$name rss_after_${mix}_kib=$(rss_kib "$SPID")"
+        record "$name rss_after_${mix}_kib=$(rss_kib "$SPID") hwm_after_${mix}_kib=$(hwm_kib "$SPID")"
     done
 done
 for name in $SERVERS; do
@@ -287,6 +287,22 @@ for name in $SERVERS; do
         exit 1
     fi
     record "$name rss_kib=$(hwm_kib "${SPIDS[$name]}")"
+    # How far the log writer fell behind: access records it dropped (past `logs.queue` waiting)
+    # and the times the query path paused for it (breach records are never dropped).
+    admin=$(grep -o 'admin endpoint on http://[0-9.:]*' "$OUTD/$name.log" | head -1 | sed 's|.*http://||') || admin=""
+    if [ -n "$admin" ]; then
+        python3 - "$admin" "$name" >> "$RESULTS" <<'PY' || true
+import re, sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
+def value(series):
+    m = re.search("^" + re.escape(series) + r" (\S+)$", text, re.M)
+    return int(float(m.group(1))) if m else 0
+dropped = value('schoolgate_log_records_total{log="access",result="dropped"}')
+lost = value('schoolgate_log_records_total{log="breach",result="lost"}')
+pauses = value("schoolgate_log_pauses_total")
+print(f"{sys.argv[2]} log_access_dropped={dropped} log_breach_lost={lost} log_pauses={pauses}")
+PY
+    fi
 done
 
 if [ -n "${SPIDS[schoolgate]:-}" ]; then

@@ -152,6 +152,9 @@ def main():
                        ("rss_after_blocked_kib", "after the blocked runs"),
                        ("rss_after_cached_kib", "after the cached runs"),
                        ("rss_after_mixed_kib", "after the mixed runs"),
+                       ("hwm_after_blocked_kib", "peak so far (VmHWM), after the blocked runs"),
+                       ("hwm_after_cached_kib", "peak so far, after the cached runs"),
+                       ("hwm_after_mixed_kib", "peak so far, after the mixed runs"),
                        ("rss_kib", "peak (VmHWM)")]:
         w(f"| {label} | " + " | ".join(fmt((get(s, key) or 0) / 1024 or None) for s in servers) + " |")
     lost = sum(int(v) for s in ours for m in MIXES for t in ("loadgen", "half", "same")
@@ -169,7 +172,15 @@ def main():
           + (" (target: no query lost)." if took is not None else ".")
           + (f" The touch led to {r.get('reloads')} reloads; the time is the one that compiled."
              if int(r.get("reloads", "1") or 1) > 1 else ""))
-    w(f"- Queries lost by schoolgate ({', '.join(ours)}) in the batching-client runs: {lost}.\n")
+    w(f"- Queries lost by schoolgate ({', '.join(ours)}) in the batching-client runs: {lost}.")
+    logged = [s for s in ours if get(s, "log_access_dropped") is not None]
+    if logged:
+        w("- Log writer falling behind (" + ", ".join(logged) + "): access records dropped "
+          + " / ".join(f"{get(s, 'log_access_dropped'):,.0f}" for s in logged)
+          + "; breach records lost " + " / ".join(f"{get(s, 'log_breach_lost'):,.0f}" for s in logged)
+          + "; query path paused for it " + " / ".join(f"{get(s, 'log_pauses'):,.0f}" for s in logged)
+          + " times.")
+    w("")
 
     w("## All runs\n")
     w("| server | mix | client | qps | per CPU-s | server CPU s | avg us | p99 us | lost | answered | rcodes (noerror/nxdomain/servfail/refused) |")
