@@ -18,6 +18,7 @@
 //! - [`reload`]: watching files, compiling in a child process, swapping in a new engine.
 //! - [`journal`]: access, breach and notice logs, off the query path.
 //! - [`timezone`]: the school's time zone, from the system's tz database.
+//! - [`sched`]: short scheduler slices for the threads that answer and log.
 //! - [`report`], [`alerts`], [`mail`]: the daily summary, immediate alerts, email.
 //! - [`changes`]: the change-control log of every filtering change.
 //! - [`metrics`], [`admin`], [`ratelimit`]: operations.
