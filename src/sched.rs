@@ -1,4 +1,4 @@
-//! Advice to the kernel's scheduler about the threads that answer queries.
+//! Advice to the kernel's scheduler about the threads that answer queries and write the logs.
 //!
 //! On a core shared by several runnable threads, a thread woken by a packet waits until the one
 //! running has used its slice: about 1.4 ms by default on a two-core machine, which alone is
@@ -9,10 +9,18 @@
 use std::mem::size_of;
 use std::time::Duration;
 
-/// Asks the scheduler to run the calling thread in slices of `slice` (Linux 6.12 and later; older
+/// The slice the runtime's threads and the log writer ask for. Measured with the load benchmark:
+/// - the log writer, blocked names on the fast path at half of peak: p99 0.58-0.72 ms against
+///   0.76-1.37 ms with the default slice, a query no longer waiting behind a whole drain;
+/// - the runtime's threads, the realistic mix on the fast path at 150,000 qps, four paired runs:
+///   p99 241-279 us against 271-343 us, p99.9 1.23-1.28 ms against 1.41-1.79 ms, a thread woken
+///   for an upstream answer no longer waiting for another's slice; peak throughput unchanged.
+pub const SLICE: Duration = Duration::from_micros(100);
+
+/// Asks the scheduler to run the calling thread in [`SLICE`]s (Linux 6.12 and later; older
 /// kernels ignore it). Advice only: the thread keeps its policy and nice value, and a refusal
 /// changes nothing else.
-pub fn short_slices(slice: Duration) {
+pub fn short_slices() {
     /// `struct sched_attr` (linux/sched/types.h), first version.
     #[repr(C)]
     struct SchedAttr {
@@ -42,7 +50,7 @@ pub fn short_slices(slice: Duration) {
             flags: 0,
             nice,
             priority: 0,
-            runtime: slice.as_nanos() as u64,
+            runtime: SLICE.as_nanos() as u64,
             deadline: 0,
             period: 0,
         };

@@ -67,7 +67,7 @@ pub fn run(config_path: &Path, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
-        .on_thread_start(|| schoolgate::sched::short_slices(server::WORKER_SLICE))
+        .on_thread_start(schoolgate::sched::short_slices)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -350,7 +350,7 @@ impl Journal {
         std::thread::Builder::new()
             .name("journal".into())
             .spawn(move || {
-                crate::sched::short_slices(WRITER_SLICE);
+                crate::sched::short_slices();
                 run(Drain {
                     w,
                     batches: batch_rx,
@@ -467,12 +467,6 @@ pub const BREACH_LOSE_AT: usize = 400_000;
 /// 0.7 ms with 10 ms; at 100,000 a second with 10 ms drains, 0.9-1.9 ms, with 2 ms drains
 /// 0.4-1.5 ms, five hundred wake-ups a second costing nothing measurable).
 const DRAIN_EVERY: Duration = Duration::from_millis(2);
-
-/// The slice the writer asks the scheduler for ([`crate::sched`]). On a core the writer shares
-/// with the server, a query arriving while it formats waits until its slice ends: p99 at half of
-/// peak (blocked names, fast path) was 0.76-1.37 ms with the default slice, 0.58-0.72 ms with
-/// 0.1 ms slices. The writer's share of the core is unchanged, only cut finer.
-const WRITER_SLICE: Duration = Duration::from_micros(100);
 
 /// The writer thread's side of the channels.
 struct Drain {
@@ -616,7 +610,9 @@ mod tests {
             .collect();
         assert!(!writers.is_empty());
         assert!(
-            writers.iter().all(|&s| s == WRITER_SLICE.as_nanos() as u64),
+            writers
+                .iter()
+                .all(|&s| s == crate::sched::SLICE.as_nanos() as u64),
             "{writers:?}"
         );
     }

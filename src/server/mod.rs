@@ -248,11 +248,6 @@ pub async fn serve(
 
 /// Packets answered per wake-up before yielding, so one busy socket cannot starve the others.
 const UDP_BATCH: usize = 256;
-/// The slice the runtime's threads ask the scheduler for ([`crate::sched`]): a thread woken for
-/// an upstream answer on a core another of them is busy on waits about this long, not 1.4 ms.
-/// The realistic mix on the fast path at 150,000 qps, four paired runs: p99 241-279 us against
-/// 271-343 us, p99.9 1.23-1.28 ms against 1.41-1.79 ms; peak throughput unchanged.
-pub const WORKER_SLICE: Duration = Duration::from_micros(100);
 /// Datagrams moved per `recvmmsg`/`sendmmsg` call.
 const UDP_PER_CALL: usize = 64;
 /// Largest query read whole; a longer datagram is answered as malformed. A query is one
