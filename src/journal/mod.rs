@@ -138,15 +138,17 @@ struct Compact {
     via: Option<(u32, u32)>,
 }
 
+/// Appends `s` to a batch's shared buffer; where it went.
+fn keep(text: &mut String, s: &str) -> (u32, u32) {
+    let at = text.len() as u32;
+    text.push_str(s);
+    (at, text.len() as u32)
+}
+
 impl Batch {
     fn push(&mut self, ev: &Event<'_>) {
-        let mut keep = |s: &str| {
-            let at = self.text.len() as u32;
-            self.text.push_str(s);
-            (at, self.text.len() as u32)
-        };
-        let name = keep(ev.name);
-        let via = ev.via.map(&mut keep);
+        let name = keep(&mut self.text, ev.name);
+        let via = ev.via.map(|v| keep(&mut self.text, v));
         if ev.is_breach() {
             self.breaches += 1;
             if let Some(d) = &ev.decision {
@@ -169,10 +171,41 @@ impl Batch {
         });
     }
 
+    /// A copy of just the breach records, in buffers their own size, leaving this batch empty
+    /// for reuse. A full batch holds about 40 KB; once the writer is so far behind that access
+    /// records are cut, queuing that much for the few breaches of each batch grew the server by
+    /// megabytes in a second's stall.
+    fn take_breaches(&mut self) -> Batch {
+        let breaches = || {
+            self.records
+                .iter()
+                .filter(|r| is_breach(r.outcome, r.decision))
+        };
+        let len = |(a, b): (u32, u32)| (b - a) as usize;
+        let bytes = breaches().map(|r| len(r.name) + r.via.map_or(0, len)).sum();
+        let mut out = Batch {
+            engine: self.engine.clone(),
+            records: Vec::with_capacity(self.breaches),
+            text: String::with_capacity(bytes),
+            breaches: self.breaches,
+        };
+        for r in breaches() {
+            let name = keep(&mut out.text, self.text_at(r.name));
+            let via = r.via.map(|v| keep(&mut out.text, self.text_at(v)));
+            out.records.push(Compact { name, via, ..*r });
+        }
+        self.clear();
+        out
+    }
+
+    fn text_at(&self, (a, b): (u32, u32)) -> &str {
+        self.text.get(a as usize..b as usize).unwrap_or("")
+    }
+
     /// The batch's records as events, for the writer.
     fn events(&self) -> impl Iterator<Item = Event<'_>> {
         let engine = self.engine.as_ref();
-        let text = |(a, b): (u32, u32)| self.text.get(a as usize..b as usize).unwrap_or("");
+        let text = |at| self.text_at(at);
         self.records.iter().filter_map(move |r| {
             Some(Event {
                 time: UNIX_EPOCH + Duration::from_nanos(r.time_ns),
@@ -246,11 +279,14 @@ impl Shared {
     }
 
     /// Sends a batch, first cutting what the queue bounds allow no room for: access records
-    /// when the writer is that far behind, breaches only past [`BREACH_LOSE_AT`].
-    fn send(&self, mut batch: Batch) {
+    /// when the writer is that far behind, breaches only past [`BREACH_LOSE_AT`]. When access
+    /// records were cut, a copy of the breaches goes and the emptied batch comes back for reuse.
+    fn send(&self, mut batch: Batch) -> Option<Batch> {
         let access = batch.records.len() - batch.breaches;
+        let mut emptied = None;
         if access > 0 && self.queued_access.load(Ordering::Relaxed) + access > self.access_limit {
-            batch.records.retain(|r| is_breach(r.outcome, r.decision));
+            let breaches = batch.take_breaches();
+            emptied = Some(std::mem::replace(&mut batch, breaches));
             self.stats
                 .access_dropped
                 .fetch_add(access as u64, Ordering::Relaxed);
@@ -265,13 +301,13 @@ impl Shared {
             batch.records.clear();
             batch.breaches = 0;
         }
-        if batch.records.is_empty() {
-            return;
+        if !batch.records.is_empty() {
+            self.queued_access.fetch_add(access, Ordering::Relaxed);
+            self.queued_breaches
+                .fetch_add(batch.breaches, Ordering::Relaxed);
+            let _ = self.batches.send(batch);
         }
-        self.queued_access.fetch_add(access, Ordering::Relaxed);
-        self.queued_breaches
-            .fetch_add(batch.breaches, Ordering::Relaxed);
-        let _ = self.batches.send(batch);
+        emptied
     }
 }
 
@@ -296,8 +332,8 @@ impl Deferred {
     /// Sends the batch (if any) to its journal and starts an empty one.
     fn send(&mut self) {
         if let Some(shared) = self.journal.take() {
-            let batch = std::mem::replace(&mut self.batch, shared.take_batch());
-            shared.send(batch);
+            let batch = std::mem::take(&mut self.batch);
+            self.batch = shared.send(batch).unwrap_or_else(|| shared.take_batch());
         }
     }
 }
@@ -676,12 +712,36 @@ mod tests {
         flush_deferred();
         assert!(journal.flush(Duration::from_secs(5)));
         assert_eq!(journal.stats().access_dropped.load(Ordering::Relaxed), 3);
-        assert_eq!(lines(&logs, "breach").len(), 1);
-        assert_eq!(
-            lines(&logs, "access").len(),
-            1,
-            "the breach's own access line"
-        );
+        let breach = lines(&logs, "breach");
+        assert_eq!(breach.len(), 1);
+        assert_eq!(breach[0]["name"], "bad.example");
+        let access = lines(&logs, "access");
+        assert_eq!(access.len(), 1, "the breach's own access line");
+        assert_eq!(access[0]["name"], "bad.example");
+    }
+
+    #[test]
+    fn a_batch_cut_to_its_breaches_holds_only_their_bytes() {
+        let (_dir, engine, _logs) = school();
+        let allowed = QueryName::parse("a-rather-long-allowed-name.example").unwrap();
+        let blocked = QueryName::parse("bad.example").unwrap();
+        let mut batch = Batch {
+            engine: Some(engine.clone()),
+            ..Batch::default()
+        };
+        for i in 0..BATCH_MAX {
+            let name = if i % 10 == 9 { &blocked } else { &allowed };
+            batch.push(&ask(&engine, name));
+        }
+        let cut = batch.take_breaches();
+        assert_eq!(cut.breaches, 25);
+        assert_eq!(cut.records.capacity(), 25);
+        assert_eq!(cut.text.capacity(), 25 * "bad.example".len());
+        assert!(cut
+            .events()
+            .all(|e| e.name == "bad.example" && e.is_breach()));
+        assert!(batch.records.is_empty() && batch.text.is_empty() && batch.engine.is_none());
+        assert!(batch.records.capacity() >= BATCH_MAX, "kept for reuse");
     }
 
     #[test]
