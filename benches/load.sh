@@ -288,7 +288,8 @@ for name in $SERVERS; do
     fi
     record "$name rss_kib=$(hwm_kib "${SPIDS[$name]}")"
     # How far the log writer fell behind: access records it dropped (past `logs.queue` waiting)
-    # and the times the query path paused for it (breach records are never dropped).
+    # and the times the query path paused for it (breach records are never dropped); and its
+    # longest write, which says whether the disk held it.
     admin=$(grep -o 'admin endpoint on http://[0-9.:]*' "$OUTD/$name.log" | head -1 | sed 's|.*http://||') || admin=""
     if [ -n "$admin" ]; then
         python3 - "$admin" "$name" >> "$RESULTS" <<'PY' || true
@@ -296,11 +297,13 @@ import re, sys, urllib.request
 text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
 def value(series):
     m = re.search("^" + re.escape(series) + r" (\S+)$", text, re.M)
-    return int(float(m.group(1))) if m else 0
-dropped = value('schoolgate_log_records_total{log="access",result="dropped"}')
-lost = value('schoolgate_log_records_total{log="breach",result="lost"}')
-pauses = value("schoolgate_log_pauses_total")
-print(f"{sys.argv[2]} log_access_dropped={dropped} log_breach_lost={lost} log_pauses={pauses}")
+    return float(m.group(1)) if m else 0
+dropped = int(value('schoolgate_log_records_total{log="access",result="dropped"}'))
+lost = int(value('schoolgate_log_records_total{log="breach",result="lost"}'))
+pauses = int(value("schoolgate_log_pauses_total"))
+longest_ms = value("schoolgate_log_write_longest_seconds") * 1000
+print(f"{sys.argv[2]} log_access_dropped={dropped} log_breach_lost={lost} log_pauses={pauses}"
+      f" log_write_longest_ms={longest_ms:.1f}")
 PY
     fi
 done

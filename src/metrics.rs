@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -65,6 +65,7 @@ pub struct Metrics {
     log_records: IntCounterVec,
     log_errors: IntCounter,
     log_pauses: IntCounter,
+    log_write_longest: Gauge,
     journal: Option<Arc<Stats>>,
     last_journal: std::sync::Mutex<[u64; 4]>,
 }
@@ -119,6 +120,13 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(last_good_load.clone()))
+            .expect("unique metric");
+        let log_write_longest = Gauge::new(
+            "schoolgate_log_write_longest_seconds",
+            "The longest one write of a log's lines has taken since start (the kernel and the disk)",
+        )
+        .expect("valid metric");
+        r.register(Box::new(log_write_longest.clone()))
             .expect("unique metric");
         Metrics {
             queries: counter_vec(
@@ -214,6 +222,7 @@ impl Metrics {
                 "schoolgate_log_pauses_total",
                 "Times a query loop stopped taking queries until the log writer caught up on breaches",
             ),
+            log_write_longest,
             journal,
             last_journal: std::sync::Mutex::new([0; 4]),
             registry: r,
@@ -315,6 +324,8 @@ impl Metrics {
         let pauses = stats.paused.load(Ordering::Relaxed);
         self.log_pauses
             .inc_by(pauses.saturating_sub(self.log_pauses.get()));
+        let longest = stats.write_longest_ns.load(Ordering::Relaxed);
+        self.log_write_longest.set(longest as f64 / 1e9);
     }
 }
 

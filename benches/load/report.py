@@ -179,7 +179,8 @@ def main():
           + " / ".join(f"{get(s, 'log_access_dropped'):,.0f}" for s in logged)
           + "; breach records lost " + " / ".join(f"{get(s, 'log_breach_lost'):,.0f}" for s in logged)
           + "; query path paused for it " + " / ".join(f"{get(s, 'log_pauses'):,.0f}" for s in logged)
-          + " times.")
+          + " times; longest write of log lines (the kernel and the disk) "
+          + " / ".join(f"{get(s, 'log_write_longest_ms') or 0:,.1f}" for s in logged) + " ms.")
     w("")
 
     w("## All runs\n")

@@ -104,6 +104,9 @@ pub struct Stats {
     pub breach_pending: AtomicU64,
     /// Times a query loop paused for the writer to catch up on breaches.
     pub paused: AtomicU64,
+    /// The longest one write of a log's lines has taken (the kernel, and waiting for the disk),
+    /// in nanoseconds: a slow or stalled disk shows here before access records are dropped.
+    pub write_longest_ns: AtomicU64,
     /// The last write error, for `/healthz` and logs.
     pub last_error: Mutex<Option<String>>,
 }
@@ -761,6 +764,10 @@ mod tests {
         assert!(stats.access_written.load(Ordering::Relaxed) >= 8_000);
         assert!(stats.breach_pending.load(Ordering::Relaxed) < 4_096);
         assert_eq!(stats.breach_lost.load(Ordering::Relaxed), 0);
+        assert!(
+            stats.write_longest_ns.load(Ordering::Relaxed) > 0,
+            "the time the writes took is kept"
+        );
     }
 
     /// Holds the writer thread until the returned receiver is read or dropped: the writer

@@ -416,7 +416,10 @@ impl Writer {
         let result = if self.resting() {
             Err(None)
         } else {
-            self.access.write_pending(&self.logs.dir).map_err(Some)
+            let started = Instant::now();
+            let written = self.access.write_pending(&self.logs.dir);
+            self.timed(started);
+            written.map_err(Some)
         };
         match result {
             Ok(n) => {
@@ -439,7 +442,10 @@ impl Writer {
         if self.resting() {
             return;
         }
-        match self.breach.write_pending(&self.logs.dir) {
+        let started = Instant::now();
+        let written = self.breach.write_pending(&self.logs.dir);
+        self.timed(started);
+        match written {
             Ok(n) => {
                 self.stats
                     .breach_written
@@ -450,6 +456,12 @@ impl Writer {
         self.stats
             .breach_pending
             .store(self.breach.lines as u64, Ordering::Relaxed);
+    }
+
+    /// Keeps the longest write so far, so a stall can be told from a writer short of CPU.
+    fn timed(&self, started: Instant) {
+        let ns = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.stats.write_longest_ns.fetch_max(ns, Ordering::Relaxed);
     }
 
     fn failed(&mut self, stream: Stream, e: &std::io::Error) {

@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::rr::RecordType;
 
@@ -65,6 +65,16 @@ fn metrics_move_with_queries_and_health_reports_lists() {
         up.addr
     )));
     assert!(sample(&after, "schoolgate_last_good_load_timestamp_seconds") > 1.7e9);
+    // The log writer reports how long its writes take, so a stalled disk can be seen.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sample(
+        &http_get(admin, "/metrics").1,
+        "schoolgate_log_write_longest_seconds",
+    ) == 0.0
+    {
+        assert!(Instant::now() < deadline, "no log write was timed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let (status, health) = http_get(admin, "/healthz");
     assert!(status.contains("200"));
