@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -70,64 +71,68 @@ pub struct Metrics {
     last_journal: std::sync::Mutex<[u64; 4]>,
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+/// Registers a metric built from constant names; either failing is a bug, caught by any test
+/// that starts the server.
+fn registered<C: Collector + Clone + 'static>(r: &Registry, made: prometheus::Result<C>) -> C {
+    let c = made.expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
 }
 
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(r, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("unique metric");
-    c
+    registered(r, IntCounter::new(name, help))
 }
 
 impl Metrics {
     /// Registers everything. `journal` feeds the log counters at scrape time.
     pub fn new(journal: Option<Arc<Stats>>) -> Self {
         let r = Registry::new();
-        let latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "schoolgate_answer_duration_seconds",
-                "Time from receiving a query to sending its answer",
-            )
-            .buckets(prometheus::exponential_buckets(0.000_005, 2.5, 12).expect("buckets")),
-        )
-        .expect("valid metric");
-        r.register(Box::new(latency.clone()))
-            .expect("unique metric");
-        let upstream_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "schoolgate_upstream_duration_seconds",
-                "Time the upstream resolver took to answer",
-            )
-            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("buckets")),
-            &["upstream"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(upstream_latency.clone()))
-            .expect("unique metric");
-        let list_names = IntGaugeVec::new(
-            Opts::new("schoolgate_list_names", "Names in each compiled list"),
-            &["list"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(list_names.clone()))
-            .expect("unique metric");
-        let last_good_load = IntGauge::new(
-            "schoolgate_last_good_load_timestamp_seconds",
-            "Unix time the lists in force were loaded",
-        )
-        .expect("valid metric");
-        r.register(Box::new(last_good_load.clone()))
-            .expect("unique metric");
-        let log_write_longest = Gauge::new(
+        let latency = registered(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "schoolgate_answer_duration_seconds",
+                    "Time from receiving a query to sending its answer",
+                )
+                .buckets(prometheus::exponential_buckets(0.000_005, 2.5, 12).expect("buckets")),
+            ),
+        );
+        let upstream_latency = registered(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "schoolgate_upstream_duration_seconds",
+                    "Time the upstream resolver took to answer",
+                )
+                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("buckets")),
+                &["upstream"],
+            ),
+        );
+        let list_names = registered(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("schoolgate_list_names", "Names in each compiled list"),
+                &["list"],
+            ),
+        );
+        let last_good_load = registered(
+            &r,
+            IntGauge::new(
+                "schoolgate_last_good_load_timestamp_seconds",
+                "Unix time the lists in force were loaded",
+            ),
+        );
+        let log_write_longest = registered(
+            &r,
+            Gauge::new(
             "schoolgate_log_write_longest_seconds",
             "The longest one write of a log's lines has taken since start (the kernel and the disk)",
-        )
-        .expect("valid metric");
-        r.register(Box::new(log_write_longest.clone()))
-            .expect("unique metric");
+        ),
+        );
         Metrics {
             queries: counter_vec(
                 &r,
