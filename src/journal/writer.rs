@@ -253,6 +253,16 @@ impl LogFile {
     }
 }
 
+/// Writes a stream's pending lines and keeps the longest such write so far, so a writer the disk
+/// held can be told from one short of CPU.
+fn write_timed(day: &mut DayFile, dir: &Path, stats: &Stats) -> std::io::Result<usize> {
+    let started = Instant::now();
+    let written = day.write_pending(dir);
+    let ns = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+    stats.write_longest_ns.fetch_max(ns, Ordering::Relaxed);
+    written
+}
+
 /// Gzips a finished day and removes the plain file.
 fn compress(path: &Path) -> std::io::Result<()> {
     if !path.exists() {
@@ -416,10 +426,7 @@ impl Writer {
         let result = if self.resting() {
             Err(None)
         } else {
-            let started = Instant::now();
-            let written = self.access.write_pending(&self.logs.dir);
-            self.timed(started);
-            written.map_err(Some)
+            write_timed(&mut self.access, &self.logs.dir, &self.stats).map_err(Some)
         };
         match result {
             Ok(n) => {
@@ -442,10 +449,7 @@ impl Writer {
         if self.resting() {
             return;
         }
-        let started = Instant::now();
-        let written = self.breach.write_pending(&self.logs.dir);
-        self.timed(started);
-        match written {
+        match write_timed(&mut self.breach, &self.logs.dir, &self.stats) {
             Ok(n) => {
                 self.stats
                     .breach_written
@@ -456,12 +460,6 @@ impl Writer {
         self.stats
             .breach_pending
             .store(self.breach.lines as u64, Ordering::Relaxed);
-    }
-
-    /// Keeps the longest write so far, so a stall can be told from a writer short of CPU.
-    fn timed(&self, started: Instant) {
-        let ns = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
-        self.stats.write_longest_ns.fetch_max(ns, Ordering::Relaxed);
     }
 
     fn failed(&mut self, stream: Stream, e: &std::io::Error) {
