@@ -471,7 +471,9 @@ fn the_threads_that_answer_ask_for_short_slices_where_the_kernel_has_them() {
         "{slices:?}"
     );
     assert!(
-        slices.iter().all(|(_, s)| *s == Some(100_000)),
+        slices
+            .iter()
+            .all(|(_, s)| *s == Some(schoolgate::sched::SLICE.as_nanos() as u64)),
         "every answering and logging thread runs in 0.1 ms slices: {slices:?}"
     );
 }
