@@ -187,6 +187,13 @@ impl DayFile {
 /// query waiting for it, for up to 2.3 ms; 1 MiB steps cost the same CPU in short pieces.
 const WRITEBACK_STEP: u64 = 1 << 20;
 
+/// Steps that may be on their way to disk at once; the writer waits only for the oldest. A
+/// disk that stalls for a moment is then absorbed by the page cache instead of holding the
+/// writer while its queue overflows: waiting for the step before last, a 0.4 s stall dropped
+/// 186,654 access records at 170,000 queries a second. 32 MiB is 0.6 s of lines at that rate
+/// and hours of a school's.
+const WRITEBACK_WINDOW: usize = 32;
+
 /// A day's log file, appended to, whose written lines are sent to disk and dropped from the
 /// page cache as it grows. A log is written once and read rarely: left to the kernel, a busy day
 /// filled gigabytes of cache with dirty lines, and the writer then paid for the kernel making
@@ -195,8 +202,10 @@ struct LogFile {
     file: File,
     /// End of the file.
     end: u64,
-    /// Where the range last sent to disk starts, and where it ends.
-    sent: (u64, u64),
+    /// Where the bytes not yet sent to disk start.
+    unsent: u64,
+    /// Ranges sent to disk and still in the page cache, oldest first.
+    in_flight: VecDeque<(u64, u64)>,
 }
 
 impl LogFile {
@@ -205,51 +214,58 @@ impl LogFile {
         Ok(LogFile {
             file,
             end,
-            sent: (end, end),
+            unsent: end,
+            in_flight: VecDeque::with_capacity(WRITEBACK_WINDOW + 1),
         })
     }
 
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.file.write_all(bytes)?;
         self.end += bytes.len() as u64;
-        if self.end - self.sent.1 >= WRITEBACK_STEP {
+        if self.end - self.unsent >= WRITEBACK_STEP {
             self.write_back();
         }
         Ok(())
     }
 
-    /// Starts writing the new lines to disk, and drops from the cache the range started last
-    /// time, which has had a step's worth of writing to finish. Advice only: errors change
-    /// nothing that was written.
+    /// Starts writing the new lines to disk and, once the window is full, waits for the oldest
+    /// range and drops it from the cache. Advice only: errors change nothing that was written.
     fn write_back(&mut self) {
         let fd = self.file.as_raw_fd();
-        let (old_start, old_end) = self.sent;
-        // SAFETY: plain system calls on our own descriptor, with offsets inside the file.
+        // SAFETY: a plain system call on our own descriptor, with offsets inside the file.
         unsafe {
             libc::sync_file_range(
                 fd,
-                old_end as libc::off64_t,
-                (self.end - old_end) as libc::off64_t,
+                self.unsent as libc::off64_t,
+                (self.end - self.unsent) as libc::off64_t,
                 libc::SYNC_FILE_RANGE_WRITE,
             );
-            if old_end > old_start {
+        }
+        self.in_flight.push_back((self.unsent, self.end));
+        self.unsent = self.end;
+        while self.in_flight.len() > WRITEBACK_WINDOW {
+            let Some((start, end)) = self.in_flight.pop_front() else {
+                break;
+            };
+            let len = end - start;
+            // SAFETY: as above.
+            unsafe {
                 libc::sync_file_range(
                     fd,
-                    old_start as libc::off64_t,
-                    (old_end - old_start) as libc::off64_t,
+                    start as libc::off64_t,
+                    len as libc::off64_t,
                     libc::SYNC_FILE_RANGE_WAIT_BEFORE
                         | libc::SYNC_FILE_RANGE_WRITE
                         | libc::SYNC_FILE_RANGE_WAIT_AFTER,
                 );
                 libc::posix_fadvise(
                     fd,
-                    old_start as libc::off_t,
-                    (old_end - old_start) as libc::off_t,
+                    start as libc::off_t,
+                    len as libc::off_t,
                     libc::POSIX_FADV_DONTNEED,
                 );
             }
         }
-        self.sent = (old_end, self.end);
     }
 }
 
@@ -838,7 +854,7 @@ mod tests {
             .unwrap();
         let mut log = LogFile::new(file).unwrap();
         let chunk = vec![b'x'; 64 * 1024];
-        let total = 5 * WRITEBACK_STEP as usize;
+        let total = (WRITEBACK_WINDOW + 5) * WRITEBACK_STEP as usize;
         for _ in 0..total / chunk.len() {
             log.write(&chunk).unwrap();
         }
