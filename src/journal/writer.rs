@@ -187,12 +187,15 @@ impl DayFile {
 /// query waiting for it, for up to 2.3 ms; 1 MiB steps cost the same CPU in short pieces.
 const WRITEBACK_STEP: u64 = 1 << 20;
 
-/// Steps that may be on their way to disk at once; the writer waits only for the oldest. A
-/// disk that stalls for a moment is then absorbed by the page cache instead of holding the
-/// writer while its queue overflows: waiting for the step before last, a 0.4 s stall dropped
-/// 186,654 access records at 170,000 queries a second. 32 MiB is 0.6 s of lines at that rate
-/// and hours of a school's.
-const WRITEBACK_WINDOW: usize = 32;
+/// How long a step may take to reach the disk before the writer waits for it. A disk that
+/// stalls for a moment is absorbed by the page cache instead of holding the writer while its
+/// queue overflows: waiting for the step before last, a 0.4 s stall dropped 186,654 access
+/// records at 170,000 queries a second, and a window of 32 MiB was too short for the 0.3-0.6 s
+/// stalls of this machine's disk at the benchmark's 100-200 MB/s of lines.
+const WRITEBACK_PATIENCE: Duration = Duration::from_secs(2);
+/// Bytes that may be on their way to disk at once, however young: bounds the page cache a log
+/// holds when lines come faster than the disk takes them.
+const WRITEBACK_MAX_BYTES: u64 = 256 << 20;
 
 /// A day's log file, appended to, whose written lines are sent to disk and dropped from the
 /// page cache as it grows. A log is written once and read rarely: left to the kernel, a busy day
@@ -204,8 +207,10 @@ struct LogFile {
     end: u64,
     /// Where the bytes not yet sent to disk start.
     unsent: u64,
-    /// Ranges sent to disk and still in the page cache, oldest first.
-    in_flight: VecDeque<(u64, u64)>,
+    /// Ranges sent to disk and still in the page cache, and when they were sent; oldest first.
+    in_flight: VecDeque<(u64, u64, Instant)>,
+    patience: Duration,
+    max_in_flight: u64,
 }
 
 impl LogFile {
@@ -215,7 +220,9 @@ impl LogFile {
             file,
             end,
             unsent: end,
-            in_flight: VecDeque::with_capacity(WRITEBACK_WINDOW + 1),
+            in_flight: VecDeque::new(),
+            patience: WRITEBACK_PATIENCE,
+            max_in_flight: WRITEBACK_MAX_BYTES,
         })
     }
 
@@ -228,8 +235,9 @@ impl LogFile {
         Ok(())
     }
 
-    /// Starts writing the new lines to disk and, once the window is full, waits for the oldest
-    /// range and drops it from the cache. Advice only: errors change nothing that was written.
+    /// Starts writing the new lines to disk, then waits for the ranges sent longest ago (or past
+    /// the byte bound) and drops them from the cache. Advice only: errors change nothing that
+    /// was written.
     fn write_back(&mut self) {
         let fd = self.file.as_raw_fd();
         // SAFETY: a plain system call on our own descriptor, with offsets inside the file.
@@ -241,12 +249,14 @@ impl LogFile {
                 libc::SYNC_FILE_RANGE_WRITE,
             );
         }
-        self.in_flight.push_back((self.unsent, self.end));
+        let now = Instant::now();
+        self.in_flight.push_back((self.unsent, self.end, now));
         self.unsent = self.end;
-        while self.in_flight.len() > WRITEBACK_WINDOW {
-            let Some((start, end)) = self.in_flight.pop_front() else {
+        while let Some(&(start, end, sent)) = self.in_flight.front() {
+            if now.duration_since(sent) < self.patience && self.end - start <= self.max_in_flight {
                 break;
-            };
+            }
+            self.in_flight.pop_front();
             let len = end - start;
             // SAFETY: as above.
             unsafe {
@@ -842,9 +852,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn written_log_lines_leave_the_page_cache() {
-        // On the disk the logs go to (tmpfs keeps every page whatever it is told).
+    /// A log file in a directory on the disk the logs go to (tmpfs keeps every page whatever it
+    /// is told).
+    fn disk_log() -> (tempfile::TempDir, PathBuf, LogFile) {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let path = dir.path().join("access-2026-01-01.jsonl");
         let file = OpenOptions::new()
@@ -852,21 +862,47 @@ mod tests {
             .append(true)
             .open(&path)
             .unwrap();
-        let mut log = LogFile::new(file).unwrap();
+        (dir, path, LogFile::new(file).unwrap())
+    }
+
+    fn write_steps(log: &mut LogFile, steps: usize) {
         let chunk = vec![b'x'; 64 * 1024];
-        let total = (WRITEBACK_WINDOW + 5) * WRITEBACK_STEP as usize;
-        for _ in 0..total / chunk.len() {
+        for _ in 0..steps * WRITEBACK_STEP as usize / chunk.len() {
             log.write(&chunk).unwrap();
         }
-        let page = 4096;
-        let early = 3 * WRITEBACK_STEP as usize;
-        let cached = cached_pages(&File::open(&path).unwrap(), early);
+    }
+
+    /// Asserts the first `steps` of the file have left the page cache.
+    fn assert_dropped(path: &Path, steps: usize) {
+        let (page, early) = (4096, steps * WRITEBACK_STEP as usize);
+        let cached = cached_pages(&File::open(path).unwrap(), early);
         assert!(
             cached < early / page / 10,
             "{cached} of the first {} pages still cached",
             early / page
         );
-        assert_eq!(fs::metadata(&path).unwrap().len(), total as u64);
+    }
+
+    #[test]
+    fn written_log_lines_leave_the_page_cache_once_the_disk_had_time() {
+        let (_dir, path, mut log) = disk_log();
+        log.patience = Duration::from_millis(50);
+        write_steps(&mut log, 3);
+        assert_eq!(log.in_flight.len(), 3, "young steps are not waited for");
+        std::thread::sleep(Duration::from_millis(60));
+        write_steps(&mut log, 2);
+        assert_dropped(&path, 3);
+        assert_eq!(fs::metadata(&path).unwrap().len(), 5 * WRITEBACK_STEP);
+    }
+
+    #[test]
+    fn lines_faster_than_the_disk_are_dropped_from_the_cache_past_the_bound() {
+        let (_dir, path, mut log) = disk_log();
+        log.patience = Duration::from_secs(3600);
+        log.max_in_flight = 2 * WRITEBACK_STEP;
+        write_steps(&mut log, 6);
+        assert!(log.in_flight.len() <= 2);
+        assert_dropped(&path, 3);
     }
 
     #[test]
