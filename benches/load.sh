@@ -104,6 +104,7 @@ cleanup() {
     for kv in "${KTHREADS_WAS[@]}"; do taskset -pc "${kv#*:}" "${kv%%:*}" >/dev/null 2>&1 || true; done
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [ -n "${STALL_CG:-}" ]; then throttle off 2>/dev/null || true; rmdir "$STALL_CG" 2>/dev/null || true; fi
     if [ "$KEEP" = 0 ]; then rm -rf "$WORK"; else echo "work dir kept: $WORK" >&2; fi
 }
 trap cleanup EXIT
@@ -208,6 +209,25 @@ run_loadgen() { # name file [args]
     echo "$out cpu_s=$cpu cpu_qps=$(awk -v a="$answered" -v c="$cpu" 'BEGIN {printf "%.0f", (c > 0 ? a / c : 0)}')"
 }
 
+# The log writer's counters from a schoolgate's /metrics: "name log_access_dropped= ...".
+log_stats() { # name
+    local admin
+    admin=$(grep -o 'admin endpoint on http://[0-9.:]*' "$OUTD/$1.log" | head -1 | sed 's|.*http://||') || return 1
+    python3 - "$admin" "$1" <<'PY'
+import re, sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
+def value(series):
+    m = re.search("^" + re.escape(series) + r" (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0
+dropped = int(value('schoolgate_log_records_total{log="access",result="dropped"}'))
+lost = int(value('schoolgate_log_records_total{log="breach",result="lost"}'))
+pauses = int(value("schoolgate_log_pauses_total"))
+longest_ms = value("schoolgate_log_write_longest_seconds") * 1000
+print(f"{sys.argv[2]} log_access_dropped={dropped} log_breach_lost={lost} log_pauses={pauses}"
+      f" log_write_longest_ms={longest_ms:.1f}")
+PY
+}
+
 # --- the upstream ----------------------------------------------------------------------------
 "${UPSTREAM_PRIO[@]}" taskset -c "$LOAD_CPUS" knotd -c "$WORK/knot.conf" >"$OUTD/knot.log" 2>&1 &
 KNOT_PID=$!
@@ -290,22 +310,7 @@ for name in $SERVERS; do
     # How far the log writer fell behind: access records it dropped (past `logs.queue` waiting)
     # and the times the query path paused for it (breach records are never dropped); and its
     # longest write, which says whether the disk held it.
-    admin=$(grep -o 'admin endpoint on http://[0-9.:]*' "$OUTD/$name.log" | head -1 | sed 's|.*http://||') || admin=""
-    if [ -n "$admin" ]; then
-        python3 - "$admin" "$name" >> "$RESULTS" <<'PY' || true
-import re, sys, urllib.request
-text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
-def value(series):
-    m = re.search("^" + re.escape(series) + r" (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0
-dropped = int(value('schoolgate_log_records_total{log="access",result="dropped"}'))
-lost = int(value('schoolgate_log_records_total{log="breach",result="lost"}'))
-pauses = int(value("schoolgate_log_pauses_total"))
-longest_ms = value("schoolgate_log_write_longest_seconds") * 1000
-print(f"{sys.argv[2]} log_access_dropped={dropped} log_breach_lost={lost} log_pauses={pauses}"
-      f" log_write_longest_ms={longest_ms:.1f}")
-PY
-    fi
+    log_stats "$name" >> "$RESULTS" || true
 done
 
 if [ -n "${SPIDS[schoolgate]:-}" ]; then
@@ -333,6 +338,69 @@ if [ -n "${SPIDS[schoolgate]:-}" ]; then
     reloads=$(($(grep -c 'reloaded' "$OUTD/schoolgate.log" || true) - before))
     record "schoolgate reload took_ms=${took:-none} reloads=$reloads qps_offered=$rate $(cat "$OUTD/reload.out") rss_after_reload_kib=$(hwm_kib "$SPID")"
     echo "   reload under load: ${took:-none} ms; $(cat "$OUTD/reload.out")" >&2
+fi
+# A disk that stalls: each schoolgate's disk writes are throttled to a trickle (64 KB/s) for
+# 0.6 s every 2 s under saturating blocked names (two log lines a query, the breach never
+# dropped), through a blkio (cgroup v1) or io (v2) cgroup. Its log writer should ride the stalls
+# out in the page cache: no access record dropped, no growth holding breaches. Root only, and the
+# logs must be on a block device; otherwise the report says it was not measured.
+STALL_CG=""
+stall_setup() { # -> STALL_CG, STALL_DEV, STALL_V; fails where it cannot be done
+    local mm
+    [ "$(id -u)" = 0 ] || return 1
+    mm=$(findmnt -no MAJ:MIN -T "$OUTD" 2>/dev/null | tr -d " ") || return 1
+    [ -e "/sys/dev/block/$mm" ] || return 1
+    # Throttling is set per disk, not per partition.
+    if [ -e "/sys/dev/block/$mm/partition" ]; then mm=$(cat "/sys/dev/block/$mm/../dev"); fi
+    STALL_DEV=$mm
+    if [ -d /sys/fs/cgroup/blkio ]; then
+        STALL_V=1 STALL_CG=/sys/fs/cgroup/blkio/schoolgate-load-$$
+    elif grep -qw io /sys/fs/cgroup/cgroup.controllers 2>/dev/null \
+        && echo +io > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; then
+        STALL_V=2 STALL_CG=/sys/fs/cgroup/schoolgate-load-$$
+    else
+        return 1
+    fi
+    mkdir -p "$STALL_CG"
+}
+throttle() { # on|off
+    if [ "$STALL_V" = 1 ]; then
+        echo "$STALL_DEV $([ "$1" = on ] && echo 65536 || echo 0)" > "$STALL_CG/blkio.throttle.write_bps_device"
+    else
+        echo "$STALL_DEV wbps=$([ "$1" = on ] && echo 65536 || echo max)" > "$STALL_CG/io.max"
+    fi
+}
+if stall_setup 2>/dev/null; then
+    for name in $SERVERS; do
+        [[ $name == schoolgate* ]] || continue
+        SPID=${SPIDS[$name]}
+        echo "$SPID" > "$STALL_CG/cgroup.procs"
+        before=$(log_stats "$name") || before=""
+        stall_secs=$((QUICK == 1 ? 4 : 10))
+        pin_load "$LOADGEN" --server "127.0.0.1:$(port_of "$name")" --queries "$WORK/q-blocked.txt" \
+            --seconds "$stall_secs" --inflight 256 > "$OUTD/stall.out" &
+        LG=$!
+        stalls=0
+        while sleep 1.4 && kill -0 "$LG" 2>/dev/null; do
+            throttle on; sleep 0.6; throttle off
+            stalls=$((stalls + 1))
+        done
+        wait "$LG"
+        after=$(log_stats "$name") || after=""
+        out=$(cat "$OUTD/stall.out")
+        d0=$(field "$before" log_access_dropped) d1=$(field "$after" log_access_dropped)
+        l0=$(field "$before" log_breach_lost) l1=$(field "$after" log_breach_lost)
+        dropped=$(( ${d1:-0} - ${d0:-0} )) lost=$(( ${l1:-0} - ${l0:-0} ))
+        record "$name stalls=$stalls stall_ms=600 stall_every_ms=2000 throttle_bps=65536" \
+            "stall_qps=$(field "$out" qps) stall_queries_lost=$(field "$out" lost)" \
+            "stall_access_dropped=$dropped stall_breach_lost=$lost" \
+            "stall_longest_before_ms=$(field "$before" log_write_longest_ms)" \
+            "stall_longest_ms=$(field "$after" log_write_longest_ms) stall_hwm_kib=$(hwm_kib "$SPID")"
+        echo "   $name with a stalling disk: $stalls stalls, $dropped access records dropped, longest write $(field "$after" log_write_longest_ms) ms" >&2
+    done
+else
+    echo "   a stalling disk: not measured (needs root, a blkio or io cgroup, and the logs on a block device)" >&2
+    record "schoolgate stalls=none"
 fi
 for name in $SERVERS; do
     SPID=${SPIDS[$name]}

@@ -181,6 +181,17 @@ def main():
           + "; query path paused for it " + " / ".join(f"{get(s, 'log_pauses'):,.0f}" for s in logged)
           + " times; longest write of log lines (the kernel and the disk) "
           + " / ".join(f"{get(s, 'log_write_longest_ms') or 0:,.1f}" for s in logged) + " ms.")
+    if any(r.get("stalls") == "none" for r in rows):
+        w("- Log writer with a stalling disk: not measured here (it needs root, a blkio or io cgroup,"
+          " and the logs on a block device).")
+    for r in (r for r in rows if r.get("stalls", "none") != "none"):
+        w(f"- {r['server']} with a stalling disk (its disk writes throttled to "
+          f"{int(r['throttle_bps']) // 1024} KB/s for {r['stall_ms']} ms every {r['stall_every_ms']} ms, "
+          f"{r['stalls']} times, under saturating blocked names at {fmt(num(r.get('stall_qps')))} qps): "
+          f"access records dropped {r['stall_access_dropped']}, breach records lost {r['stall_breach_lost']}, "
+          f"queries lost {r.get('stall_queries_lost', '-')}; longest write of log lines so far "
+          f"{r['stall_longest_ms']} ms ({r.get('stall_longest_before_ms', '-')} ms before the stalls); "
+          f"peak RSS so far {fmt(num(r['stall_hwm_kib']) / 1024)} MiB.")
     w("")
 
     w("## All runs\n")
