@@ -298,6 +298,10 @@ for mix in blocked cached mixed; do
         record "$name mix=$mix tool=same $r"
         echo "   $name $mix at $SAME_QPS qps:  $r" >&2
         record "$name rss_after_${mix}_kib=$(rss_kib "$SPID") hwm_after_${mix}_kib=$(hwm_kib "$SPID")"
+        # The writer's counters so far, so a drop or a long write can be placed in its mix.
+        if [[ $name == schoolgate* ]]; then
+            log_stats "$name" | sed "s/ log_/ after_${mix}_log_/g" >> "$RESULTS" || true
+        fi
     done
 done
 for name in $SERVERS; do

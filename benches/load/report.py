@@ -181,6 +181,12 @@ def main():
           + "; query path paused for it " + " / ".join(f"{get(s, 'log_pauses'):,.0f}" for s in logged)
           + " times; longest write of log lines (the kernel and the disk) "
           + " / ".join(f"{get(s, 'log_write_longest_ms') or 0:,.1f}" for s in logged) + " ms.")
+    placed = [s for s in logged if get(s, "after_mixed_log_access_dropped") is not None]
+    if placed:
+        w("- The same, so far after each mix (blocked, cached, mixed; " + ", ".join(placed) + "): "
+          + "; ".join(s + ": dropped " + " / ".join(f"{get(s, f'after_{m}_log_access_dropped'):,.0f}" for m in MIXES)
+                      + ", longest write " + " / ".join(f"{get(s, f'after_{m}_log_write_longest_ms'):,.1f}" for m in MIXES)
+                      + " ms" for s in placed) + ".")
     if any(r.get("stalls") == "none" for r in rows):
         w("- Log writer with a stalling disk: not measured here (it needs root, a blkio or io cgroup,"
           " and the logs on a block device).")
