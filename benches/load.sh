@@ -378,7 +378,11 @@ if stall_setup 2>/dev/null; then
     for name in $SERVERS; do
         [[ $name == schoolgate* ]] || continue
         SPID=${SPIDS[$name]}
-        echo "$SPID" > "$STALL_CG/cgroup.procs"
+        if ! echo "$SPID" 2>/dev/null > "$STALL_CG/cgroup.procs"; then
+            echo "   $name with a stalling disk: not measured (cannot move it into $STALL_CG)" >&2
+            record "$name stalls=none"
+            continue
+        fi
         before=$(log_stats "$name") || before=""
         stall_secs=$((QUICK == 1 ? 4 : 10))
         pin_load "$LOADGEN" --server "127.0.0.1:$(port_of "$name")" --queries "$WORK/q-blocked.txt" \
@@ -386,7 +390,9 @@ if stall_setup 2>/dev/null; then
         LG=$!
         stalls=0
         while sleep 1.4 && kill -0 "$LG" 2>/dev/null; do
-            throttle on; sleep 0.6; throttle off
+            throttle on 2>/dev/null || break
+            sleep 0.6
+            throttle off
             stalls=$((stalls + 1))
         done
         wait "$LG"
