@@ -204,7 +204,8 @@ const WRITEBACK_ALIGN: u64 = 64 * 1024;
 /// filled gigabytes of cache with dirty lines, and the writer then paid for the kernel making
 /// room (the log path's CPU per blocked answer rose by half once two gigabytes were dirty).
 struct LogFile {
-    file: File,
+    /// Shared with the settling thread while it drops ranges of it from the cache.
+    file: Arc<File>,
     /// End of the file.
     end: u64,
     /// Where the bytes not yet sent to disk start.
@@ -219,7 +220,7 @@ impl LogFile {
     fn new(file: File) -> std::io::Result<Self> {
         let end = file.metadata()?.len();
         Ok(LogFile {
-            file,
+            file: Arc::new(file),
             end,
             unsent: end,
             in_flight: VecDeque::new(),
@@ -229,7 +230,7 @@ impl LogFile {
     }
 
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(bytes)?;
+        (&*self.file).write_all(bytes)?;
         self.end += bytes.len() as u64;
         if self.end - self.unsent >= WRITEBACK_STEP {
             self.write_back();
@@ -237,9 +238,8 @@ impl LogFile {
         Ok(())
     }
 
-    /// Starts writing the new lines to disk, then waits for the ranges sent longest ago (or past
-    /// the byte bound) and drops them from the cache. Advice only: errors change nothing that
-    /// was written.
+    /// Starts writing the new lines to disk, and hands the ranges sent longest ago (or past the
+    /// byte bound) to the settling thread. Advice only: errors change nothing that was written.
     fn write_back(&mut self) {
         let fd = self.file.as_raw_fd();
         let upto = self.end / WRITEBACK_ALIGN * WRITEBACK_ALIGN;
@@ -260,25 +260,58 @@ impl LogFile {
                 break;
             }
             self.in_flight.pop_front();
-            let len = end - start;
-            // SAFETY: as above.
-            unsafe {
-                libc::sync_file_range(
-                    fd,
-                    start as libc::off64_t,
-                    len as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                        | libc::SYNC_FILE_RANGE_WRITE
-                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                );
-                libc::posix_fadvise(
-                    fd,
-                    start as libc::off_t,
-                    len as libc::off_t,
-                    libc::POSIX_FADV_DONTNEED,
-                );
-            }
+            // A full queue means the settling thread is held: these pages stay cached, clean,
+            // for the kernel to reclaim.
+            let _ = settler().try_send((self.file.clone(), start, end));
         }
+    }
+}
+
+/// Ranges waiting to be settled: about that many megabytes.
+const SETTLE_QUEUE: usize = 512;
+
+/// The thread that waits for sent ranges to reach the disk and drops them from the page cache.
+/// Dropping them can wait on every CPU: `posix_fadvise` may drain the other CPUs' page lists
+/// through their kernel workers, and waiting for one held the writer for 876 ms in a load run
+/// (`benches/writer-offcpu.bt`) while its queue overflowed. Here only this thread waits.
+fn settler() -> &'static std::sync::mpsc::SyncSender<(Arc<File>, u64, u64)> {
+    static SETTLER: std::sync::OnceLock<std::sync::mpsc::SyncSender<(Arc<File>, u64, u64)>> =
+        std::sync::OnceLock::new();
+    SETTLER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Arc<File>, u64, u64)>(SETTLE_QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("log-settle".into())
+            .spawn(move || {
+                for (file, start, end) in rx {
+                    settle(&file, start, end);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("log lines will stay in the page cache: no settling thread: {e}");
+        }
+        tx
+    })
+}
+
+/// Waits for a sent range to reach the disk and drops it from the page cache.
+fn settle(file: &File, start: u64, end: u64) {
+    let (fd, len) = (file.as_raw_fd(), end - start);
+    // SAFETY: plain system calls on a descriptor kept open by `file`, with offsets inside it.
+    unsafe {
+        libc::sync_file_range(
+            fd,
+            start as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        );
+        libc::posix_fadvise(
+            fd,
+            start as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        );
     }
 }
 
@@ -876,15 +909,19 @@ mod tests {
         }
     }
 
-    /// Asserts the first `steps` of the file have left the page cache.
+    /// Asserts the first `steps` of the file leave the page cache (the settling thread drops
+    /// them a moment later).
     fn assert_dropped(path: &Path, steps: usize) {
         let (page, early) = (4096, steps * WRITEBACK_STEP as usize);
-        let cached = cached_pages(&File::open(path).unwrap(), early);
-        assert!(
-            cached < early / page / 10,
-            "{cached} of the first {} pages still cached",
-            early / page
-        );
+        let mut cached = 0;
+        for _ in 0..200 {
+            cached = cached_pages(&File::open(path).unwrap(), early);
+            if cached < early / page / 10 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("{cached} of the first {} pages still cached", early / page);
     }
 
     #[test]
