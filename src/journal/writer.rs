@@ -187,9 +187,9 @@ impl DayFile {
 /// query waiting for it, for up to 2.3 ms; 1 MiB steps cost the same CPU in short pieces.
 const WRITEBACK_STEP: u64 = 1 << 20;
 
-/// How long lines sent to disk may take to get there before the writer waits for them. A disk
-/// that stalls for a moment (this machine's has held single writes for 0.2-0.6 s) is then
-/// absorbed by the page cache instead of holding the writer while its queue overflows.
+/// How long lines sent to disk may take to get there before they are waited for (on the settling
+/// thread) and dropped from the cache. A disk that stalls for a moment (this machine's has held
+/// single writes for 0.2-0.6 s) is then absorbed by the page cache.
 const WRITEBACK_PATIENCE: Duration = Duration::from_secs(2);
 /// Bytes that may be on their way to disk at once, however young: bounds the page cache a log
 /// holds when lines come faster than the disk takes them.
@@ -270,15 +270,18 @@ impl LogFile {
 /// Ranges waiting to be settled: about that many megabytes.
 const SETTLE_QUEUE: usize = 512;
 
+/// A range of a log file to settle: the file, where the range starts and where it ends.
+type Settle = (Arc<File>, u64, u64);
+
 /// The thread that waits for sent ranges to reach the disk and drops them from the page cache.
 /// Dropping them can wait on every CPU: `posix_fadvise` may drain the other CPUs' page lists
 /// through their kernel workers, and waiting for one held the writer for 876 ms in a load run
 /// (`benches/writer-offcpu.bt`) while its queue overflowed. Here only this thread waits.
-fn settler() -> &'static std::sync::mpsc::SyncSender<(Arc<File>, u64, u64)> {
-    static SETTLER: std::sync::OnceLock<std::sync::mpsc::SyncSender<(Arc<File>, u64, u64)>> =
+fn settler() -> &'static std::sync::mpsc::SyncSender<Settle> {
+    static SETTLER: std::sync::OnceLock<std::sync::mpsc::SyncSender<Settle>> =
         std::sync::OnceLock::new();
     SETTLER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(Arc<File>, u64, u64)>(SETTLE_QUEUE);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Settle>(SETTLE_QUEUE);
         let spawned = std::thread::Builder::new()
             .name("log-settle".into())
             .spawn(move || {
