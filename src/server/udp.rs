@@ -2,9 +2,10 @@
 //! `sendmmsg(2)`.
 //!
 //! Under load, one `recvfrom` and one `sendto` per query put over half of the server's CPU time
-//! in the kernel; moving a whole batch per call spreads that cost over the batch. Buffers,
-//! addresses, `iovec`s and `mmsghdr`s are allocated once per socket loop and reused, never per
-//! packet.
+//! in the kernel; moving a whole batch per call spreads that cost over the batch. Most of what
+//! is left is the kernel's work per datagram, so replies of one size to one client also go down
+//! the stack together as one segmented message (see [`SendBatch`]). Buffers, addresses,
+//! `iovec`s and `mmsghdr`s are allocated once per socket loop and reused, never per packet.
 //!
 //! Linux only, the platform schoolgate ships on: these calls and their `libc` signatures are
 //! Linux's.
@@ -155,33 +156,101 @@ impl RecvBatch {
     }
 }
 
+/// `UDP_SEGMENT` (linux/udp.h); the libc crate does not export it for glibc.
+const UDP_SEGMENT: libc::c_int = 103;
+/// Largest reply joined with others: one that fits any path's MTU (IPv6's minimum of 1280 less
+/// headers, the size DNS Flag Day 2020 settled on), so the kernel never refuses a segment for
+/// its size on a real network.
+const SEGMENT_MAX_BYTES: usize = 1232;
+/// Datagrams in one joined message: the kernel's `UDP_MAX_SEGMENTS`.
+const SEGMENTS_MAX: usize = 64;
+/// Bytes in one joined message: an IP packet's 64 KiB less headers, with room to spare.
+const SEGMENTED_MAX_BYTES: usize = 60_000;
+/// Joined messages refused in a row, with none taken between, before a socket stops joining.
+/// One refusal can be the destination's fault (a spoofed source port 0), not the joining's.
+const REFUSALS_TO_STOP: u32 = 8;
+
+/// The control message that tells the kernel to split a message into datagrams of one size.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SegmentCmsg {
+    hdr: libc::cmsghdr,
+    size: u16,
+}
+
+/// One message of a batch: which replies it carries (a run of [`SendBatch`]'s `order`).
+#[derive(Clone, Copy, Default)]
+struct Span {
+    /// Where its replies start in `order`.
+    at: usize,
+    /// How many there are; more than one makes it a segmented message.
+    count: usize,
+}
+
 /// Replies queued to go out together, each to its own destination.
+///
+/// Replies of one size to one client go out as one message the kernel splits into datagrams
+/// (UDP segmentation offload, Linux 4.18 and later): one route lookup and one pass down the
+/// stack for the lot instead of one per reply. That is the common case when a few addresses
+/// send most queries: a router or a school's forwarder in front of a trust's resolver, or a
+/// load generator. Replies to many devices go out one per datagram as before. A refused joined
+/// message goes again one reply per datagram, so nothing is lost; a kernel or network device
+/// that keeps refusing turns joining off for the socket.
 pub struct SendBatch {
     bufs: Box<[Vec<u8>]>,
-    dests: Box<[libc::sockaddr_storage]>,
+    to: Box<[SocketAddr]>,
+    /// Reply indexes, grouped by destination and size.
+    order: Box<[usize]>,
+    /// One per reply, in `order`.
     iovs: Box<[libc::iovec]>,
+    /// One each per message.
+    spans: Box<[Span]>,
+    dests: Box<[libc::sockaddr_storage]>,
+    cmsgs: Box<[SegmentCmsg]>,
     hdrs: Box<[libc::mmsghdr]>,
     /// Replies queued.
     len: usize,
-    /// Of those, replies sent (or dropped) so far.
+    /// Messages made of them (0 until the first send).
+    msgs: usize,
+    /// Of those, messages sent (or dropped) so far.
     sent: usize,
+    /// Whether replies may be joined.
+    segment: bool,
+    /// This batch goes one reply per datagram: a joined message of it was refused.
+    split: bool,
+    /// Joined messages refused since one was last taken.
+    refused: u32,
 }
 
 // SAFETY: as for `RecvBatch`: the pointers in `iovs` and `hdrs` are only aimed at `dests`,
-// `iovs` and `bufs`, owned by this value, and re-aimed before every send.
+// `cmsgs`, `iovs` and `bufs`, owned by this value, and re-aimed before every send.
 unsafe impl Send for SendBatch {}
 
 impl SendBatch {
     /// Room for `count` replies, each buffer starting with `capacity` bytes.
     pub fn new(count: usize, capacity: usize) -> Self {
         let count = count.max(1);
+        // SAFETY: `cmsghdr` is plain old data; all zeroes is valid, and its fields are set
+        // before the kernel sees one.
+        let cmsg = SegmentCmsg {
+            hdr: unsafe { std::mem::zeroed() },
+            size: 0,
+        };
         SendBatch {
             bufs: (0..count).map(|_| Vec::with_capacity(capacity)).collect(),
-            dests: zeroed_addrs(count),
+            to: vec![SocketAddr::from(([0, 0, 0, 0], 0)); count].into_boxed_slice(),
+            order: (0..count).collect(),
             iovs: empty_iovs(count),
+            spans: vec![Span::default(); count].into_boxed_slice(),
+            dests: zeroed_addrs(count),
+            cmsgs: vec![cmsg; count].into_boxed_slice(),
             hdrs: empty_headers(count),
             len: 0,
+            msgs: 0,
             sent: 0,
+            segment: true,
+            split: false,
+            refused: 0,
         }
     }
 
@@ -198,9 +267,7 @@ impl SendBatch {
 
     /// Queues the reply written into [`SendBatch::next_buf`] for `dest`.
     pub fn push(&mut self, dest: SocketAddr) {
-        let addr = SockAddr::from(dest);
-        self.hdrs[self.len].msg_hdr.msg_namelen = addr.len();
-        self.dests[self.len] = addr.as_storage();
+        self.to[self.len] = dest;
         self.len += 1;
     }
 
@@ -208,10 +275,10 @@ impl SendBatch {
     /// [`SendBatch::is_empty`]) mean its send buffer is full (or tokio has not yet seen it
     /// writable). Returns how many were dropped.
     pub fn try_send(&mut self, sock: &UdpSocket) -> usize {
-        self.aim_queued();
+        self.prepare();
         let fd = sock.as_raw_fd();
         let mut dropped = 0;
-        while self.sent < self.len {
+        while self.sent < self.msgs {
             match sock.try_io(Interest::WRITABLE, || self.send_raw(fd)) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return dropped,
                 r => dropped += self.advance(r),
@@ -224,10 +291,10 @@ impl SendBatch {
     /// Sends every queued reply, waiting for the socket when its send buffer is full.
     /// Returns how many were dropped.
     pub async fn send(&mut self, sock: &UdpSocket) -> usize {
-        self.aim_queued();
+        self.prepare();
         let fd = sock.as_raw_fd();
         let mut dropped = 0;
-        while self.sent < self.len {
+        while self.sent < self.msgs {
             let r = sock
                 .async_io(Interest::WRITABLE, || self.send_raw(fd))
                 .await;
@@ -237,54 +304,134 @@ impl SendBatch {
         dropped
     }
 
-    /// Points each queued header at its destination and reply; the reply buffers may have
-    /// moved while they were written.
-    fn aim_queued(&mut self) {
-        let slots = self.hdrs.iter_mut().zip(self.iovs.iter_mut());
-        let replies = self.dests.iter_mut().zip(self.bufs.iter_mut());
-        for ((h, iov), (dest, buf)) in slots.zip(replies).take(self.len) {
+    /// Makes the queued replies into messages the first time, then aims every header not yet
+    /// sent; the reply buffers may have moved while they were written.
+    fn prepare(&mut self) {
+        if self.msgs == 0 {
+            self.split = false;
+            let n = self.len;
+            self.order[..n]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, o)| *o = i);
+            if self.segment {
+                // Replies to one client keep their order.
+                let (to, bufs) = (&self.to, &self.bufs);
+                self.order[..n].sort_unstable_by_key(|&i| (to[i], bufs[i].len(), i));
+            }
+            self.group(0);
+        }
+        self.aim_unsent();
+    }
+
+    /// Makes the messages from the first one not yet sent, for the replies from `at` in
+    /// `order` on: a run of replies of one size to one client is one message.
+    fn group(&mut self, mut at: usize) {
+        let mut m = self.sent;
+        while at < self.len {
+            let first = self.order[at];
+            let (dest, size) = (self.to[first], self.bufs[first].len());
+            let mut count = 1;
+            if self.segment && !self.split && (1..=SEGMENT_MAX_BYTES).contains(&size) {
+                let most = SEGMENTS_MAX.min(SEGMENTED_MAX_BYTES / size);
+                let same = |&i: &usize| self.to[i] == dest && self.bufs[i].len() == size;
+                count += self.order[at + 1..self.len]
+                    .iter()
+                    .take(most - 1)
+                    .take_while(|i| same(i))
+                    .count();
+            }
+            self.spans[m] = Span { at, count };
+            let addr = SockAddr::from(dest);
+            self.hdrs[m].msg_hdr.msg_namelen = addr.len();
+            self.dests[m] = addr.as_storage();
+            self.cmsgs[m].hdr.cmsg_len = segment_cmsg_len() as _;
+            self.cmsgs[m].hdr.cmsg_level = libc::SOL_UDP;
+            self.cmsgs[m].hdr.cmsg_type = UDP_SEGMENT;
+            self.cmsgs[m].size = size as u16;
+            m += 1;
+            at += count;
+        }
+        self.msgs = m;
+    }
+
+    /// Points each unsent header at its destination, replies and (if it joins several) the
+    /// segment size.
+    fn aim_unsent(&mut self) {
+        for (iov, &i) in self.iovs.iter_mut().zip(&self.order[..self.len]) {
+            let buf = &self.bufs[i];
             *iov = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
+                iov_base: buf.as_ptr().cast_mut().cast(),
                 iov_len: buf.len(),
             };
-            let namelen = h.msg_hdr.msg_namelen;
-            aim(h, dest, namelen, iov);
+        }
+        for m in self.sent..self.msgs {
+            let Span { at, count } = self.spans[m];
+            let h = &mut self.hdrs[m].msg_hdr;
+            h.msg_name = std::ptr::from_mut(&mut self.dests[m]).cast();
+            h.msg_iov = std::ptr::from_mut(&mut self.iovs[at]);
+            h.msg_iovlen = count as _;
+            h.msg_flags = 0;
+            if count > 1 {
+                h.msg_control = std::ptr::from_mut(&mut self.cmsgs[m]).cast();
+                h.msg_controllen = std::mem::size_of::<SegmentCmsg>() as _;
+            } else {
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+            }
         }
     }
 
-    /// Moves past what one `sendmmsg` did. A reply the kernel refuses outright (unreachable,
-    /// not permitted, too big) is dropped so the rest still go; returns 1 if one was dropped.
+    /// Moves past what one `sendmmsg` did. A message the kernel refuses outright (unreachable,
+    /// not permitted, too big) is dropped so the rest still go; returns how many replies were
+    /// dropped. A joined message refused the way a kernel or device without segmentation
+    /// refuses one goes again with the rest of the batch, one reply per datagram.
     fn advance(&mut self, r: io::Result<usize>) -> usize {
+        let Span { at, count } = self.spans[self.sent];
         match r {
             Ok(n) if n > 0 => {
+                let taken = &self.spans[self.sent..self.sent + n];
+                if taken.iter().any(|s| s.count > 1) {
+                    self.refused = 0;
+                }
                 self.sent += n;
                 0
             }
-            Ok(_) => {
-                self.sent += 1;
-                1
+            Err(e) if count > 1 && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
+                self.refused += 1;
+                if self.refused == REFUSALS_TO_STOP {
+                    self.segment = false;
+                    tracing::info!(error = %e, "the kernel refuses segmented UDP sends here; replies go one per datagram from now on");
+                }
+                self.split = true;
+                self.group(at);
+                self.aim_unsent();
+                0
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "udp reply dropped");
+            r => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "udp reply dropped");
+                }
                 self.sent += 1;
-                1
+                count
             }
         }
     }
 
     fn clear(&mut self) {
         self.len = 0;
+        self.msgs = 0;
         self.sent = 0;
     }
 
-    /// One `sendmmsg` for the queued replies not yet sent; how many it sent.
+    /// One `sendmmsg` for the messages not yet sent; how many it sent.
     fn send_raw(&mut self, fd: RawFd) -> io::Result<usize> {
-        let rest = &mut self.hdrs[self.sent..self.len];
+        let rest = &mut self.hdrs[self.sent..self.msgs];
         loop {
-            // SAFETY: `aim_queued` aimed each queued header at its own destination in `dests` (length
-            // set by `push`) and its one iovec at its reply in `bufs`; nothing has touched them
-            // since, all of it is owned by `self`, borrowed mutably for the call, and the kernel
-            // only reads it.
+            // SAFETY: `aim_unsent` aimed each unsent header at its own destination in `dests`
+            // (length set by `group`), its run of iovecs over replies in `bufs`, and its own
+            // control message in `cmsgs` (or none); nothing has touched them since, all of it
+            // is owned by `self`, borrowed mutably for the call, and the kernel only reads it.
             let r = unsafe {
                 libc::sendmmsg(
                     fd,
@@ -302,6 +449,12 @@ impl SendBatch {
             }
         }
     }
+}
+
+/// `CMSG_LEN` of a segment size.
+fn segment_cmsg_len() -> libc::c_uint {
+    // SAFETY: `CMSG_LEN` only does arithmetic on its argument.
+    unsafe { libc::CMSG_LEN(std::mem::size_of::<u16>() as libc::c_uint) }
 }
 
 fn zeroed_addrs(count: usize) -> Box<[libc::sockaddr_storage]> {
@@ -481,6 +634,150 @@ mod tests {
             .map(|(d, _)| d)
             .collect();
         assert_eq!(got, vec![vec![0], vec![2]]);
+    }
+
+    /// Queues one reply of `size` bytes for each destination, each starting with its own tag.
+    fn queue(tx: &mut SendBatch, replies: &[(u8, usize, SocketAddr)]) {
+        for &(tag, size, dest) in replies {
+            let buf = tx.next_buf();
+            buf.clear();
+            buf.push(tag);
+            buf.resize(size, 0xee);
+            tx.push(dest);
+        }
+    }
+
+    fn tags(got: &[(Vec<u8>, SocketAddr)]) -> Vec<(u8, usize)> {
+        got.iter().map(|(d, _)| (d[0], d.len())).collect()
+    }
+
+    #[tokio::test]
+    async fn replies_of_one_size_to_one_client_go_out_joined_and_arrive_apart() {
+        let a = bound("127.0.0.1:0").await;
+        let b = bound("127.0.0.1:0").await;
+        let c = bound("127.0.0.1:0").await;
+        let (to_b, to_c) = (b.local_addr().unwrap(), c.local_addr().unwrap());
+        let mut tx = SendBatch::new(16, 64);
+        queue(
+            &mut tx,
+            &[
+                (0, 40, to_b),
+                (1, 70, to_b),
+                (2, 40, to_c),
+                (3, 40, to_b),
+                (4, 70, to_b),
+                (5, 40, to_b),
+                (6, 2000, to_b),
+                (7, 2000, to_b),
+                (8, 40, to_c),
+            ],
+        );
+        tx.prepare();
+        // b: 40 bytes x3, 70 x2, and the two too big to join; c: 40 x2.
+        assert_eq!(tx.msgs, 5, "joined runs of one size to one client");
+        a.writable().await.unwrap();
+        assert_eq!(tx.send(&a).await, 0);
+        let mut rx = RecvBatch::new(16, 4096);
+        let at_b = recv_all(&mut rx, &b, 7).await;
+        let at_c = recv_all(&mut rx, &c, 2).await;
+        assert_eq!(
+            tags(&at_b),
+            vec![
+                (0, 40),
+                (3, 40),
+                (5, 40),
+                (1, 70),
+                (4, 70),
+                (6, 2000),
+                (7, 2000)
+            ],
+            "each reply arrives as a datagram of its own, in order within its size"
+        );
+        assert!(
+            at_b.iter()
+                .all(|(d, from)| d[1..].iter().all(|&x| x == 0xee)
+                    && *from == a.local_addr().unwrap())
+        );
+        assert_eq!(tags(&at_c), vec![(2, 40), (8, 40)]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_joined_message_goes_again_one_reply_per_datagram() {
+        let a = bound("127.0.0.1:0").await;
+        let b = bound("127.0.0.1:0").await;
+        let to_b = b.local_addr().unwrap();
+        // Without checksums the kernel cannot segment: each joined send is refused (EINVAL),
+        // as on a device without checksum offload (EIO).
+        let one: libc::c_int = 1;
+        // SAFETY: SO_NO_CHECK takes an int, passed with its size.
+        let r = unsafe {
+            libc::setsockopt(
+                a.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                std::ptr::from_ref(&one).cast(),
+                std::mem::size_of_val(&one) as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "SO_NO_CHECK: {}", io::Error::last_os_error());
+        let mut tx = SendBatch::new(8, 64);
+        let mut rx = RecvBatch::new(8, 256);
+        for batch in 0..REFUSALS_TO_STOP as u8 {
+            queue(
+                &mut tx,
+                &[(batch, 30, to_b), (batch, 30, to_b), (batch, 30, to_b)],
+            );
+            assert_eq!(tx.send(&a).await, 0, "nothing is dropped");
+            let got = recv_all(&mut rx, &b, 3).await;
+            assert_eq!(tags(&got), vec![(batch, 30); 3], "batch {batch}");
+        }
+        assert!(
+            !tx.segment,
+            "a socket whose joined sends are always refused stops joining"
+        );
+        queue(&mut tx, &[(9, 30, to_b), (9, 30, to_b)]);
+        tx.prepare();
+        assert_eq!(tx.msgs, 2);
+        assert_eq!(tx.send(&a).await, 0);
+        assert_eq!(tags(&recv_all(&mut rx, &b, 2).await), vec![(9, 30); 2]);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_cannot_be_answered_does_not_stop_the_joining() {
+        let a = bound("127.0.0.1:0").await;
+        let b = bound("127.0.0.1:0").await;
+        let to_b = b.local_addr().unwrap();
+        // Port 0 cannot be sent to (EINVAL): a spoofed source, not a kernel without segmentation.
+        let nowhere: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut tx = SendBatch::new(8, 64);
+        let mut rx = RecvBatch::new(8, 256);
+        for batch in 0..2 * REFUSALS_TO_STOP as u8 {
+            queue(
+                &mut tx,
+                &[
+                    (batch, 30, nowhere),
+                    (batch, 30, nowhere),
+                    (batch, 20, to_b),
+                ],
+            );
+            assert_eq!(tx.send(&a).await, 2, "the replies to port 0 are dropped");
+            assert_eq!(tags(&recv_all(&mut rx, &b, 1).await), vec![(batch, 20)]);
+            queue(&mut tx, &[(batch, 30, to_b), (batch, 30, to_b)]);
+            assert_eq!(tx.send(&a).await, 0);
+            assert_eq!(tags(&recv_all(&mut rx, &b, 2).await), vec![(batch, 30); 2]);
+        }
+        assert!(
+            tx.segment,
+            "joined replies to a real client are still taken"
+        );
+    }
+
+    #[test]
+    fn the_segment_control_message_is_laid_out_as_the_kernel_reads_it() {
+        // SAFETY: `CMSG_SPACE` and `CMSG_LEN` only do arithmetic.
+        let (space, len) = unsafe { (libc::CMSG_SPACE(2), libc::CMSG_LEN(2)) };
+        assert_eq!(std::mem::size_of::<SegmentCmsg>(), space as usize);
+        assert_eq!(std::mem::offset_of!(SegmentCmsg, size) + 2, len as usize);
     }
 
     #[tokio::test]
