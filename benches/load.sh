@@ -78,6 +78,8 @@ pin_load() { "${PRIO[@]}" taskset -c "$LOAD_CPUS" "$@"; }
 # count against whichever server forwarded the query.
 UPSTREAM_PRIO=("${PRIO[@]}")
 if chrt -f 10 true 2>/dev/null; then UPSTREAM_PRIO=(chrt -f 10); fi
+# Client ports of the "many clients" runs (the batching client's default is 4).
+MANY_PORTS=256
 # Latency at half of peak is measured this many times (the summary takes the median): one
 # multi-millisecond stall from other work on a shared machine can decide a single run's p99.
 HALF_RUNS=3
@@ -284,6 +286,11 @@ for mix in blocked cached mixed; do
         r=$(run_loadgen "$name" "$f" --inflight 256)
         record "$name mix=$mix tool=loadgen $r"
         echo "   $name $mix loadgen:  $r" >&2
+        # The same load from many client ports, as from a building of devices rather than a
+        # few forwarders: schoolgate joins little into segmented sends then.
+        many=$(run_loadgen "$name" "$f" --inflight 256 --sockets "$MANY_PORTS")
+        record "$name mix=$mix tool=many $many"
+        echo "   $name $mix loadgen, $MANY_PORTS ports:  $many" >&2
         half=$(( $(field "$r" qps | cut -d. -f1) / 2 ))
         [ "$mix" = mixed ] && f="$WORK/q-mixed-paced.txt"
         # Each paced run starts where the last stopped, so the mix's never-seen names are.
