@@ -787,13 +787,20 @@ mod tests {
             return;
         };
         let b = bound("[::1]:0").await;
-        let mut tx = SendBatch::new(2, 16);
-        tx.next_buf().clear();
-        tx.next_buf().extend_from_slice(b"v6");
-        tx.push(b.local_addr().unwrap());
+        let c = bound("[::1]:0").await;
+        let (to_b, to_c) = (b.local_addr().unwrap(), c.local_addr().unwrap());
+        let mut tx = SendBatch::new(4, 16);
+        queue(&mut tx, &[(1, 20, to_b), (2, 20, to_c), (3, 20, to_b)]);
+        tx.prepare();
+        assert_eq!(tx.msgs, 2, "the two replies to b are joined");
         assert_eq!(tx.send(&a).await, 0);
-        let mut rx = RecvBatch::new(2, 16);
-        let got = recv_all(&mut rx, &b, 1).await;
-        assert_eq!(got, vec![(b"v6".to_vec(), a.local_addr().unwrap())]);
+        let mut rx = RecvBatch::new(4, 64);
+        let from_a = a.local_addr().unwrap();
+        let at_b = recv_all(&mut rx, &b, 2).await;
+        assert_eq!(tags(&at_b), vec![(1, 20), (3, 20)]);
+        assert!(at_b.iter().all(|(_, from)| *from == from_a));
+        let at_c = recv_all(&mut rx, &c, 1).await;
+        assert_eq!(tags(&at_c), vec![(2, 20)]);
+        assert_eq!(at_c[0].1, from_a);
     }
 }
