@@ -369,3 +369,52 @@ fn soa(m: &hickory_proto::op::Message) -> Option<(String, u32, u32)> {
         _ => None,
     })
 }
+
+#[test]
+fn a_burst_from_one_client_port_gets_every_answer_right() {
+    // Replies of one size to one client go out as one segmented message; each must still
+    // arrive as its own datagram, with its own ID, question and answer.
+    let up = Fixture::start(Zone::standard());
+    let server = Setup::new().start(up.addr);
+    assert_eq!(
+        addresses(&server.query("www.example.org", RecordType::A)),
+        ["192.0.2.11"]
+    );
+    let names = [
+        ("www.tiktok.com", "0.0.0.0"),
+        ("pornhub.com", "0.0.0.0"),
+        ("bet365.com", "0.0.0.0"),
+        ("www.example.org", "192.0.2.11"),
+    ];
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let burst = 120u16;
+    // Stopped, the server finds the whole burst waiting and answers it in batches.
+    server.signal("STOP");
+    for id in 0..burst {
+        let mut q = Ask::new(names[usize::from(id) % 4].0, RecordType::A).bytes();
+        q[0..2].copy_from_slice(&id.to_be_bytes());
+        sock.send_to(&q, server.addr).unwrap();
+    }
+    server.signal("CONT");
+    let mut seen = vec![false; usize::from(burst)];
+    let mut buf = [0u8; 1500];
+    while let Ok(n) = sock.recv(&mut buf) {
+        let m = hickory_proto::op::Message::from_vec(&buf[..n]).expect("a whole DNS message");
+        let id = usize::from(m.metadata.id);
+        let (name, address) = names[id % 4];
+        assert!(!seen[id], "reply {id} arrived twice");
+        seen[id] = true;
+        assert_eq!(
+            m.queries[0].name().to_ascii(),
+            format!("{name}."),
+            "reply {id}"
+        );
+        assert_eq!(addresses(&m), [address], "reply {id} ({name})");
+        if seen.iter().all(|&s| s) {
+            break;
+        }
+    }
+    let missing: Vec<_> = (0..seen.len()).filter(|&i| !seen[i]).collect();
+    assert!(missing.is_empty(), "no reply to {missing:?}");
+}
