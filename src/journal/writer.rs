@@ -183,8 +183,8 @@ impl DayFile {
 }
 
 /// Bytes written to a log file between asking the kernel to write them to disk. The block
-/// layer does the submitting on the writer's core: 8 MiB at a time held that core, and every
-/// query waiting for it, for up to 2.3 ms; 1 MiB steps cost the same CPU in short pieces.
+/// layer does the submitting on the asking thread's core: 8 MiB at a time held that core, and
+/// every query waiting for it, for up to 2.3 ms; 1 MiB steps cost the same CPU in short pieces.
 const WRITEBACK_STEP: u64 = 1 << 20;
 
 /// How long lines sent to disk may take to get there before they are waited for (on the settling
@@ -238,20 +238,13 @@ impl LogFile {
         Ok(())
     }
 
-    /// Starts writing the new lines to disk, and hands the ranges sent longest ago (or past the
-    /// byte bound) to the settling thread. Advice only: errors change nothing that was written.
+    /// Has the settling thread start writing the new lines to disk, and hands it the ranges
+    /// sent longest ago (or past the byte bound) to settle. A full queue means that thread is
+    /// held: unsent lines are then written by the kernel's own writeback (or when their range is
+    /// settled), and unsettled ones stay cached, clean, for the kernel to reclaim.
     fn write_back(&mut self) {
-        let fd = self.file.as_raw_fd();
         let upto = self.end / WRITEBACK_ALIGN * WRITEBACK_ALIGN;
-        // SAFETY: a plain system call on our own descriptor, with offsets inside the file.
-        unsafe {
-            libc::sync_file_range(
-                fd,
-                self.unsent as libc::off64_t,
-                (upto - self.unsent) as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
+        let _ = settler().try_send(Settle::Send(self.file.clone(), self.unsent, upto));
         let now = Instant::now();
         self.in_flight.push_back((self.unsent, upto, now));
         self.unsent = upto;
@@ -260,23 +253,30 @@ impl LogFile {
                 break;
             }
             self.in_flight.pop_front();
-            // A full queue means the settling thread is held: these pages stay cached, clean,
-            // for the kernel to reclaim.
-            let _ = settler().try_send((self.file.clone(), start, end));
+            let _ = settler().try_send(Settle::Drop(self.file.clone(), start, end));
         }
     }
 }
 
-/// Ranges waiting to be settled: about that many megabytes.
-const SETTLE_QUEUE: usize = 512;
+/// Work queued for the settling thread: two items a megabyte of lines, so about half as many
+/// megabytes.
+const SETTLE_QUEUE: usize = 1024;
 
-/// A range of a log file to settle: the file, where the range starts and where it ends.
-type Settle = (Arc<File>, u64, u64);
+/// Work on a range of a log file (the file, where the range starts and where it ends).
+enum Settle {
+    /// Start writing the range to disk.
+    Send(Arc<File>, u64, u64),
+    /// Wait for the range to reach the disk, then drop it from the page cache.
+    Drop(Arc<File>, u64, u64),
+}
 
-/// The thread that waits for sent ranges to reach the disk and drops them from the page cache.
-/// Dropping them can wait on every CPU: `posix_fadvise` may drain the other CPUs' page lists
-/// through their kernel workers, and waiting for one held the writer for 876 ms in a load run
-/// (`benches/writer-offcpu.bt`) while its queue overflowed. Here only this thread waits.
+/// The thread that sends written ranges to disk, waits for them and drops them from the page
+/// cache, so the writer never waits on the disk or the kernel. Starting the writing allocates
+/// the lines' blocks and queues them, and in load runs (`benches/writer-offcpu.bt`) that held
+/// the writer for 43-77 ms behind the block layer's throttle and ext4's block bitmaps. Dropping
+/// them can wait on every CPU: `posix_fadvise` may drain the other CPUs' page lists through
+/// their kernel workers, and waiting for one held the writer for 876 ms while its queue
+/// overflowed.
 fn settler() -> &'static std::sync::mpsc::SyncSender<Settle> {
     static SETTLER: std::sync::OnceLock<std::sync::mpsc::SyncSender<Settle>> =
         std::sync::OnceLock::new();
@@ -285,8 +285,13 @@ fn settler() -> &'static std::sync::mpsc::SyncSender<Settle> {
         let spawned = std::thread::Builder::new()
             .name("log-settle".into())
             .spawn(move || {
-                for (file, start, end) in rx {
-                    settle(&file, start, end);
+                // It shares the query threads' core; short slices keep it from holding them.
+                crate::sched::short_slices();
+                for work in rx {
+                    match work {
+                        Settle::Send(file, start, end) => send(&file, start, end),
+                        Settle::Drop(file, start, end) => settle(&file, start, end),
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -294,6 +299,19 @@ fn settler() -> &'static std::sync::mpsc::SyncSender<Settle> {
         }
         tx
     })
+}
+
+/// Starts writing a range to disk. Advice only: errors change nothing that was written.
+fn send(file: &File, start: u64, end: u64) {
+    // SAFETY: a plain system call on a descriptor kept open by `file`, with offsets inside it.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            start as libc::off64_t,
+            (end - start) as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
 }
 
 /// Waits for a sent range to reach the disk and drops it from the page cache.
