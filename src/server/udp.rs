@@ -191,9 +191,10 @@ struct Span {
 ///
 /// Replies of one size to one client go out as one message the kernel splits into datagrams
 /// (UDP segmentation offload, Linux 4.18 and later): one route lookup and one pass down the
-/// stack for the lot instead of one per reply. That is the common case when a few addresses
-/// send most queries: a router or a school's forwarder in front of a trust's resolver, or a
-/// load generator. Replies to many devices go out one per datagram as before. A refused joined
+/// stack for the lot instead of one per reply. That takes several queries from one address and
+/// port in a batch: a load generator, a device's burst from one socket, a forwarder that keeps
+/// its source port. Forwarders that pick a random port per query, and devices asking directly,
+/// leave little to join, and their replies go one per datagram as before. A refused joined
 /// message goes again one reply per datagram, so nothing is lost; a kernel or network device
 /// that keeps refusing turns joining off for the socket.
 pub struct SendBatch {
