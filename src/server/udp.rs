@@ -231,12 +231,13 @@ impl SendBatch {
     /// Room for `count` replies, each buffer starting with `capacity` bytes.
     pub fn new(count: usize, capacity: usize) -> Self {
         let count = count.max(1);
-        // SAFETY: `cmsghdr` is plain old data; all zeroes is valid, and its fields are set
-        // before the kernel sees one.
-        let cmsg = SegmentCmsg {
-            hdr: unsafe { std::mem::zeroed() },
-            size: 0,
-        };
+        // SAFETY: `cmsghdr` is plain old data, so all zeroes is a valid one; `CMSG_LEN` only
+        // does arithmetic. Only the size changes from message to message.
+        let mut hdr: libc::cmsghdr = unsafe { std::mem::zeroed() };
+        hdr.cmsg_len = unsafe { libc::CMSG_LEN(std::mem::size_of::<u16>() as libc::c_uint) } as _;
+        hdr.cmsg_level = libc::SOL_UDP;
+        hdr.cmsg_type = UDP_SEGMENT;
+        let cmsg = SegmentCmsg { hdr, size: 0 };
         SendBatch {
             bufs: (0..count).map(|_| Vec::with_capacity(capacity)).collect(),
             to: vec![SocketAddr::from(([0, 0, 0, 0], 0)); count].into_boxed_slice(),
@@ -346,9 +347,6 @@ impl SendBatch {
             let addr = SockAddr::from(dest);
             self.hdrs[m].msg_hdr.msg_namelen = addr.len();
             self.dests[m] = addr.as_storage();
-            self.cmsgs[m].hdr.cmsg_len = segment_cmsg_len() as _;
-            self.cmsgs[m].hdr.cmsg_level = libc::SOL_UDP;
-            self.cmsgs[m].hdr.cmsg_type = UDP_SEGMENT;
             self.cmsgs[m].size = size as u16;
             m += 1;
             at += count;
@@ -450,12 +448,6 @@ impl SendBatch {
             }
         }
     }
-}
-
-/// `CMSG_LEN` of a segment size.
-fn segment_cmsg_len() -> libc::c_uint {
-    // SAFETY: `CMSG_LEN` only does arithmetic on its argument.
-    unsafe { libc::CMSG_LEN(std::mem::size_of::<u16>() as libc::c_uint) }
 }
 
 fn zeroed_addrs(count: usize) -> Box<[libc::sockaddr_storage]> {
