@@ -303,35 +303,40 @@ fn settler() -> &'static std::sync::mpsc::SyncSender<Settle> {
 
 /// Starts writing a range to disk. Advice only: errors change nothing that was written.
 fn send(file: &File, start: u64, end: u64) {
+    sync_range(file, start, end, libc::SYNC_FILE_RANGE_WRITE);
+}
+
+/// Waits for a sent range to reach the disk (writing what is still dirty of it) and drops it
+/// from the page cache.
+fn settle(file: &File, start: u64, end: u64) {
+    sync_range(
+        file,
+        start,
+        end,
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+    );
+    // SAFETY: a plain system call on a descriptor kept open by `file`, with offsets inside it.
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            start as libc::off_t,
+            (end - start) as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        );
+    }
+}
+
+/// `sync_file_range(2)` over `start..end` of `file`.
+fn sync_range(file: &File, start: u64, end: u64, flags: libc::c_uint) {
     // SAFETY: a plain system call on a descriptor kept open by `file`, with offsets inside it.
     unsafe {
         libc::sync_file_range(
             file.as_raw_fd(),
             start as libc::off64_t,
             (end - start) as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
-/// Waits for a sent range to reach the disk and drops it from the page cache.
-fn settle(file: &File, start: u64, end: u64) {
-    let (fd, len) = (file.as_raw_fd(), end - start);
-    // SAFETY: plain system calls on a descriptor kept open by `file`, with offsets inside it.
-    unsafe {
-        libc::sync_file_range(
-            fd,
-            start as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                | libc::SYNC_FILE_RANGE_WRITE
-                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-        );
-        libc::posix_fadvise(
-            fd,
-            start as libc::off_t,
-            len as libc::off_t,
-            libc::POSIX_FADV_DONTNEED,
+            flags,
         );
     }
 }
