@@ -164,7 +164,7 @@ def main():
                        ("hwm_after_mixed_kib", "peak so far, after the mixed runs"),
                        ("rss_kib", "peak (VmHWM)")]:
         w(f"| {label} | " + " | ".join(fmt((get(s, key) or 0) / 1024 or None) for s in servers) + " |")
-    lost = sum(int(v) for s in ours for m in MIXES for t in ("loadgen", "many", "half", "same")
+    lost = sum(int(v) for s in ours for m in MIXES for t, _ in TOOLS if t != "dnsperf"
                for v in each(s, "lost", mix=m, tool=t))
     w("")
     compile_ms = get("schoolgate", "startup_compile_ms")
